@@ -1,0 +1,49 @@
+"""``python -m training <experiment> [flags]``: run a paper experiment; ``plot RUN_DIR`` redraws."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import add_config_args, resolve_config
+from .data import DatasetNotFoundError
+
+
+def _experiments() -> dict:
+    from . import ioffe
+    return {
+        "ioffe-fig1": (ioffe.IoffeFig1Config, ioffe.PRESETS, ioffe.run,
+                       "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP with/without BN"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    experiments = _experiments()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (cls, presets, _run, help_text) in experiments.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_config_args(p, cls, presets)
+    p = sub.add_parser("plot", help="redraw a run's figure from its metrics files")
+    p.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    if args.command == "plot":
+        from .figures import replot
+        print(replot(args.run_dir))
+        return 0
+    cls, presets, run, _ = experiments[args.command]
+    try:
+        cfg, preset = resolve_config(cls, args, presets)
+        run_dir = run(cfg, preset)
+    except (ValueError, DatasetNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nRun written to {run_dir}/ (config.json, figure.png, summary.md, metrics, checkpoints)")
+    summary = run_dir / "summary.md"
+    if summary.exists():
+        print(summary.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Checkpoints: the state dict plus everything a later stage needs to use it without the
+training code's help: model config, dataset facts (classes, channels, size, mean/std), test
+accuracy and the run's provenance."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import DatasetSpec
+from .models import model_from_config
+
+FORMAT = "bnserve-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: DatasetSpec, *,
+                    test_accuracy: float | None, run: dict | None = None, step: int | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    ckpt = {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "state_dict": state,
+        "data": spec.facts(),
+        "test_accuracy": None if test_accuracy is None else float(test_accuracy),
+        "step": step,
+        "run": run or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from the checkpoint's own config; returns (model in eval mode, ckpt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a bnserve checkpoint (expected format {FORMAT!r}); "
+                         "make one with `python -m training ...`")
+    model = model_from_config(ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

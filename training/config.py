@@ -1,0 +1,65 @@
+"""Typed experiment configs on the command line.
+
+Each experiment declares a dataclass (every knob, its default and a comment) and named presets
+(``paper``, ``cpu``). Flags are the field names in kebab-case; a flag given on the command line
+overrides the preset; an unknown flag is an error (argparse's own)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import fields, replace
+
+
+def _field_type(cls, f: dataclasses.Field):
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, presets: dict | None = None) -> None:
+    """One flag per dataclass field, defaulting to None so that 'not given' is visible."""
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), default=None,
+                            help=f"settings preset (default: {next(iter(presets))})")
+    defaults = cls()
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        t = _field_type(cls, f)
+        origin, args = typing.get_origin(t), typing.get_args(t)
+        default = getattr(defaults, f.name)
+        help_text = (f.metadata.get("help", "") + f" (default: {default})").strip()
+        if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+            non_none = [a for a in args if a is not type(None)]
+            t = non_none[0] if len(non_none) == 1 else str
+            origin, args = typing.get_origin(t), typing.get_args(t)
+        if t is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif origin in (tuple, list):
+            elem = args[0] if args else str
+            parser.add_argument(flag, nargs="+", type=elem, default=None, metavar=f.name.upper(),
+                                help=help_text)
+        else:
+            kwargs = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+            parser.add_argument(flag, type=t if callable(t) else str, default=None,
+                                help=help_text, **kwargs)
+
+
+def resolve_config(cls, args: argparse.Namespace, presets: dict | None = None):
+    """The preset (or the dataclass defaults), then every flag given explicitly."""
+    preset_name = getattr(args, "preset", None)
+    if presets:
+        preset_name = preset_name or next(iter(presets))
+        base = presets[preset_name]
+    else:
+        base = cls()
+    overrides = {}
+    for f in fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            t = _field_type(cls, f)
+            overrides[f.name] = tuple(v) if typing.get_origin(t) is tuple else v
+    cfg = replace(base, **overrides)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg, preset_name

@@ -1,0 +1,266 @@
+"""The paper models, behind one registry: ``create_model(name, **cfg)``.
+
+Training, export, benchmarks and tests all build models here, and every checkpoint stores the
+``ModelConfig`` so any later stage rebuilds the exact architecture with ``model_from_config``.
+
+- ``mlp3x100``: Ioffe & Szegedy 2015 Fig. 1. 3 hidden layers of 100 sigmoid units; with ``bn``
+  a BatchNorm1d sits on x = Wu immediately before each sigmoid (the Linear then has no bias:
+  beta replaces it). Weights N(0, 1/fan_in), i.e. std 1/sqrt(fan_in).
+- ``vgg11`` / ``vgg16``: Santurkar et al. 2018. Convs 3x3 (+BN) + ReLU, max-pools, then three
+  fully connected layers (512w, 512w, classes): 11 / 16 weight layers, so "layer 11" exists.
+  ``bn`` puts a BatchNorm2d after every conv; ``noisy_bn`` makes it the "noisy" BN of Fig. 2
+  (noise in training only; in eval it is plain BN, so it exports as plain BN). ``width`` scales
+  every channel count. Inputs of 28 px drop the last pool (28 -> 14 -> 7 -> 3 -> 1). Glorot init.
+- ``dln25``: the deep linear network of Santurkar Fig. 3: 25 bias-free linear layers of width
+  10; with ``bn`` a BatchNorm1d after each hidden layer (1..24), not after the output layer.
+
+Every model exposes ``weight_layers()`` (the Conv/Linear modules, layer 1..k in order) and
+``activation_sites()`` (for each layer, the module whose output is that layer's
+pre-nonlinearity activation: its BN when present, else the layer itself).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    num_classes: int = 10
+    in_channels: int = 1
+    image_size: int = 28
+    bn: bool = False
+    noisy_bn: bool = False  # vgg only: Santurkar Fig. 2 "noisy" BN (implies bn)
+    width: float = 1.0  # vgg only: channel multiplier
+    hidden: int = 100  # mlp: hidden units; dln: layer width
+    depth: int = 3  # mlp: hidden layers; dln: linear layers
+    init: str = "default"  # "default" = the paper's choice per model; or gaussian, glorot, kaiming, torch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- noisy BN (Santurkar et al. 2018, Sec. 2.2 / Fig. 2) ------------------------------------
+
+class NoisyBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d followed, in training only, by a time-varying noise on every activation of
+    every sample: a <- s * a + m. Per forward pass (one training step) and per layer,
+    mu_t ~ U(-0.5, 0.5) and sigma_t ~ U(1, 1.25); then per element m ~ U(mu_t - 0.1, mu_t + 0.1)
+    and s ~ N(sigma_t, 0.1). Draws stay on the device (no host sync). In eval mode it is exactly
+    BatchNorm2d, which is why it folds and exports as plain BN."""
+
+    noise_mean_range = 0.5
+    noise_std_range = (1.0, 1.25)
+    elem_mean_halfwidth = 0.1
+    elem_std = 0.1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.training:
+            return y
+        lo, hi = self.noise_std_range
+        mu_t = (torch.rand((), device=y.device) * 2 - 1) * self.noise_mean_range
+        sigma_t = lo + torch.rand((), device=y.device) * (hi - lo)
+        m = mu_t + (torch.rand_like(y) * 2 - 1) * self.elem_mean_halfwidth
+        s = sigma_t + torch.randn_like(y) * self.elem_std
+        return s * y + m
+
+
+# --- the models -------------------------------------------------------------------------------
+
+class _PaperModel(nn.Module):
+    config: ModelConfig
+
+    def weight_layers(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    def activation_sites(self) -> list[nn.Module]:
+        return list(self._sites)
+
+
+class MLP(_PaperModel):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d_in = cfg.in_channels * cfg.image_size * cfg.image_size
+        layers: list[nn.Module] = [nn.Flatten()]
+        self._sites = []
+        for _ in range(cfg.depth):
+            lin = nn.Linear(d_in, cfg.hidden, bias=not cfg.bn)
+            layers.append(lin)
+            if cfg.bn:
+                bn = nn.BatchNorm1d(cfg.hidden)
+                layers.append(bn)
+                self._sites.append(bn)
+            else:
+                self._sites.append(lin)
+            layers.append(nn.Sigmoid())
+            d_in = cfg.hidden
+        out = nn.Linear(d_in, cfg.num_classes)
+        layers.append(out)
+        self._sites.append(out)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+VGG_LAYOUTS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+}
+
+
+class VGG(_PaperModel):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layout = VGG_LAYOUTS[cfg.name]
+        bn_cls = NoisyBatchNorm2d if cfg.noisy_bn else nn.BatchNorm2d
+        use_bn = cfg.bn or cfg.noisy_bn
+        feats: list[nn.Module] = []
+        self._sites = []
+        c_in, size = cfg.in_channels, cfg.image_size
+        for v in layout:
+            if v == "M":
+                if size > 1:  # a 28 px input runs out of pixels one pool early
+                    feats.append(nn.MaxPool2d(2))
+                    size //= 2
+                continue
+            c_out = max(1, round(int(v) * cfg.width))
+            conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not use_bn)
+            feats.append(conv)
+            if use_bn:
+                bn = bn_cls(c_out)
+                feats.append(bn)
+                self._sites.append(bn)
+            else:
+                self._sites.append(conv)
+            feats.append(nn.ReLU(inplace=True))
+            c_in = c_out
+        hidden = max(1, round(512 * cfg.width))
+        fc = [nn.Linear(c_in * size * size, hidden), nn.Linear(hidden, hidden),
+              nn.Linear(hidden, cfg.num_classes)]
+        self._sites += fc
+        self.features = nn.Sequential(*feats)
+        self.classifier = nn.Sequential(nn.Flatten(), fc[0], nn.ReLU(inplace=True),
+                                        fc[1], nn.ReLU(inplace=True), fc[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DLN(_PaperModel):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        self._sites = []
+        for i in range(cfg.depth):
+            lin = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
+            layers.append(lin)
+            if cfg.bn and i < cfg.depth - 1:
+                bn = nn.BatchNorm1d(cfg.hidden)
+                layers.append(bn)
+                self._sites.append(bn)
+            else:
+                self._sites.append(lin)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# --- initialisation ---------------------------------------------------------------------------
+
+def _init_gaussian_fan_in(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            nn.init.normal_(m.weight, 0.0, 1.0 / math.sqrt(fan_in))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _init_glorot(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _init_kaiming(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+INITS: dict[str, Callable[[nn.Module], None] | None] = {
+    "gaussian": _init_gaussian_fan_in,
+    "glorot": _init_glorot,
+    "kaiming": _init_kaiming,
+    "torch": None,  # PyTorch's own defaults
+}
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Callable[[ModelConfig], _PaperModel]
+    defaults: dict
+    default_init: str
+
+
+MODELS: dict[str, _Entry] = {
+    "mlp3x100": _Entry(MLP, {"hidden": 100, "depth": 3}, "gaussian"),
+    "vgg11": _Entry(VGG, {}, "glorot"),
+    "vgg16": _Entry(VGG, {}, "glorot"),
+    "dln25": _Entry(DLN, {"hidden": 10, "depth": 25}, "glorot"),
+}
+
+_FIELDS = {f.name for f in fields(ModelConfig)}
+
+
+def create_model(name: str, **cfg) -> _PaperModel:
+    """Build a registry model. Unknown names or config keys are errors, not silently ignored."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    unknown = set(cfg) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(_FIELDS - {'name'})}")
+    entry = MODELS[name]
+    config = ModelConfig(name=name, **{**entry.defaults, **cfg})
+    return model_from_config(config)
+
+
+def model_from_config(config: ModelConfig | dict) -> _PaperModel:
+    """Rebuild a model from a stored config (a checkpoint's ``model_config``)."""
+    if isinstance(config, dict):
+        unknown = set(config) - _FIELDS
+        if unknown:
+            raise ValueError(f"model config has unknown keys {sorted(unknown)}")
+        config = ModelConfig(**config)
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}; known: {', '.join(MODELS)}")
+    entry = MODELS[config.name]
+    init_name = entry.default_init if config.init == "default" else config.init
+    if init_name not in INITS:
+        raise ValueError(f"unknown init {config.init!r}; known: default, {', '.join(INITS)}")
+    model = entry.build(config)
+    init = INITS[init_name]
+    if init is not None:
+        init(model)
+    model.config = config
+    return model
+
+
+def count_bn(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
