@@ -95,15 +95,15 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
             for _ in range(n):
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, cfg)
-                idx = sampler.next_indices()
+                images, labels = train.batch(sampler.next_indices())
                 with autocast(device, cfg.amp):
-                    logits = model(norm(train.images[idx]))
-                    loss = F.cross_entropy(logits, train.labels[idx])
+                    logits = model(norm(images))
+                    loss = F.cross_entropy(logits, labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 loss_sum += loss.detach()
-                correct += (logits.argmax(1) == train.labels[idx]).sum()
+                correct += (logits.argmax(1) == labels).sum()
                 step += 1
                 if bar is not None and step % 20 == 0:
                     bar.update(20)

@@ -134,9 +134,8 @@ def train_variant(cfg: IoffeFig1Config, variant: str, run_dir: str, position: in
             t0 = time.perf_counter()
             n_steps = target - step
             for _ in range(n_steps):
-                idx = sampler.next_indices()
-                logits = model(norm(train.images[idx]))
-                loss = F.cross_entropy(logits, train.labels[idx])
+                images, labels = train.batch(sampler.next_indices())
+                loss = F.cross_entropy(model(norm(images)), labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
