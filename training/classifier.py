@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import autocast, evaluate, prepare_model
+from .loop import evaluate, prepare_model, sgd_step
 from .models import MODELS, create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -96,13 +95,8 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, cfg)
                 images, labels = train.batch(sampler.next_indices())
-                with autocast(device, cfg.amp):
-                    logits = model(norm(images))
-                    loss = F.cross_entropy(logits, labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
+                loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp)
+                loss_sum += loss
                 correct += (logits.argmax(1) == labels).sum()
                 step += 1
                 if bar is not None and step % 20 == 0:
