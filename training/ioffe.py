@@ -27,10 +27,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, load_dataset
+from .loop import evaluate, sgd_step
 from .models import create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -77,19 +77,6 @@ def eval_steps(cfg: IoffeFig1Config) -> list[int]:
     if steps[-1] != cfg.steps:
         steps.append(cfg.steps)
     return steps
-
-
-@torch.no_grad()
-def evaluate(model, images_u8, labels, norm, chunk: int = 10_000) -> torch.Tensor:
-    """Test accuracy as a 0-d device tensor (the caller decides when to sync)."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
-    for i in range(0, labels.shape[0], chunk):
-        logits = model(norm(images_u8[i:i + chunk]))
-        correct += (logits.argmax(1) == labels[i:i + chunk]).sum()
-    model.train(was_training)
-    return correct.double() / labels.shape[0]
 
 
 def percentiles(values: torch.Tensor, qs=(0.15, 0.50, 0.85)) -> list[float]:
@@ -146,13 +133,8 @@ def train_variant(cfg: IoffeFig1Config, variant: str, run_dir: str, position: in
             t0 = time.perf_counter()
             n_steps = target - step
             for _ in range(n_steps):
-                idx = sampler.next_indices()
-                logits = model(norm(train.images[idx]))
-                loss = F.cross_entropy(logits, train.labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
+                loss, _ = sgd_step(model, opt, norm, *train.batch(sampler.next_indices()))
+                loss_sum += loss
                 step += 1
                 if bar is not None and step % 100 == 0:
                     bar.update(100)
