@@ -63,7 +63,7 @@ def image(model, n=4, seed=1):
 REGISTRY = [
     ("mlp3x100", {}),
     ("vgg11", {"width": 0.25}),
-    ("vgg16", {"width": 0.125, "image_size": 32, "in_channels": 3}),
+    pytest.param("vgg16", {"width": 0.125, "image_size": 32, "in_channels": 3}, marks=pytest.mark.slow),
 ]
 
 
