@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.utils._pytree import tree_leaves
 
 from .errors import FoldError
 
@@ -462,13 +463,16 @@ def _self_check(original: nn.Module, folded: nn.Module, example_input, dtype) ->
     """Compare folded and original on the example input; a gross mismatch (a wrong axis, a
     wrong producer) is an error, never a silently wrong model."""
     args = tuple(example_input) if isinstance(example_input, (list, tuple)) else (example_input,)
-    ref = original(*args)
     fargs = tuple(a.to(dtype) if dtype is not None and a.dtype.is_floating_point else a for a in args)
-    got = folded(*fargs)
-    ref64, got64 = ref.detach().to(COMPUTE_DTYPE), got.detach().to(COMPUTE_DTYPE)
+    refs = [t for t in tree_leaves(original(*args)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    gots = [t for t in tree_leaves(folded(*fargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if len(refs) != len(gots) or any(r.shape != g.shape for r, g in zip(refs, gots, strict=False)):
+        raise FoldError("the folded model's outputs do not have the original's structure (bug); refusing it.")
+    ref64 = torch.cat([r.detach().reshape(-1).to(COMPUTE_DTYPE) for r in refs] or [torch.zeros(0, dtype=COMPUTE_DTYPE)])
+    got64 = torch.cat([g.detach().reshape(-1).to(COMPUTE_DTYPE) for g in gots] or [torch.zeros(0, dtype=COMPUTE_DTYPE)])
     diff = float((ref64 - got64).abs().max()) if ref64.numel() else 0.0
     scale = float(ref64.abs().max()) if ref64.numel() else 0.0
-    low = (dtype or ref.dtype) in (torch.float16, torch.bfloat16)
+    low = (dtype or (refs[0].dtype if refs else torch.float32)) in (torch.float16, torch.bfloat16)
     rel_tol = 5e-2 if low else 1e-4
     ok = math.isfinite(diff) and diff <= rel_tol * max(1.0, scale)
     if not ok:
