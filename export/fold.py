@@ -161,14 +161,24 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | Sequence[torc
     are not finite in it (float16 overflow)."""
     if dtype is not None and not dtype.is_floating_point:
         raise FoldError(f"target dtype must be floating point, got {dtype}")
-    folded = copy.deepcopy(model).eval()
+    folded = _eval_copy(model)
     report = _fold_in_place(folded, example_input, dtype)
     if dtype is not None:
         folded = _convert_dtype(folded, dtype)
     if example_input is not None:
-        reference = copy.deepcopy(model).eval()  # the caller's model keeps its modes
+        reference = _eval_copy(model)  # the caller's model keeps its modes
         report["check"] = _self_check(reference, folded, example_input, dtype)
     return folded, report
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model).eval()
+    except Exception as e:
+        raise FoldError(
+            f"cannot copy {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "folding works on a copy so the input model is never changed. If the model uses the "
+            "old torch.nn.utils.weight_norm, remove it (torch.nn.utils.remove_weight_norm) first.") from None
 
 
 def _fold_in_place(model: nn.Module, example_input, dtype: torch.dtype | None) -> dict:
@@ -179,6 +189,9 @@ def _fold_in_place(model: nn.Module, example_input, dtype: torch.dtype | None) -
                     "target_dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
     for name, bn in all_bn.items():
         _check_running_stats(bn, name)
+        if _has_hooks(bn):
+            raise FoldError(f"BatchNorm {name!r} has forward hooks; replacing it would drop them "
+                            "and change the model. Remove the hooks before exporting.")
         _check_behaves_as_bn(bn, name)
 
     try:
@@ -268,6 +281,9 @@ def _foldable_producer(node: fx.Node, bn: _BatchNorm, graph: fx.Graph, modules: 
         return None, f"its input comes from {kind} {p.target!r}, not a Conv/ConvTranspose/Linear"
     if type(layer).forward not in {c.forward for c in _FOLDABLE_TYPES}:
         return None, f"{kind} {p.target!r} overrides forward; folding into it is not provably exact"
+    if _has_hooks(layer) or nn.utils.parametrize.is_parametrized(layer):
+        return None, (f"{kind} {p.target!r} has hooks or parametrizations (e.g. weight_norm) "
+                      "that recompute or change its output; its weights cannot be rewritten")
     if len(p.users) != 1:
         others = sorted(u.name for u in p.users if u is not node)
         return None, f"the output of {kind} {p.target!r} is also used by {', '.join(others)}"
@@ -370,6 +386,11 @@ def _node_ranks(graph: fx.Graph, modules: dict, example_input, root: nn.Module) 
                 r = r_in
         ranks[n] = r
     return ranks
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None)
+                or getattr(m, "_forward_pre_hooks_with_kwargs", None))
 
 
 def _check_running_stats(bn: _BatchNorm, name: str) -> None:

@@ -408,3 +408,23 @@ def test_model_without_bn_that_cannot_be_traced_is_returned_unchanged():
     x = torch.ones(2, 3)
     torch.testing.assert_close(out(x), NoBN.forward(out, x))
     assert report["batchnorms"] == 0 and "not traced" in report["traced_with"]
+
+
+def test_parametrized_conv_is_not_rewritten():
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3))
+    model = randomize_bn(nn.Sequential(conv, nn.BatchNorm2d(4)))
+    _, report = assert_folds_exactly(model, torch.randn(2, 3, 7, 7), folded=0, scale_shift=1)
+    assert "parametrizations" in report["scale_shift"][0]["reason"]
+
+
+def test_conv_with_forward_hook_is_not_rewritten():
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    model[0].register_forward_hook(lambda mod, inp, out: out + 1.0)
+    assert_folds_exactly(model, torch.randn(2, 3, 7, 7), folded=0, scale_shift=1)
+
+
+def test_bn_with_forward_hook_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model[1].register_forward_hook(lambda mod, inp, out: out * 2)
+    with pytest.raises(FoldError, match="forward hooks"):
+        fold_batchnorm(model)
