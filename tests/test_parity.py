@@ -245,3 +245,10 @@ def test_ioffe_fig1_checkpoints_full_test_set(tmp_path):
         assert meta["report"]["batchnorm_nodes"] == 0
         assert parity["n"] == 10000 and parity["argmax_agreement"] == 10000
         assert parity["max_abs_diff"] <= 1e-4 and parity["passed"]
+
+
+def test_opset_the_exporter_cannot_reach_is_refused(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 26 * 26, 10)).eval()
+    with pytest.raises(ExportError, match="asked for opset 9, but torch.onnx wrote opset"):
+        onnx_export(model, tmp_path / "m.onnx", (1, 28, 28), opset=9)
+    assert not (tmp_path / "m.onnx").exists()
