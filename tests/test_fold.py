@@ -5,6 +5,7 @@ scale-and-shift that the report names, or is refused with a clear FoldError."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -103,6 +104,9 @@ def test_dln25_folds_with_example_input_else_exact_scale_shift():
     # Without an example input nothing proves that the Linear input is (N, C): exact scale-shift.
     _, report = assert_folds_exactly(model, x, folded=0, scale_shift=24)
     assert "(N, C)" in report["scale_shift"][0]["reason"]
+    json.dumps(report)  # the report travels in the ONNX metadata
+    plain = create_model("dln25", bn=False)
+    assert_folds_exactly(plain, x, folded=0, scale_shift=0, example_input=x[:1])
 
 
 def test_input_model_is_never_mutated():
