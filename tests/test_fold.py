@@ -68,11 +68,16 @@ REGISTRY = [
 ]
 
 
-@pytest.mark.parametrize("bn", ["none", "bn", "noisy_bn"])
-@pytest.mark.parametrize("name, kw", REGISTRY)
+REGISTRY_CASES = [
+    pytest.param(*(p.values if hasattr(p, "values") else p), bn,
+                 marks=getattr(p, "marks", ()), id=f"{(p.values if hasattr(p, 'values') else p)[0]}-{bn}")
+    for p in REGISTRY for bn in ("none", "bn", "noisy_bn")
+    if bn != "noisy_bn" or (p.values if hasattr(p, "values") else p)[0].startswith("vgg")
+]
+
+
+@pytest.mark.parametrize("name, kw, bn", REGISTRY_CASES)
 def test_registry_models_fold_exactly(name, kw, bn):
-    if bn == "noisy_bn" and not name.startswith("vgg"):
-        pytest.skip("noisy BN is a VGG option")
     torch.manual_seed(0)
     model = randomize_bn(create_model(name, bn=bn == "bn", noisy_bn=bn == "noisy_bn", **kw))
     n_bn = count_bn(model)
