@@ -61,18 +61,15 @@ def image(model, n=4, seed=1):
 
 # --- the registry models --------------------------------------------------------------------------
 
-REGISTRY = [
-    ("mlp3x100", {}),
-    ("vgg11", {"width": 0.25}),
-    pytest.param("vgg16", {"width": 0.125, "image_size": 32, "in_channels": 3}, marks=pytest.mark.slow),
+REGISTRY = [  # (name, small config, slow)
+    ("mlp3x100", {}, False),
+    ("vgg11", {"width": 0.25}, False),
+    ("vgg16", {"width": 0.125, "image_size": 32, "in_channels": 3}, True),
 ]
-
-
 REGISTRY_CASES = [
-    pytest.param(*(p.values if hasattr(p, "values") else p), bn,
-                 marks=getattr(p, "marks", ()), id=f"{(p.values if hasattr(p, 'values') else p)[0]}-{bn}")
-    for p in REGISTRY for bn in ("none", "bn", "noisy_bn")
-    if bn != "noisy_bn" or (p.values if hasattr(p, "values") else p)[0].startswith("vgg")
+    pytest.param(name, kw, bn, id=f"{name}-{bn}", marks=[pytest.mark.slow] if slow else [])
+    for name, kw, slow in REGISTRY for bn in ("none", "bn", "noisy_bn")
+    if bn != "noisy_bn" or name.startswith("vgg")
 ]
 
 
