@@ -162,7 +162,12 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | Sequence[torc
     if dtype is not None and not dtype.is_floating_point:
         raise FoldError(f"target dtype must be floating point, got {dtype}")
     folded = _eval_copy(model)
-    report = _fold_in_place(folded, example_input, dtype)
+    if isinstance(folded, _BatchNorm):  # a lone BN: nothing to fold into, and fx would trace inside it
+        folded = nn.Sequential(folded)
+        report = _fold_in_place(folded, example_input, dtype)
+        folded = folded[0]
+    else:
+        report = _fold_in_place(folded, example_input, dtype)
     if dtype is not None:
         folded = _convert_dtype(folded, dtype)
     if example_input is not None:

@@ -434,3 +434,9 @@ def test_bn_with_forward_hook_is_refused():
     model[1].register_forward_hook(lambda mod, inp, out: out * 2)
     with pytest.raises(FoldError, match="forward hooks"):
         fold_batchnorm(model)
+
+
+def test_lone_batchnorm_becomes_scale_shift():
+    bn = randomize_bn(nn.BatchNorm1d(5))
+    out, report = assert_folds_exactly(bn, torch.randn(4, 5), folded=0, scale_shift=1)
+    assert isinstance(out, BatchNormScaleShift)

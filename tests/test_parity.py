@@ -252,3 +252,9 @@ def test_opset_the_exporter_cannot_reach_is_refused(tmp_path):
     with pytest.raises(ExportError, match="asked for opset 9, but torch.onnx wrote opset"):
         onnx_export(model, tmp_path / "m.onnx", (1, 28, 28), opset=9)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_output_that_is_a_directory_is_refused(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "checkpoint.pt", bn=True)
+    assert main([str(ckpt), "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
