@@ -43,14 +43,15 @@ def format_report(meta: dict) -> str:
     cfg = meta["model"]["config"]
     t = rep["timings_s"]
     tol = par["tolerance"]
-    folded = ", ".join(f"{f['bn']}->{f['into']}" for f in fold["folded"]) or "-"
+    pairs = [f"{f['bn']}->{f['into']}" for f in fold["folded"]]
+    folded = ", ".join(pairs[:4]) + (f", ... ({len(pairs) - 4} more)" if len(pairs) > 4 else "") or "-"
     lines = [
         f"model      {cfg['name']} (bn={cfg['bn']}, noisy_bn={cfg['noisy_bn']}), dataset "
         f"{meta['dataset']}, checkpoint test accuracy {meta['test_accuracy']}",
         f"checkpoint {meta['source_checkpoint']['file']} sha256 {meta['source_checkpoint']['sha256'][:16]}...",
         f"fold       {fold['batchnorms']} BatchNorm: {len(fold['folded'])} folded, "
         f"{len(fold['scale_shift'])} scale-shift, {len(fold['not_in_graph'])} not in graph",
-        f"           folded: {folded if len(folded) < 200 else folded[:197] + '...'}",
+        f"           folded: {folded}",
     ]
     lines += [f"           scale-shift {s['bn']}: {s['reason']}" for s in fold["scale_shift"][:5]]
     ops = ", ".join(f"{k} {v}" for k, v in rep["op_counts"].items())
