@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger("bnserve.model")
+# Under "bentoml." so that `bentoml serve` shows it with its own logs.
+logger = logging.getLogger("bentoml.bnserve.model")
 
 FORMAT = "bnserve-onnx/1"
 METADATA_KEY = "bnserve"

@@ -91,7 +91,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 
 def _too_many_pixels(img: Image.Image | None, max_pixels: int) -> InputError:
-    size = f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels" if img else "too many pixels"
+    size = (f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels" if img
+            else "beyond Pillow's decompression-bomb limit")
     return InputError(413, "too_many_pixels",
                       f"image is {size}; the limit is {max_pixels} pixels (BNSERVE_MAX_PIXELS)")
 

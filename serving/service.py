@@ -84,10 +84,11 @@ async def read_body(request: Request, limit: int) -> bytes:
                          f"the request body is over the limit of {limit} bytes (BNSERVE_MAX_BYTES)")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise too_big
+            declared_size = int(declared)
         except ValueError:
             raise InputError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
+        if declared_size > limit:
+            raise too_big
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
