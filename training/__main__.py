@@ -10,10 +10,12 @@ from .data import DatasetNotFoundError
 
 
 def _experiments() -> dict:
-    from . import ioffe
+    from . import classifier, ioffe
     return {
         "ioffe-fig1": (ioffe.IoffeFig1Config, ioffe.PRESETS, ioffe.run,
                        "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP with/without BN"),
+        "classifier": (classifier.ClassifierConfig, None, classifier.run,
+                       "train any registry model as an image classifier (e.g. the default served model)"),
     }
 
 
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DatasetNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\nRun written to {run_dir}/ (config.json, figure.png, summary.md, metrics, checkpoints)")
+    written = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    print(f"\nRun written to {run_dir}/: {', '.join(written)}")
     summary = run_dir / "summary.md"
     if summary.exists():
         print(summary.read_text())

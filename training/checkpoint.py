@@ -12,6 +12,7 @@ from torch import nn
 
 from .data import DatasetSpec
 from .models import model_from_config
+from .runs import git_revision, to_jsonable
 
 FORMAT = "bnserve-checkpoint/1"
 
@@ -28,7 +29,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: DatasetSpec, *,
         "data": spec.facts(),
         "test_accuracy": None if test_accuracy is None else float(test_accuracy),
         "step": step,
-        "run": run or {},
+        # plain JSON types only, so that weights_only loading accepts the file
+        "run": to_jsonable({"git_revision": git_revision(), **(run or {})}),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(ckpt, tmp)

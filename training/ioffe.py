@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, load_dataset
+from .loop import evaluate
 from .models import create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -77,19 +78,6 @@ def eval_steps(cfg: IoffeFig1Config) -> list[int]:
     if steps[-1] != cfg.steps:
         steps.append(cfg.steps)
     return steps
-
-
-@torch.no_grad()
-def evaluate(model, images_u8, labels, norm, chunk: int = 10_000) -> torch.Tensor:
-    """Test accuracy as a 0-d device tensor (the caller decides when to sync)."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=labels.device)
-    for i in range(0, labels.shape[0], chunk):
-        logits = model(norm(images_u8[i:i + chunk]))
-        correct += (logits.argmax(1) == labels[i:i + chunk]).sum()
-    model.train(was_training)
-    return correct.double() / labels.shape[0]
 
 
 def percentiles(values: torch.Tensor, qs=(0.15, 0.50, 0.85)) -> list[float]:

@@ -1,0 +1,114 @@
+"""Training smoke runs: every output file, reproducibility under a seed, the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.__main__ import main
+from training.checkpoint import load_checkpoint
+from training.runs import read_metrics
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ioffe_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ioffe") / "run"
+    rc = main(["ioffe-fig1", "--dataset", "fashion-mnist", "--steps", "300", "--eval-every", "100",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_ioffe_fig1_writes_every_output(ioffe_run):
+    out = ioffe_run
+    record = json.loads((out / "config.json").read_text())
+    assert record["experiment"] == "ioffe-fig1" and record["seed"] == 0
+    assert record["config"]["steps"] == 300 and record["config"]["dataset"] == "fashion-mnist"
+    assert record["git_revision"] and record["environment"]["torch"] == torch.__version__
+    for variant in ("standard", "bn"):
+        rows = read_metrics(out / variant / "metrics.jsonl")
+        assert [r["step"] for r in rows] == [0, 100, 200, 300]
+        for r in rows[1:]:
+            assert r["p15"] <= r["p50"] <= r["p85"]
+            assert 0.0 <= r["test_accuracy"] <= 1.0 and r["loss"] > 0
+        model, ckpt = load_checkpoint(out / variant / "checkpoint.pt")
+        assert ckpt["model_config"]["bn"] == (variant == "bn")
+        assert ckpt["data"]["dataset"] == "fashion-mnist" and len(ckpt["data"]["classes"]) == 10
+        assert ckpt["test_accuracy"] == rows[-1]["test_accuracy"]
+    bn_rows = read_metrics(out / "bn" / "metrics.jsonl")
+    assert bn_rows[-1]["test_accuracy"] > 0.6  # 300 BN steps already classify
+    assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
+    summary = (out / "summary.md").read_text()
+    assert "fashion-mnist" in summary and "the paper used MNIST" in summary
+    assert "acc @ 300" in summary and "train steps/s" in summary
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_figure_redraws_from_metrics_alone(ioffe_run):
+    (ioffe_run / "figure.png").unlink()
+    assert main(["plot", str(ioffe_run)]) == 0
+    assert (ioffe_run / "figure.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_ioffe_reproducible_under_seed(tmp_path):
+    def run(out):
+        assert main(["ioffe-fig1", "--dataset", "fashion-mnist", "--steps", "150", "--eval-every", "50",
+                     "--variants", "bn", "--out", str(out), "--no-progress", "--no-parallel"]) == 0
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(out / "bn" / "metrics.jsonl")]
+    assert run(tmp_path / "a") == run(tmp_path / "b")
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_classifier_smoke(tmp_path):
+    out = tmp_path / "clf"
+    assert main(["classifier", "--model", "vgg11", "--width", "0.125", "--steps", "20", "--eval-every", "10",
+                 "--batch-size", "32", "--out", str(out), "--no-progress"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [10, 20]
+    model, ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["model_config"]["name"] == "vgg11" and ckpt["model_config"]["width"] == 0.125
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert "test accuracy after 20 steps" in (out / "summary.md").read_text()
+
+
+def test_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["ioffe-fig1", "--stepz", "10"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --stepz" in capsys.readouterr().err
+
+
+def test_bad_values_are_clear_errors(capsys, tmp_path):
+    assert main(["ioffe-fig1", "--variants", "resnet", "--out", str(tmp_path)]) == 2
+    assert "unknown variants ['resnet']" in capsys.readouterr().err
+    assert main(["ioffe-fig1", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert "--steps must be positive" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_clear_error(capsys, tmp_path, monkeypatch):
+    from training import data
+    monkeypatch.setattr(data, "DEBIAN_DATASETS", tmp_path / "none")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("BNSERVE_DATA", raising=False)
+    # point the download at a closed local port: no internet is touched
+    spec = data.DATASETS["fashion-mnist"]
+    from dataclasses import replace
+    monkeypatch.setitem(data.DATASETS, "fashion-mnist", replace(spec, mirrors=("http://127.0.0.1:9/",)))
+    assert main(["ioffe-fig1", "--dataset", "fashion-mnist", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'fashion-mnist' not found or corrupt. Tried:" in err
+    assert "apt-get install dataset-fashion-mnist" in err
+    assert not (tmp_path / "r").exists()  # nothing half-written

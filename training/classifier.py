@@ -1,0 +1,139 @@
+"""A plain image-classifier trainer for any registry model: ``python -m training classifier``.
+
+It makes the embedded default model of the service (``make default-model``) and any checkpoint
+a user wants to export. SGD with momentum, fixed learning rate with an optional linear decay,
+the whole dataset on the device, bf16 autocast and channels_last on CUDA, one host sync per
+evaluation interval.
+
+    python -m training classifier --model vgg11 --bn --width 0.25 --dataset fashion-mnist \
+        --steps 4000 --out runs/default-model
+    -> runs/default-model/{config.json, metrics.jsonl, checkpoint.pt, summary.md}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import save_checkpoint
+from .data import BatchSampler, Normalizer, load_dataset
+from .loop import autocast, evaluate, prepare_model
+from .models import MODELS, create_model
+from .runs import MetricsWriter, pick_device, start_run
+
+
+@dataclass
+class ClassifierConfig:
+    model: str = field(default="vgg11", metadata={"help": "registry model", "choices": sorted(MODELS)})
+    bn: bool = field(default=True, metadata={"help": "BatchNorm after every conv / hidden linear"})
+    noisy_bn: bool = field(default=False, metadata={"help": "vgg only: Santurkar's noisy BN"})
+    width: float = field(default=0.25, metadata={"help": "vgg channel multiplier"})
+    dataset: str = field(default="fashion-mnist", metadata={"help": "mnist, fashion-mnist or cifar10",
+                                                           "choices": ["mnist", "fashion-mnist", "cifar10"]})
+    steps: int = field(default=4000, metadata={"help": "training steps"})
+    batch_size: int = field(default=128, metadata={"help": "examples per mini-batch"})
+    lr: float = field(default=0.05, metadata={"help": "SGD learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
+    lr_decay: bool = field(default=True, metadata={"help": "decay lr linearly to 0 over the last half"})
+    seed: int = field(default=0, metadata={"help": "seed for init and batch order"})
+    eval_every: int = field(default=500, metadata={"help": "steps between test-set evaluations"})
+    out: str = field(default="runs/classifier", metadata={"help": "run directory"})
+    data_dir: str | None = field(default=None, metadata={"help": "dataset directory"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.lr <= 0:
+            raise ValueError("--lr must be positive")
+
+
+def lr_at(step: int, cfg: ClassifierConfig) -> float:
+    """Constant for the first half, then linear to 0 (if ``lr_decay``)."""
+    if not cfg.lr_decay or step < cfg.steps // 2:
+        return cfg.lr
+    return cfg.lr * max(0.0, (cfg.steps - step) / (cfg.steps - cfg.steps // 2))
+
+
+def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
+    device = pick_device(cfg.device)
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    spec = ds.spec
+    run_dir = start_run(cfg.out, "classifier", cfg, device, preset)
+    torch.manual_seed(cfg.seed)
+    train, test = ds.train.to(device), ds.test.to(device)
+    norm = Normalizer(spec.mean, spec.std, device)
+    model_kw = {"bn": cfg.bn, "in_channels": spec.channels, "image_size": spec.image_size,
+                "num_classes": len(spec.classes)}
+    if cfg.model.startswith("vgg"):
+        model_kw.update(noisy_bn=cfg.noisy_bn, width=cfg.width)
+    model = prepare_model(create_model(cfg.model, **model_kw), device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, foreach=True)
+    sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed, device)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, desc=cfg.model, unit="step", dynamic_ncols=True, mininterval=0.5)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    step, seen, train_seconds, acc = 0, 0, 0.0, float("nan")
+    with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
+        model.train()
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            n = min(cfg.eval_every, cfg.steps - step)
+            for _ in range(n):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, cfg)
+                idx = sampler.next_indices()
+                with autocast(device, cfg.amp):
+                    logits = model(norm(train.images[idx]))
+                    loss = F.cross_entropy(logits, train.labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+                correct += (logits.argmax(1) == train.labels[idx]).sum()
+                step += 1
+                if bar is not None and step % 20 == 0:
+                    bar.update(20)
+            acc = evaluate(model, test.images, test.labels, norm, amp=cfg.amp).item()
+            train_seconds += time.perf_counter() - t0
+            mean_loss = loss_sum.item() / n
+            train_acc = correct.item() / (n * cfg.batch_size)
+            loss_sum.zero_()
+            correct.zero_()
+            seen += n
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower --lr")
+            metrics.write({"step": step, "loss": mean_loss, "train_accuracy": train_acc,
+                           "test_accuracy": acc, "lr": lr_at(step - 1, cfg),
+                           "elapsed_s": round(train_seconds, 3)})
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", train=f"{train_acc:.3f}", test=f"{acc:.4f}")
+    if bar is not None:
+        bar.close()
+    save_checkpoint(run_dir / "checkpoint.pt", model.to(memory_format=torch.contiguous_format),
+                    spec, test_accuracy=acc, step=step,
+                    run={"experiment": "classifier", "config": cfg, "seed": cfg.seed,
+                         "run_dir": str(run_dir)})
+    params = sum(p.numel() for p in model.parameters())
+    (run_dir / "summary.md").write_text(
+        f"# classifier: {cfg.model}{' + BN' if cfg.bn else ''} (width {cfg.width}) on {spec.name}\n\n"
+        f"- test accuracy after {step} steps: **{acc:.4f}** (full test split, {len(test):,} images)\n"
+        f"- parameters: {params:,}\n"
+        f"- training time: {train_seconds:.1f} s, {step / train_seconds:.1f} steps/s on {device}\n"
+        f"- settings: batch {cfg.batch_size}, SGD lr {cfg.lr} momentum {cfg.momentum}, "
+        f"weight decay {cfg.weight_decay}, linear decay {cfg.lr_decay}, seed {cfg.seed}\n")
+    return run_dir

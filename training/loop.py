@@ -1,0 +1,39 @@
+"""Pieces every training loop shares: evaluation, mixed precision, device placement. The loops
+keep data on the device and never sync with the host inside a step; they read numbers back once
+per evaluation interval."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
+    model = model.to(device)
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, norm: nn.Module,
+             chunk: int = 2_000, amp: bool = True) -> torch.Tensor:
+    """Accuracy in eval mode as a 0-d device tensor (the caller decides when to sync)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    with autocast(labels.device, amp):
+        for i in range(0, labels.shape[0], chunk):
+            logits = model(norm(images_u8[i:i + chunk]))
+            correct += (logits.argmax(1) == labels[i:i + chunk]).sum()
+    model.train(was_training)
+    return correct.double() / labels.shape[0]
