@@ -71,6 +71,24 @@ def max_pixels() -> int:
     return _env_int("BNSERVE_MAX_PIXELS", DEFAULT_MAX_PIXELS)
 
 
+def refuse_to_start(service: str, error: Exception) -> t.NoReturn:
+    """Log why the model cannot be served and stop the whole server. Left alone, BentoML's
+    process manager would respawn the failing worker forever (outside containers) while
+    /readyz stays 503: we want `bentoml serve` to exit with the reason instead."""
+    import signal
+
+    import psutil  # a BentoML dependency
+
+    logger.critical("bnserve cannot start (%s): %s", service, error)
+    try:
+        parent = psutil.Process(os.getppid())
+        if any("bentoml" in part for part in parent.cmdline()):  # the `bentoml serve` arbiter
+            parent.send_signal(signal.SIGTERM)
+    except psutil.Error:
+        pass
+    raise error
+
+
 def error_response(e: InputError) -> JSONResponse:
     return JSONResponse(e.to_json(), status_code=e.status)
 
@@ -173,7 +191,10 @@ class Classifier:
     """ONNX Runtime on batches of normalised images (N, C, H, W) -> logits (N, classes)."""
 
     def __init__(self) -> None:
-        self.model = OnnxClassifier(model_path_from_env())
+        try:
+            self.model = OnnxClassifier(model_path_from_env())
+        except ModelError as e:
+            refuse_to_start("bnserve_classifier", e)
         self.model.warm_up((1, MAX_BATCH_SIZE))  # before /readyz says ready
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_SIZE,
@@ -205,9 +226,12 @@ class BnServe:
     classifier = bentoml.depends(Classifier)
 
     def __init__(self) -> None:
-        self.info = read_model(model_path_from_env())  # refuse to start on a bad file
-        self.max_pixels = max_pixels()
-        max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+        try:
+            self.info = read_model(model_path_from_env())
+            self.max_pixels = max_pixels()
+            max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+        except ModelError as e:
+            refuse_to_start("bnserve", e)
         _extra_routes.state.service = self
 
     def _prepare(self, data: bytes) -> np.ndarray:
