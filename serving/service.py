@@ -25,6 +25,7 @@ import os
 import typing as t
 from pathlib import Path
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -186,7 +187,12 @@ class Prediction(Choice):
 
 # --- the services ---------------------------------------------------------------------------------
 
-@bentoml.service(name="bnserve_classifier", workers=1, traffic={"timeout": 60})
+# runner_connection: BentoML's client to this service replaces its HTTP session every
+# max_requests (default 100) calls or max_age seconds and closes the old one under the requests
+# still in flight on it, which fail with "Server disconnected" (seen here in a 64-request
+# burst). Huge bounds avoid the replacement; classify() also retries once on that error.
+@bentoml.service(name="bnserve_classifier", workers=1, traffic={"timeout": 60},
+                 runner_connection={"max_requests": 2**62, "max_age": 1e12})
 class Classifier:
     """ONNX Runtime on batches of normalised images (N, C, H, W) -> logits (N, classes)."""
 
@@ -247,8 +253,15 @@ class BnServe:
             x = await anyio.to_thread.run_sync(self._prepare, image)
         except InputError as e:
             return error_response(e)
-        logits = await self.classifier.to_async.predict(x)
+        logits = await self._predict(x)
         return Prediction(**answer(logits[0], self.info.classes))
+
+    async def _predict(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return await self.classifier.to_async.predict(x)
+        except aiohttp.ClientConnectionError as e:  # idempotent: one retry on a new connection
+            logger.warning("inner predict call failed (%s); retrying once", e)
+            return await self.classifier.to_async.predict(x)
 
     async def describe(self) -> dict:
         runtime = await self.classifier.to_async.runtime()

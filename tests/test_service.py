@@ -28,6 +28,7 @@ MODEL = REPO / "models" / "default" / "model.onnx"
 CHECKPOINT = REPO / "models" / "default" / "checkpoint.pt"
 SAMPLES = sorted(p for p in (REPO / "samples").iterdir() if p.suffix in (".png", ".jpg"))
 START_TIMEOUT_S = 180  # a cold start on 2 busy cores
+SERVER_LOG: list[Path] = []  # the module server's log, shown when a test fails
 
 
 def free_port() -> int:
@@ -66,6 +67,7 @@ def server(tmp_path_factory):
     if not MODEL.is_file():
         pytest.fail(f"{MODEL} is missing: run `make default-model`")
     log_path = tmp_path_factory.mktemp("server") / "bentoml.log"
+    SERVER_LOG.append(log_path)
     proc, url = start_server(MODEL, log_path)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -263,7 +265,7 @@ def test_burst_of_64_requests_at_concurrency_16(client, server):
         results = list(pool.map(one, jobs))
     elapsed = time.perf_counter() - t0
     errors = [(p.name, s, b) for p, s, b in results if s != 200]
-    assert not errors, errors[:3]
+    assert not errors, (errors[:3], log_tail(SERVER_LOG[-1], 6000))
     assert all(b["index"] == expected[p] for p, _, b in results)
     after = batch_histogram(client.get("/metrics").text)
     batches, ones = after[0] - before[0], after[1] - before[1]
