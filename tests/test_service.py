@@ -295,3 +295,12 @@ def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
 
 def test_model_json_is_plain_json(client):
     json.dumps(client.get("/model").json())
+
+
+def test_http_accuracy_on_1000_test_images_equals_pytorch(server):
+    from scripts.http_accuracy import http_vs_torch
+
+    r = http_vs_torch(server, str(CHECKPOINT), n=1000)
+    print(f"HTTP accuracy {r['http_accuracy']:.4f}, PyTorch eval-mode accuracy "
+          f"{r['torch_accuracy']:.4f} on {r['n']} test images, {r['disagreements']} disagreements")
+    assert r["disagreements"] == 0 and r["http_accuracy"] == r["torch_accuracy"]
