@@ -29,15 +29,17 @@ figures: $(VENV)/.dev-installed
 # --- serving -------------------------------------------------------------------------------------
 HOST ?= 0.0.0.0
 PORT ?= 3000
-# onnxruntime-gpu (CUDA 13, cuDNN 9 from pip wheels) instead of onnxruntime when a GPU is visible
+# onnxruntime-gpu (CUDA and cuDNN from pip wheels, loaded by onnxruntime.preload_dlls()) instead
+# of onnxruntime when nvidia-smi lists a GPU. 1.31.1: the newest onnxruntime-gpu on the package
+# index used here (no 1.32.0 there). Override: make serve ORT_GPU='onnxruntime-gpu==X'.
 HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
-ORT_VERSION := $(shell sed -n 's/^onnxruntime==//p' requirements/serving.txt)
+ORT_GPU ?= onnxruntime-gpu[cuda,cudnn]==1.31.1
 
 # The serving environment only (no torch): requirements/serving.txt.
 $(VENV)/.serving-installed: requirements/serving.txt | $(VENV)/bin/python
 ifeq ($(HAS_GPU),yes)
 	grep -v '^onnxruntime==' requirements/serving.txt > $(VENV)/serving-gpu.txt
-	echo 'onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)' >> $(VENV)/serving-gpu.txt
+	echo '$(ORT_GPU)' >> $(VENV)/serving-gpu.txt
 	$(PY) -m pip uninstall -q -y onnxruntime || true
 	$(PY) -m pip install -q -r $(VENV)/serving-gpu.txt
 else
