@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import struct
 import zlib
 
@@ -291,3 +292,26 @@ def test_answer_format():
     p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert out["probability"] == pytest.approx(float(p[1]), rel=1e-6)
     assert out["top"][0] == {"label": "b", "index": 1, "probability": out["probability"]}
+
+
+# --- the sample files are the dataset's images ---------------------------------------------------------
+
+def test_sample_pngs_decode_to_the_datasets_pixels():
+    """A lossless sample file goes through decode_image + to_model_pixels to exactly the uint8
+    pixels training evaluates on (so the service sees what training saw), RGBA included."""
+    from pathlib import Path
+
+    from training.data import DatasetNotFoundError, load_dataset
+
+    try:
+        ds = load_dataset("fashion-mnist", download=False, progress=False)
+    except DatasetNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    samples = sorted((Path(__file__).resolve().parent.parent / "samples").glob("fmnist-test-*.png"))
+    assert len(samples) >= 10
+    for path in samples:
+        i = int(path.name.split("-")[2])
+        px = to_model_pixels(decode_image(path.read_bytes()), 1, 28, 28)
+        np.testing.assert_array_equal(px, ds.test.images[i].numpy(), err_msg=path.name)
+        label = ds.spec.classes[int(ds.test.labels[i])]
+        assert path.stem.split("-", 3)[3].startswith(re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"))
