@@ -45,6 +45,8 @@ MAX_BATCH_SIZE = 64
 # A load-shedding bound, not a wait: BentoML's dispatcher cancels (503) requests whose estimated
 # latency exceeds it, so it is generous for slow shared CPUs. Batches form from the queue.
 MAX_LATENCY_MS = 10_000
+# Images decoded at once (each up to BNSERVE_MAX_PIXELS, ~75 MB as RGB): bounds memory.
+DECODE_THREADS = 4
 RAW_TYPES = ("image/", "application/octet-stream")
 HOW_TO_SEND = ("send multipart/form-data with one file field 'image' (curl -F image=@photo.png) "
                "or the image itself as the body with Content-Type image/* "
@@ -238,6 +240,7 @@ class BnServe:
             max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
         except ModelError as e:
             refuse_to_start("bnserve", e)
+        self._decoders: anyio.CapacityLimiter | None = None
         _extra_routes.state.service = self
 
     def _prepare(self, data: bytes) -> np.ndarray:
@@ -249,10 +252,15 @@ class BnServe:
     async def classify(self, image: bytes) -> Prediction:
         if isinstance(image, InputError):
             return error_response(image)
+        if self._decoders is None:  # created on the event loop
+            self._decoders = anyio.CapacityLimiter(DECODE_THREADS)
         try:  # Pillow decoding blocks: a worker thread keeps /readyz and other requests live
-            x = await anyio.to_thread.run_sync(self._prepare, image)
+            x = await anyio.to_thread.run_sync(self._prepare, image, limiter=self._decoders)
         except InputError as e:
             return error_response(e)
+        except Exception as e:  # noqa: BLE001 - a decoder failing in a way we did not foresee
+            logger.exception("unexpected error preparing an image")
+            return error_response(InputError(422, "corrupt_image", f"cannot decode the image: {e}"))
         logits = await self._predict(x)
         return Prediction(**answer(logits[0], self.info.classes))
 
