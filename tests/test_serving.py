@@ -315,3 +315,19 @@ def test_sample_pngs_decode_to_the_datasets_pixels():
         np.testing.assert_array_equal(px, ds.test.images[i].numpy(), err_msg=path.name)
         label = ds.spec.classes[int(ds.test.labels[i])]
         assert path.stem.split("-", 3)[3].startswith(re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"))
+
+
+def test_importing_the_service_loads_nothing_and_serving_has_no_torch():
+    """Importing serving.service must work without a model (no side effects), in a process
+    where torch is never imported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    code = ("import sys, serving.service as s; assert s.BnServe and s.Classifier; "
+            "assert 'torch' not in sys.modules, 'serving imported torch'")
+    env = {"BNSERVE_MODEL": "/nonexistent/model.onnx", "BENTOML_DO_NOT_TRACK": "True",
+           "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
