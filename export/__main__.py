@@ -11,6 +11,13 @@ from .onnx_export import DEFAULT_OPSET
 from .pipeline import export_checkpoint
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
@@ -26,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float16 weights, input and output (looser stated parity tolerance)")
     p.add_argument("--data-dir", default=None,
                    help="where the checkpoint's dataset lives (default: the usual look-up; never downloads)")
-    p.add_argument("--max-images", type=int, default=None,
+    p.add_argument("--max-images", type=_positive, default=None,
                    help="check parity on the first N test images only (default: the whole split)")
     return p
 

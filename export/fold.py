@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.utils._pytree import tree_leaves
 
 from .errors import FoldError
 
@@ -160,14 +161,29 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | Sequence[torc
     are not finite in it (float16 overflow)."""
     if dtype is not None and not dtype.is_floating_point:
         raise FoldError(f"target dtype must be floating point, got {dtype}")
-    folded = copy.deepcopy(model).eval()
-    report = _fold_in_place(folded, example_input, dtype)
+    folded = _eval_copy(model)
+    if isinstance(folded, _BatchNorm):  # a lone BN: nothing to fold into, and fx would trace inside it
+        folded = nn.Sequential(folded)
+        report = _fold_in_place(folded, example_input, dtype)
+        folded = folded[0]
+    else:
+        report = _fold_in_place(folded, example_input, dtype)
     if dtype is not None:
         folded = _convert_dtype(folded, dtype)
     if example_input is not None:
-        reference = copy.deepcopy(model).eval()  # the caller's model keeps its modes
+        reference = _eval_copy(model)  # the caller's model keeps its modes
         report["check"] = _self_check(reference, folded, example_input, dtype)
     return folded, report
+
+
+def _eval_copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model).eval()
+    except Exception as e:
+        raise FoldError(
+            f"cannot copy {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "folding works on a copy so the input model is never changed. If the model uses the "
+            "old torch.nn.utils.weight_norm, remove it (torch.nn.utils.remove_weight_norm) first.") from None
 
 
 def _fold_in_place(model: nn.Module, example_input, dtype: torch.dtype | None) -> dict:
@@ -178,6 +194,9 @@ def _fold_in_place(model: nn.Module, example_input, dtype: torch.dtype | None) -
                     "target_dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
     for name, bn in all_bn.items():
         _check_running_stats(bn, name)
+        if _has_hooks(bn):
+            raise FoldError(f"BatchNorm {name!r} has forward hooks; replacing it would drop them "
+                            "and change the model. Remove the hooks before exporting.")
         _check_behaves_as_bn(bn, name)
 
     try:
@@ -267,6 +286,9 @@ def _foldable_producer(node: fx.Node, bn: _BatchNorm, graph: fx.Graph, modules: 
         return None, f"its input comes from {kind} {p.target!r}, not a Conv/ConvTranspose/Linear"
     if type(layer).forward not in {c.forward for c in _FOLDABLE_TYPES}:
         return None, f"{kind} {p.target!r} overrides forward; folding into it is not provably exact"
+    if _has_hooks(layer) or nn.utils.parametrize.is_parametrized(layer):
+        return None, (f"{kind} {p.target!r} has hooks or parametrizations (e.g. weight_norm) "
+                      "that recompute or change its output; its weights cannot be rewritten")
     if len(p.users) != 1:
         others = sorted(u.name for u in p.users if u is not node)
         return None, f"the output of {kind} {p.target!r} is also used by {', '.join(others)}"
@@ -371,6 +393,11 @@ def _node_ranks(graph: fx.Graph, modules: dict, example_input, root: nn.Module) 
     return ranks
 
 
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None)
+                or getattr(m, "_forward_pre_hooks_with_kwargs", None))
+
+
 def _check_running_stats(bn: _BatchNorm, name: str) -> None:
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         raise FoldError(
@@ -462,13 +489,16 @@ def _self_check(original: nn.Module, folded: nn.Module, example_input, dtype) ->
     """Compare folded and original on the example input; a gross mismatch (a wrong axis, a
     wrong producer) is an error, never a silently wrong model."""
     args = tuple(example_input) if isinstance(example_input, (list, tuple)) else (example_input,)
-    ref = original(*args)
     fargs = tuple(a.to(dtype) if dtype is not None and a.dtype.is_floating_point else a for a in args)
-    got = folded(*fargs)
-    ref64, got64 = ref.detach().to(COMPUTE_DTYPE), got.detach().to(COMPUTE_DTYPE)
+    refs = [t for t in tree_leaves(original(*args)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    gots = [t for t in tree_leaves(folded(*fargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if len(refs) != len(gots) or any(r.shape != g.shape for r, g in zip(refs, gots, strict=False)):
+        raise FoldError("the folded model's outputs do not have the original's structure (bug); refusing it.")
+    ref64 = torch.cat([r.detach().reshape(-1).to(COMPUTE_DTYPE) for r in refs] or [torch.zeros(0, dtype=COMPUTE_DTYPE)])
+    got64 = torch.cat([g.detach().reshape(-1).to(COMPUTE_DTYPE) for g in gots] or [torch.zeros(0, dtype=COMPUTE_DTYPE)])
     diff = float((ref64 - got64).abs().max()) if ref64.numel() else 0.0
     scale = float(ref64.abs().max()) if ref64.numel() else 0.0
-    low = (dtype or ref.dtype) in (torch.float16, torch.bfloat16)
+    low = (dtype or (refs[0].dtype if refs else torch.float32)) in (torch.float16, torch.bfloat16)
     rel_tol = 5e-2 if low else 1e-4
     ok = math.isfinite(diff) and diff <= rel_tol * max(1.0, scale)
     if not ok:

@@ -56,8 +56,15 @@ def onnx_export(model: nn.Module, path: str | Path, input_shape: Sequence[int], 
                           f"({type(e).__name__}: {first}). Try the default opset "
                           f"{DEFAULT_OPSET}, or check that the model runs on input "
                           f"{tuple(example.shape)} {dtype}.") from e
+    proto = onnx.load(str(path))
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"asked for opset {opset}, but torch.onnx wrote opset {written} (its "
+                          f"version converter cannot go there for this graph); use opset "
+                          f"{DEFAULT_OPSET} or higher.")
     if not keep_batchnorm:
-        n = count_op(onnx.load(str(path)), "BatchNormalization")
+        n = count_op(proto, "BatchNormalization")
         if n:
             path.unlink(missing_ok=True)
             raise ExportError(f"the exported graph still holds {n} BatchNormalization node(s); fold "
@@ -70,15 +77,17 @@ def onnx_export(model: nn.Module, path: str | Path, input_shape: Sequence[int], 
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs optional-dependency notes (torchvision) and progress lines; keep the
     CLI report on one screen. Real failures still raise."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

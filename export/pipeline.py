@@ -164,8 +164,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
                                          dtype=dtype if fp16 else None)
     t_fold = time.perf_counter() - t0
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, raw_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".raw.onnx", dir=out.parent)
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give the path of the .onnx file to write.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, raw_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".raw.onnx", dir=out.parent)
+    except OSError as e:
+        raise ExportError(f"cannot write into {out.parent}: {e}") from e
     os.close(fd)
     raw = Path(raw_name)
     final_tmp = raw.with_suffix(".final.onnx")
