@@ -15,7 +15,7 @@ from .common import machine
 
 SUITES = {
     "inference": "benchmarks.inference",
-    "serving": "benchmarks.serving",
+    "serving": "benchmarks.serving_http",
     "training": "benchmarks.training",
 }
 TITLES = {
