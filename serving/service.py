@@ -15,7 +15,7 @@ Importing this module loads nothing: the model is read in the services' ``__init
 Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSERVE_PROVIDER
 (auto | cuda | cpu), BNSERVE_THREADS (ONNX Runtime intra-op threads; default: the cores this
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
-(default 25 000 000).
+(default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off).
 """
 
 from __future__ import annotations
@@ -41,7 +41,19 @@ from .preprocess import DEFAULT_MAX_PIXELS, InputError, prepare_image
 logger = logging.getLogger("bentoml.bnserve")
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+def _import_time_max_batch_size() -> int:
+    # The batchable API's bound is fixed when the class is defined; a bad value is reported by
+    # Classifier.__init__ (refusing to start), not by the import.
+    try:
+        return max(1, int(os.environ.get("BNSERVE_MAX_BATCH_SIZE") or DEFAULT_MAX_BATCH_SIZE))
+    except ValueError:
+        return DEFAULT_MAX_BATCH_SIZE
+
+
+MAX_BATCH_SIZE = _import_time_max_batch_size()  # BNSERVE_MAX_BATCH_SIZE=1 turns batching off
 # A load-shedding bound, not a wait: BentoML's dispatcher cancels (503) requests whose estimated
 # latency exceeds it, so it is generous for slow shared CPUs. Batches form from the queue.
 MAX_LATENCY_MS = 10_000
@@ -200,6 +212,7 @@ class Classifier:
 
     def __init__(self) -> None:
         try:
+            _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
             self.model = OnnxClassifier(model_path_from_env())
         except ModelError as e:
             refuse_to_start("bnserve_classifier", e)
