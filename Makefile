@@ -55,8 +55,8 @@ serve: $(VENV)/.serving-installed
 	$(PY) -c "from serving.model import read_model, model_path_from_env as p; i = read_model(p()); print(f'serving {i.path}')"
 	$(VENV)/bin/bentoml serve . --host $(HOST) --port $(PORT)
 
-# The embedded default model: train (about 35 minutes on 2 busy CPU cores), export with BN folded
-# and parity-checked, write the model card. Needs the dev environment (torch).
+# The embedded default model: train (1151 s measured on 2 busy CPU cores, test accuracy 0.9194),
+# export with BN folded and parity-checked, write the model card. Needs the dev environment (torch).
 DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --steps 2000 --seed 0
 default-model: $(VENV)/.dev-installed
 	rm -rf runs/default-model

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads({q.key: q.value for q in onnx.load(str(onnx_path)).metadata_props}["bnserve"])
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     summary = (run / "summary.md").read_text().strip() if (run / "summary.md").exists() else ""
+    summary = summary.replace("# ", "### Training run: ", 1) if summary.startswith("# ") else summary
     export_txt = (run / "export.txt").read_text().strip() if (run / "export.txt").exists() else ""
     parity = meta["parity"]
     env = cfg.get("environment", {})
