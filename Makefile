@@ -62,7 +62,9 @@ default-model: $(VENV)/.dev-installed
 	rm -rf runs/default-model
 	$(PY) -m training classifier $(DEFAULT_MODEL_ARGS) --out runs/default-model --no-progress
 	mkdir -p models/default
-	$(PY) -m export runs/default-model/checkpoint.pt -o models/default/model.onnx | tee runs/default-model/export.txt
+	$(PY) -m export runs/default-model/checkpoint.pt -o models/default/model.onnx > runs/default-model/export.txt \
+		|| { cat runs/default-model/export.txt; exit 1; }
+	cat runs/default-model/export.txt
 	cp runs/default-model/checkpoint.pt models/default/checkpoint.pt
 	$(PY) -m scripts.model_card runs/default-model models/default
 
