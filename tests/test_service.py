@@ -275,6 +275,27 @@ def test_burst_of_64_requests_at_concurrency_16(client, server):
     assert batches - ones > 0, "no batch of size > 1 in /metrics under a burst"
 
 
+def test_bad_images_among_concurrent_good_ones_fail_alone(client):
+    good = {p: classify_file(client, p).json()["index"] for p in SAMPLES[:4]}
+    bad = [b"not an image", _noise_png_truncated(), _bomb(), b""]
+    jobs = [("good", p) if i % 2 == 0 else ("bad", bad[i // 2 % len(bad)])
+            for i, p in enumerate(list(good) * 8)]
+
+    def one(job):
+        kind, x = job
+        data = x.read_bytes() if kind == "good" else x
+        r = client.post("/classify", files={"image": ("f", data)})
+        return kind, x, r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, jobs))
+    for kind, x, status, body in results:
+        if kind == "good":
+            assert status == 200 and body["index"] == good[x], (x, status, body)
+        else:
+            assert 400 <= status < 500 and set(body) == {"error", "detail"}, (status, body)
+
+
 # --- refusing to start -----------------------------------------------------------------------------------
 
 def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
