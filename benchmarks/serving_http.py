@@ -1,7 +1,7 @@
 """Serving over HTTP on 127.0.0.1: our service against the naive one, same image, same client.
 
-- ours: ``bentoml serve serving.service:BnServe`` (folded ONNX on ONNX Runtime, adaptive
-  batching), and again with batching off (``BNSERVE_MAX_BATCH_SIZE=1``)
+- ours: ``bentoml serve serving.service:BnServe`` (folded ONNX on ONNX Runtime, in-process
+  micro-batching), and again with batching off (``BNSERVE_MAX_BATCH_SIZE=1``)
 - baseline: ``benchmarks/naive_service.py`` (PyTorch eager, BN unfolded, no batching)
 
 One server at a time. For each concurrency level a closed-loop asyncio client keeps that many
@@ -107,10 +107,10 @@ class Server:
 
 
 def batch_stats(metrics_text: str) -> tuple[float, float]:
-    """(sum, count) of BentoML's adaptive batch size histogram(s)."""
+    """(sum, count) of the service's batch-size histogram (``bnserve_batch_size``)."""
     s = c = 0.0
     for line in metrics_text.splitlines():
-        if line.startswith("#") or "adaptive_batch_size" not in line:
+        if not line.startswith("bnserve_batch_size"):
             continue
         m = re.match(r"^(\S+?)(\{.*\})?\s+([0-9.eE+-]+)$", line)
         if not m:

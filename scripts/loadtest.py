@@ -24,10 +24,10 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def batch_stats(metrics: str) -> dict[float, float]:
-    """Cumulative histogram buckets {le: count} of the inner predict API's batch sizes."""
+    """Cumulative histogram buckets {le: count} of the service's batch sizes."""
     out: dict[float, float] = {}
-    pat = r'bentoml_service_adaptive_batch_size_bucket\{le="([^"]+)"[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)'
-    for le, v in re.findall(pat, metrics):
+    pat = r'^bnserve_batch_size_bucket\{le="([^"]+)"[^}]*\} ([0-9.e+]+)$'
+    for le, v in re.findall(pat, metrics, flags=re.M):
         out[float(le)] = out.get(float(le), 0.0) + float(v)
     return out
 

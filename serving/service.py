@@ -1,17 +1,17 @@
 """The BentoML service: ``bentoml serve`` (bentofile.yaml) or ``bentoml serve serving.service:BnServe``.
 
-Two services, one process each:
-- ``BnServe`` (the HTTP front): ``POST /classify`` reads the upload itself (multipart field
-  ``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
-  Pillow in a worker thread, and answers every bad input with a 4xx JSON body
-  ``{"error", "detail"}``. Only valid images go on to
-- ``Classifier`` (inner, via ``bentoml.depends``): a batchable API that runs ONNX Runtime on
-  batches of already-normalised images. Decoding happens before batching, so a bad image
-  never reaches (nor fails) a batch.
+One service, one process: ``POST /classify`` reads the upload itself (multipart field
+``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
+Pillow in a worker thread, and answers every bad input with a 4xx JSON body
+``{"error", "detail"}``. Only valid images go on to the ``MicroBatcher`` (serving/batching.py),
+which runs ONNX Runtime on whatever images are waiting (batch sizes: ``bnserve_batch_size`` in
+``/metrics``). Decoding happens before batching, so a bad image never reaches (nor fails) a
+batch. An inner batchable BentoML service was measured first and dropped: its process hop and
+dispatcher cost about 12 ms per request at concurrency 1 (docs/BENCHMARKS.md).
 ``GET /model`` returns the model's metadata plus the execution provider really used. BentoML's
 ``/livez``, ``/readyz``, ``/metrics`` and OpenAPI (``/docs.json``) stay.
 
-Importing this module loads nothing: the model is read in the services' ``__init__``.
+Importing this module loads nothing: the model is read in the service's ``__init__``.
 Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSERVE_PROVIDER
 (auto | cuda | cpu), BNSERVE_THREADS (ONNX Runtime intra-op threads; default: the cores this
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
@@ -25,7 +25,6 @@ import os
 import typing as t
 from pathlib import Path
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -35,28 +34,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .batching import MicroBatcher
 from .model import ModelError, OnnxClassifier, answer, model_path_from_env, read_model
 from .preprocess import DEFAULT_MAX_PIXELS, InputError, prepare_image
 
 logger = logging.getLogger("bentoml.bnserve")
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = 64  # BNSERVE_MAX_BATCH_SIZE; 1 turns batching off
 
 
-def _import_time_max_batch_size() -> int:
-    # The batchable API's bound is fixed when the class is defined; a bad value is reported by
-    # Classifier.__init__ (refusing to start), not by the import.
-    try:
-        return max(1, int(os.environ.get("BNSERVE_MAX_BATCH_SIZE") or DEFAULT_MAX_BATCH_SIZE))
-    except ValueError:
-        return DEFAULT_MAX_BATCH_SIZE
-
-
-MAX_BATCH_SIZE = _import_time_max_batch_size()  # BNSERVE_MAX_BATCH_SIZE=1 turns batching off
-# A load-shedding bound, not a wait: BentoML's dispatcher cancels (503) requests whose estimated
-# latency exceeds it, so it is generous for slow shared CPUs. Batches form from the queue.
-MAX_LATENCY_MS = 10_000
 # Images decoded at once (each up to BNSERVE_MAX_PIXELS, ~75 MB as RGB): bounds memory.
 DECODE_THREADS = 4
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -199,41 +186,23 @@ class Prediction(Choice):
     top: list[Choice]
 
 
-# --- the services ---------------------------------------------------------------------------------
+# --- the service ----------------------------------------------------------------------------------
 
-# runner_connection: BentoML's client to this service replaces its HTTP session every
-# max_requests (default 100) calls or max_age seconds and closes the old one under the requests
-# still in flight on it, which fail with "Server disconnected" (seen here in a 64-request
-# burst). Huge bounds avoid the replacement; classify() also retries once on that error.
-@bentoml.service(name="bnserve_classifier", workers=1, traffic={"timeout": 60},
-                 runner_connection={"max_requests": 2**62, "max_age": 1e12})
-class Classifier:
-    """ONNX Runtime on batches of normalised images (N, C, H, W) -> logits (N, classes)."""
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-    def __init__(self) -> None:
-        try:
-            _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
-            self.model = OnnxClassifier(model_path_from_env())
-        except ModelError as e:
-            refuse_to_start("bnserve_classifier", e)
-        self.model.warm_up((1, MAX_BATCH_SIZE))  # before /readyz says ready
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_SIZE,
-                 max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.model(batch)
+def _batch_size_histogram():
+    """Prometheus histogram of model batch sizes, shown by /metrics. Created in __init__:
+    BentoML sets up prometheus_client's multiprocess directory after this module is imported."""
+    from prometheus_client import Histogram
 
-    @bentoml.api
-    def runtime(self) -> dict:
-        m = self.model
-        return {"provider": m.provider, "providers": m.providers,
-                "providers_requested": m.providers_requested,
-                "providers_available": m.providers_available, "threads": m.threads}
+    return Histogram("bnserve_batch_size", "Images per ONNX Runtime run (micro-batching)",
+                     buckets=BATCH_BUCKETS)
 
 
 async def _model_view(request: Request) -> JSONResponse:
     service: BnServe = request.app.state.service
-    return JSONResponse(await service.describe())
+    return JSONResponse(service.describe())
 
 
 _extra_routes = Starlette(routes=[Route("/model", _model_view, methods=["GET"])])
@@ -242,17 +211,24 @@ _extra_routes = Starlette(routes=[Route("/model", _model_view, methods=["GET"])]
 @bentoml.service(name="bnserve", workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(_extra_routes, path="/", name="bnserve-model-info")
 class BnServe:
-    """POST /classify one image -> {label, index, probability, top}; GET /model."""
+    """POST /classify one image -> {label, index, probability, top}; GET /model.
 
-    classifier = bentoml.depends(Classifier)
+    One process: the event loop reads and checks uploads, Pillow decodes in a small thread
+    pool, and a MicroBatcher runs ONNX Runtime on whatever images are waiting, in one thread."""
 
     def __init__(self) -> None:
         try:
-            self.info = read_model(model_path_from_env())
+            path = model_path_from_env()
+            self.info = read_model(path)
             self.max_pixels = max_pixels()
             max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+            batch = _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
+            self.model = OnnxClassifier(path)
         except ModelError as e:
             refuse_to_start("bnserve", e)
+        self.model.warm_up((1, batch))  # before /readyz says ready
+        histogram = _batch_size_histogram()
+        self.batcher = MicroBatcher(self.model, batch, on_batch=histogram.observe)
         self._decoders: anyio.CapacityLimiter | None = None
         _extra_routes.state.service = self
 
@@ -274,16 +250,13 @@ class BnServe:
         except Exception as e:  # noqa: BLE001 - a decoder failing in a way we did not foresee
             logger.exception("unexpected error preparing an image")
             return error_response(InputError(422, "corrupt_image", f"cannot decode the image: {e}"))
-        logits = await self._predict(x)
-        return Prediction(**answer(logits[0], self.info.classes))
+        logits = await self.batcher.submit(x)
+        return Prediction(**answer(logits, self.info.classes))
 
-    async def _predict(self, x: np.ndarray) -> np.ndarray:
-        try:
-            return await self.classifier.to_async.predict(x)
-        except aiohttp.ClientConnectionError as e:  # idempotent: one retry on a new connection
-            logger.warning("inner predict call failed (%s); retrying once", e)
-            return await self.classifier.to_async.predict(x)
-
-    async def describe(self) -> dict:
-        runtime = await self.classifier.to_async.runtime()
-        return {**self.info.metadata, "model_file": str(self.info.path), **runtime}
+    def describe(self) -> dict:
+        m = self.model
+        return {**self.info.metadata, "model_file": str(self.info.path),
+                "provider": m.provider, "providers": m.providers,
+                "providers_requested": m.providers_requested,
+                "providers_available": m.providers_available, "threads": m.threads,
+                "max_batch_size": self.batcher.max_batch_size}

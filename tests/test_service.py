@@ -243,11 +243,11 @@ def test_server_healthy_after_bad_input(client):
 # --- concurrency and batching -----------------------------------------------------------------------------
 
 def batch_histogram(metrics: str) -> tuple[float, float]:
-    """(number of batches, batches of size 1) of the inner predict API."""
+    """(number of batches, batches of size 1) of the service's micro-batcher."""
     def value(pattern: str) -> float:
-        return sum(float(m) for m in re.findall(pattern, metrics))
-    count = value(r'bentoml_service_adaptive_batch_size_count\{[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)')
-    ones = value(r'bentoml_service_adaptive_batch_size_bucket\{le="1.0"[^}]*method_name="predict"[^}]*\} ([0-9.e+]+)')
+        return sum(float(m) for m in re.findall(pattern, metrics, flags=re.M))
+    count = value(r'^bnserve_batch_size_count(?:\{[^}]*\})? ([0-9.e+]+)$')
+    ones = value(r'^bnserve_batch_size_bucket\{le="1.0"[^}]*\} ([0-9.e+]+)$')
     return count, ones
 
 
