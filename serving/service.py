@@ -15,7 +15,8 @@ Importing this module loads nothing: the model is read in the service's ``__init
 Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSERVE_PROVIDER
 (auto | cuda | cpu), BNSERVE_THREADS (ONNX Runtime intra-op threads; default: the cores this
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
-(default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off).
+(default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off),
+BNSERVE_ORT_SPIN (1: let ONNX Runtime's threads spin-wait between runs; default 0).
 """
 
 from __future__ import annotations
@@ -259,4 +260,5 @@ class BnServe:
                 "provider": m.provider, "providers": m.providers,
                 "providers_requested": m.providers_requested,
                 "providers_available": m.providers_available, "threads": m.threads,
+                "ort_spinning": m.spinning,
                 "max_batch_size": self.batcher.max_batch_size}
