@@ -71,6 +71,7 @@ class VGGRunsConfig:
     seed: int = field(default=0, metadata={"help": "seed for init, batch order and probed units"})
     eval_every: int = field(default=500, metadata={"help": "steps between accuracy evaluations (one host sync each)"})
     eval_train_size: int = field(default=10_000, metadata={"help": "fixed training subset for eval-mode training accuracy"})
+    eval_test_size: int = field(default=10_000, metadata={"help": "test images for intermediate evaluations (the final one uses the whole test split)"})
     record_every: int = field(default=50, metadata={"help": "steps between activation-percentile records"})
     probe_layers: tuple[int, ...] = field(default=(3, 11), metadata={"help": "layers whose random activation is followed"})
     out: str = field(default="runs/santurkar-fig1", metadata={"help": "run directory"})
@@ -87,7 +88,8 @@ class VGGRunsConfig:
             raise ValueError(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise ValueError("--lrs must be positive")
-        for name in ("steps", "batch_size", "eval_every", "eval_train_size", "record_every"):
+        for name in ("steps", "batch_size", "eval_every", "eval_train_size", "eval_test_size",
+                     "record_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         k = 16 if self.model == "vgg16" else 11
@@ -136,12 +138,12 @@ class Fig3Config(VGGRunsConfig):
 
 # CPU presets: Fashion-MNIST at its native 28 px and a quarter-width VGG-11, sized so that each
 # figure finishes within 15 minutes on a 2-core CPU (see README for measured times).
-_CPU = {"dataset": "fashion-mnist", "width": 0.25, "eval_every": 100, "eval_train_size": 2_000,
-        "record_every": 20}
-FIG1_PRESETS = {"paper": Fig1Config(), "cpu": Fig1Config(**_CPU, steps=1_000)}
-FIG2_PRESETS = {"paper": Fig2Config(), "cpu": Fig2Config(**_CPU, steps=1_000)}
+_CPU = {"dataset": "fashion-mnist", "width": 0.125, "eval_every": 150, "eval_train_size": 2_000,
+        "eval_test_size": 2_000, "record_every": 25}
+FIG1_PRESETS = {"paper": Fig1Config(), "cpu": Fig1Config(**_CPU, steps=1_500)}
+FIG2_PRESETS = {"paper": Fig2Config(), "cpu": Fig2Config(**_CPU, steps=1_500)}
 FIG3_PRESETS = {"paper": Fig3Config(),
-                "cpu": Fig3Config(**_CPU, steps=1_000, ics_every=50)}
+                "cpu": Fig3Config(**_CPU, steps=1_500, ics_every=50)}
 
 
 # --- one VGG run ------------------------------------------------------------------------------
@@ -256,10 +258,15 @@ def train_vgg(cfg: VGGRunsConfig, variant: str, lr: float, run_dir: str, experim
     correct = torch.zeros((), dtype=torch.long, device=device)
     step, train_seconds, ics_seconds, diverged_at = 0, 0.0, 0.0, None
     evals = {}
+    mid = cfg.steps // 2
 
-    def evaluate_now() -> dict:
+    n_test = len(test)
+
+    def evaluate_now(final: bool = False) -> dict:
+        m = n_test if final else min(cfg.eval_test_size, n_test)
         return {"train_eval_accuracy": evaluate(model, train_sub_x, train_sub_y, norm, amp=cfg.amp).item(),
-                "test_accuracy": evaluate(model, test.images, test.labels, norm, amp=cfg.amp).item()}
+                "test_accuracy": evaluate(model, test.images[:m], test.labels[:m], norm, amp=cfg.amp).item(),
+                "n_test": m}
 
     with MetricsWriter(out_dir / "metrics.jsonl") as metrics:
         metrics.write({"kind": "header", "variant": variant, "lr": lr, "model": cfg.model,
@@ -270,7 +277,8 @@ def train_vgg(cfg: VGGRunsConfig, variant: str, lr: float, run_dir: str, experim
         model.train()
         while step < cfg.steps:
             t0 = time.perf_counter()
-            n = min(cfg.eval_every, cfg.steps - step)
+            # intervals also end at the midpoint, where the summary compares the runs
+            n = min(cfg.eval_every, (mid - step) if step < mid else cfg.steps - step)
             t_ics = 0.0
             for _ in range(n):
                 idx = sampler.next_indices()
@@ -294,7 +302,7 @@ def train_vgg(cfg: VGGRunsConfig, variant: str, lr: float, run_dir: str, experim
                 step += 1
                 if bar is not None and step % 20 == 0:
                     bar.update(20)
-            ev = evaluate_now()  # the one host sync of the interval
+            ev = evaluate_now(final=step == cfg.steps)  # the one host sync of the interval
             mean_loss = loss_sum.item() / n
             dt = time.perf_counter() - t0
             train_seconds += dt - t_ics  # ICS passes when synchronous on CPU; on CUDA they queue
@@ -497,7 +505,8 @@ def write_summary(run_dir: Path, experiment: str, cfg: VGGRunsConfig, preset: st
         f"Glorot init, plain SGD (no momentum, no weight decay), batch {cfg.batch_size}, "
         f"{cfg.steps:,} steps, no augmentation, seed {cfg.seed}.",
         f"Training accuracy: eval mode on a fixed {vgg[0]['n_train_eval']:,}-image training subset; "
-        f"test accuracy: full test split ({vgg[0]['n_test']:,} images).",
+        f"test accuracy: the first {min(cfg.eval_test_size, vgg[0]['n_test']):,} test images during "
+        f"training, the full test split ({vgg[0]['n_test']:,} images) at the last step.",
         "",
         f"| run | train acc @ {mid:,} | train acc @ {cfg.steps:,} | test acc @ {mid:,} | "
         f"test acc @ {cfg.steps:,} | train steps/s | time (s) | device, threads |",
