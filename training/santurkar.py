@@ -21,8 +21,13 @@ training set (the running mini-batch accuracy in train mode is recorded too); th
 "random activation" of layer i is one (channel, row, column) of ``activation_sites()[i-1]``
 (one unit for a fully connected layer) drawn with a seeded RNG, and every ``record_every`` steps
 its 5/25/50/75/95th percentiles over the mini-batch are recorded. DLN: x ~ N(0, I_10),
-y = A x with A ~ N(0, 1)^{10x10}, ``dln_samples`` points, loss = sum over samples and outputs of
-the squared error (a sum is what makes the paper's lr 1e-6 a sensible step), full-batch GD.
+y = A x with A ~ N(0, 1)^{10x10}, ``dln_samples`` = 100 points, loss = sum over samples and
+outputs of the squared error, full-batch GD at the paper's lr 1e-6. The paper gives neither the
+number of points nor whether the loss is a sum; with a mean, lr 1e-6 would barely move the
+weights, and with a sum the step grows with the number of points: at 1,000 points and lr 1e-6
+the plain DLN's own steps are so large (||lr G|| ~ 8% of ||W|| per step at init) that both
+networks show large ICS and the plain one stalls; 100 points keep the paper's lr in the regime
+its figure shows (our calibration, seed 0: plain-DLN median cosine > 0.99).
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ class Fig3Config(VGGRunsConfig):
     probe_layers: tuple[int, ...] = field(default=(), metadata={"help": "layers whose random activation is followed"})
     out: str = field(default="runs/santurkar-fig3", metadata={"help": "run directory"})
     ics_every: int = field(default=100, metadata={"help": "VGG: steps between ICS measurements (each costs k extra passes)"})
-    dln_samples: int = field(default=1_000, metadata={"help": "DLN: synthetic Gaussian training points (the full batch)"})
+    dln_samples: int = field(default=100, metadata={"help": "DLN: synthetic Gaussian training points (the full batch; unstated by the paper)"})
     dln_steps: int = field(default=10_000, metadata={"help": "DLN: full-batch gradient-descent steps"})
     dln_lr: float = field(default=1e-6, metadata={"help": "DLN: learning rate on the summed squared loss (paper: 1e-6)"})
     dln_ics_every: int = field(default=100, metadata={"help": "DLN: steps between ICS measurements"})
