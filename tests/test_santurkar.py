@@ -89,6 +89,7 @@ def test_layer_parameters_include_bias_and_bn_affine():
     assert len(dln) == 25 and len(dln[0]) == 3 and dln[24] == ["net.48.weight"]
 
 
+@pytest.mark.slow
 def test_dln_bn_shows_more_ics_than_plain_dln():
     """The paper's Fig. 3 DLN claim on a short, fixed instance (the full run is the figure)."""
     x, y, _ = dln_data(100, 10, seed=0)

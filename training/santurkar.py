@@ -32,6 +32,7 @@ its figure shows (our calibration, seed 0: plain-DLN median cosine > 0.99).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -153,6 +154,12 @@ FIG3_PRESETS = {"paper": Fig3Config(),
 
 # --- one VGG run ------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str, data_dir: str | None):
+    """Parsed once per process: the jobs of a figure that share a process share it."""
+    return load_dataset(name, data_dir, progress=False)
+
+
 def job_name(variant: str, lr: float) -> str:
     return f"{variant}_lr{lr:g}"
 
@@ -232,7 +239,7 @@ def train_vgg(cfg: VGGRunsConfig, variant: str, lr: float, run_dir: str, experim
         torch.set_num_threads(threads)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.dataset, cfg.data_dir, progress=False)
+    ds = _dataset(cfg.dataset, cfg.data_dir)
     spec = ds.spec
     train, test = ds.train.to(device), ds.test.to(device)
     norm = Normalizer(spec.mean, spec.std, device)
