@@ -30,6 +30,16 @@ needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny models gain nothing from intra-op threads, and on a shared 2-core machine
+    OpenMP threads waiting on each other cost far more than they save."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- ICS (Definition 2.1) -----------------------------------------------------------------------
 
 def _closed_form_ics(w1, w2, w3, x, y, lr):
