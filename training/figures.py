@@ -94,12 +94,12 @@ def _evals(rows: list[dict]) -> list[dict]:
 def _plot_accuracy(ax, runs: dict, key: str, title: str) -> None:
     lrs = sorted({lr for _, lr in runs})
     for (v, lr), rows in runs.items():
-        ev = _evals(rows)
-        ax.plot([r["step"] for r in ev], [r.get(key, float("nan")) for r in ev], _LINESTYLE[lrs.index(lr) % 4],
+        ev = [r for r in _evals(rows) if key in r]
+        ax.plot([r["step"] for r in ev], [r[key] for r in ev], _LINESTYLE[lrs.index(lr) % 4],
                 color=COLORS[v], label=f"{LABELS[v]}, lr {lr:g}")
         if ev and ev[-1].get("diverged"):
             ax.plot(ev[-1]["step"], 0.1, "x", color=COLORS[v], ms=9)
-    ax.set(title=title, xlabel="training steps", ylabel=key.replace("_eval", "").replace("_", " "), ylim=(0, 1))
+    ax.set(title=title, xlabel="training steps", ylabel="accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
 
@@ -179,7 +179,11 @@ def plot_santurkar_fig2(run_dir: str | Path, out: str | Path | None = None) -> P
     rows_n = max(2, len(layers))
     fig = plt.figure(figsize=(5 + 3.8 * len(variants), 2.9 * rows_n))
     gs = fig.add_gridspec(rows_n, 1 + len(variants))
-    _plot_accuracy(fig.add_subplot(gs[:, 0]), runs, "train_eval_accuracy", "training accuracy")
+    half = rows_n // 2
+    _plot_accuracy(fig.add_subplot(gs[:half, 0]), runs, "train_accuracy",
+                   "training accuracy (mini-batches, train mode)")
+    _plot_accuracy(fig.add_subplot(gs[half:, 0]), runs, "train_eval_accuracy",
+                   "training accuracy (eval mode, noise off)")
     for j, layer in enumerate(layers):
         axes = []
         for c, v in enumerate(variants):
