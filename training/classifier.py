@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import autocast, evaluate, prepare_model
+from .loop import evaluate, prepare_model, sgd_step
 from .models import MODELS, create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -95,15 +94,10 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
             for _ in range(n):
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, cfg)
-                idx = sampler.next_indices()
-                with autocast(device, cfg.amp):
-                    logits = model(norm(train.images[idx]))
-                    loss = F.cross_entropy(logits, train.labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                correct += (logits.argmax(1) == train.labels[idx]).sum()
+                images, labels = train.batch(sampler.next_indices())
+                loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp)
+                loss_sum += loss
+                correct += (logits.argmax(1) == labels).sum()
                 step += 1
                 if bar is not None and step % 20 == 0:
                     bar.update(20)

@@ -146,6 +146,11 @@ class Split:
     def to(self, device: torch.device | str) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``idx`` of images and labels (index_select: several times cheaper per call than
+        advanced indexing, which shows at the MLP's 1,000+ steps/s)."""
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
 
 @dataclass
 class Dataset:

@@ -27,11 +27,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import evaluate
+from .loop import evaluate, sgd_step
 from .models import create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -134,13 +133,8 @@ def train_variant(cfg: IoffeFig1Config, variant: str, run_dir: str, position: in
             t0 = time.perf_counter()
             n_steps = target - step
             for _ in range(n_steps):
-                idx = sampler.next_indices()
-                logits = model(norm(train.images[idx]))
-                loss = F.cross_entropy(logits, train.labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
+                loss, _ = sgd_step(model, opt, norm, *train.batch(sampler.next_indices()))
+                loss_sum += loss
                 step += 1
                 if bar is not None and step % 100 == 0:
                     bar.update(100)

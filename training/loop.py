@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -37,3 +38,16 @@ def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, no
             correct += (logits.argmax(1) == labels[i:i + chunk]).sum()
     model.train(was_training)
     return correct.double() / labels.shape[0]
+
+
+def sgd_step(model: nn.Module, opt: torch.optim.Optimizer, norm: nn.Module, images_u8: torch.Tensor,
+             labels: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cross-entropy training step on a uint8 batch; returns (loss, logits), detached and
+    still on the device: no host sync."""
+    with autocast(labels.device, amp):
+        logits = model(norm(images_u8))
+        loss = F.cross_entropy(logits, labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()

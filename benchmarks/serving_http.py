@@ -1,0 +1,227 @@
+"""Serving over HTTP on 127.0.0.1: our service against the naive one, same image, same client.
+
+- ours: ``bentoml serve serving.service:BnServe`` (folded ONNX on ONNX Runtime, in-process
+  micro-batching), and again with batching off (``BNSERVE_MAX_BATCH_SIZE=1``)
+- baseline: ``benchmarks/naive_service.py`` (PyTorch eager, BN unfolded, no batching)
+
+One server at a time. For each concurrency level a closed-loop asyncio client keeps that many
+requests in flight for a fixed time: requests/s, p50/p99 latency, errors (non-200 or transport
+failures), mean batch size from the server's ``/metrics``, and the peak resident memory of the
+server's whole process tree. Plus the in-process ONNX Runtime p50 on the same prepared image,
+the floor that HTTP overhead is measured against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from .common import markdown_table, percentile, summarize, time_calls
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_GLOB = "samples/*.png"
+LEVELS = (1, 8, 32, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``bentoml serve`` in a subprocess of its own session; stopped with its whole tree."""
+
+    def __init__(self, target: str, env: dict):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self._stderr_tail: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.peak_rss = 0
+        self._sampling = False
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self._stderr_tail = (self._stderr_tail + [line.decode(errors="replace")])[-30:]
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + "".join(self._stderr_tail))
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("server not ready:\n" + "".join(self._stderr_tail))
+
+    def rss(self) -> int:
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def start_sampling(self):
+        self._sampling = True
+
+        def loop():
+            while self._sampling:
+                self.peak_rss = max(self.peak_rss, self.rss())
+                time.sleep(0.2)
+        threading.Thread(target=loop, daemon=True).start()
+
+    def stop(self):
+        self._sampling = False
+        try:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+
+
+def batch_stats(metrics_text: str) -> tuple[float, float]:
+    """(sum, count) of the service's batch-size histogram (``bnserve_batch_size``)."""
+    s = c = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith("bnserve_batch_size"):
+            continue
+        m = re.match(r"^(\S+?)(\{.*\})?\s+([0-9.eE+-]+)$", line)
+        if not m:
+            continue
+        name, value = m.group(1), float(m.group(3))
+        if name.endswith("_sum"):
+            s += value
+        elif name.endswith("_count"):
+            c += value
+    return s, c
+
+
+async def load(url: str, image: bytes, concurrency: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async def worker():
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url + "/classify", files={"image": ("x.png", image, "image/png")})
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if r.status_code != 200:
+                        errors += 1
+                        continue
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"ok": len(latencies), "errors": errors, "rps": len(latencies) / wall,
+            "p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
+            "statuses": statuses}
+
+
+def measure(name: str, server: Server, image: bytes, seconds: float, levels=LEVELS) -> list[dict]:
+    server.wait_ready()
+    asyncio.run(load(server.url, image, 4, 1.0))  # warm-up
+    out = []
+    for c in levels:
+        server.peak_rss = 0
+        server.start_sampling()
+        before = batch_stats(httpx.get(server.url + "/metrics").text)
+        r = asyncio.run(load(server.url, image, c, seconds))
+        after = batch_stats(httpx.get(server.url + "/metrics").text)
+        server._sampling = False
+        n = after[1] - before[1]
+        r.update(service=name, concurrency=c, mean_batch=(after[0] - before[0]) / n if n else None,
+                 peak_rss_mb=server.peak_rss / 2**20)
+        print(f"  {name} c={c}: {r['rps']:.1f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+              f"errors {r['errors']}, mean batch {r['mean_batch']}, peak RSS {r['peak_rss_mb']:.0f} MB",
+              flush=True)
+        out.append(r)
+    return out
+
+
+def inprocess_ort_p50(model_path: Path, image: bytes) -> float:
+    """ONNX Runtime p50 in this process on the same prepared image: the floor for HTTP."""
+    from serving.model import OnnxClassifier, read_model
+    from serving.preprocess import prepare_image
+    info = read_model(model_path)
+    x = prepare_image(image, info.channels, info.height, info.width, info.mean, info.std)[None]
+    clf = OnnxClassifier(model_path)
+    x = x.astype(info.dtype, copy=False)
+    return summarize(time_calls(lambda: clf(x), warmup=20, iters=300))["p50_ms"]
+
+
+def run(quick: bool = False) -> dict:
+    seconds = 2.0 if quick else 10.0
+    model = Path(os.environ.get("BNSERVE_MODEL", REPO / "models" / "default" / "model.onnx"))
+    ckpt = model.parent / "checkpoint.pt"
+    samples = sorted(REPO.glob(SAMPLE_GLOB))
+    if not model.is_file() or not ckpt.is_file() or not samples:
+        raise FileNotFoundError(f"need {model}, {ckpt} and {SAMPLE_GLOB}: run `make default-model`")
+    image = samples[0].read_bytes()
+    floor = inprocess_ort_p50(model, image)
+    print(f"  in-process ONNX Runtime p50 on the same image: {floor:.3f} ms", flush=True)
+    configs = [
+        ("ours (ONNX Runtime, batching)", "serving.service:BnServe", {"BNSERVE_MODEL": str(model)}),
+        ("ours, batching off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_MAX_BATCH_SIZE": "1"}),
+        ("naive (PyTorch eager, no batching)", "benchmarks.naive_service:NaiveClassifier",
+         {"BNSERVE_CHECKPOINT": str(ckpt)}),
+    ]
+    results = []
+    for name, target, env in configs:
+        server = Server(target, env)
+        try:
+            results += measure(name, server, image, seconds)
+        finally:
+            server.stop()
+    naive = {r["concurrency"]: r for r in results if r["service"].startswith("naive")}
+    rows = []
+    for r in results:
+        base = naive[r["concurrency"]]["rps"]
+        rows.append([r["service"], r["concurrency"], round(r["rps"], 1), f"{r['rps'] / base:.2f}x" if base else "-",
+                     round(r["p50_ms"], 2), round(r["p99_ms"], 2), f"{r['errors']} / {r['ok'] + r['errors']}",
+                     "-" if r["mean_batch"] is None else round(r["mean_batch"], 2), round(r["peak_rss_mb"])])
+    table = markdown_table(["service", "concurrency", "req/s", "vs naive", "p50 ms", "p99 ms", "errors / requests",
+                            "mean batch", "peak RSS MB"], rows)
+    c1 = next(r for r in results if r["service"].startswith("ours (") and r["concurrency"] == 1)
+    note = (f"{seconds:.0f} s per level, closed-loop asyncio client in the benchmark process (it shares "
+            f"the CPU with the server). In-process ONNX Runtime p50 on the same prepared image: "
+            f"{floor:.3f} ms; ours at concurrency 1: p50 {c1['p50_ms']:.2f} ms "
+            f"(+{c1['p50_ms'] - floor:.2f} ms for HTTP, multipart, decoding and the batching hop). "
+            f"Model: {model.relative_to(REPO) if model.is_relative_to(REPO) else model}; image: "
+            f"{samples[0].relative_to(REPO)}.")
+    return {"name": "serving", "results": results, "table": table, "note": note, "intro": __doc__,
+            "inprocess_p50_ms": floor}

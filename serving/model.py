@@ -1,0 +1,207 @@
+"""The exported ONNX model as the service uses it: check it (docs/ARTIFACTS.md), pick the
+execution provider, run it. NumPy + onnx + onnxruntime only (no torch, no bentoml), so tests
+and scripts use it directly.
+
+The service trusts only files that carry the exporter's proof: the ``bnserve`` metadata with
+``parity.passed == true`` and no BatchNormalization node left (BN must have been folded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Under "bentoml." so that `bentoml serve` shows it with its own logs.
+logger = logging.getLogger("bentoml.bnserve.model")
+
+FORMAT = "bnserve-onnx/1"
+METADATA_KEY = "bnserve"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ModelError(RuntimeError):
+    """The model file cannot be served; the message says why and what to do."""
+
+
+def model_path_from_env() -> Path:
+    """``$BNSERVE_MODEL`` if set, else the default model shipped in the repository."""
+    return Path(os.environ.get("BNSERVE_MODEL") or DEFAULT_MODEL)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    metadata: dict  # the bnserve JSON, as written by the exporter
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
+
+
+def _iter_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:  # subgraphs of If / Loop / Scan
+            if attr.HasField("g"):
+                yield from _iter_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _iter_nodes(g)
+
+
+def read_model(path: str | os.PathLike) -> ModelInfo:
+    """Check a model file against the contract and return what serving needs from it.
+    Raises ModelError (missing, corrupt, no/invalid metadata, parity not passed, BN nodes)."""
+    import onnx
+
+    path = Path(path)
+    hint = ("set BNSERVE_MODEL to a file written by `python -m export CHECKPOINT -o OUT.onnx`, "
+            "or unset it to serve the default model (`make default-model` regenerates it)")
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist; {hint}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises many types
+        raise ModelError(f"model file {path} is not a readable ONNX model ({e}); {hint}") from e
+    if len(proto.graph.node) == 0:
+        raise ModelError(f"model file {path} is not a readable ONNX model (empty graph); {hint}")
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ModelError(f"{path} lacks the {METADATA_KEY!r} metadata of docs/ARTIFACTS.md "
+                         f"(keys present: {sorted(props) or 'none'}): it was not written by our "
+                         f"exporter; {hint}")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: the {METADATA_KEY!r} metadata is not valid JSON ({e}); {hint}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{path}: metadata format is {got!r}, expected {FORMAT!r}; {hint}")
+    bn = [n.name or "(unnamed)" for n in _iter_nodes(proto.graph) if n.op_type == "BatchNormalization"]
+    if bn:
+        raise ModelError(f"{path} contains {len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
+                         f"{', ...' if len(bn) > 3 else ''}); the service serves only models with BN "
+                         f"folded into the preceding conv/linear weights; {hint}")
+    parity = meta.get("parity")
+    if not isinstance(parity, dict) or parity.get("passed") is not True:
+        raise ModelError(f"{path}: the exporter's parity check did not pass (parity = {parity!r}); "
+                         f"the file may not answer as the PyTorch model does; {hint}")
+    try:
+        spec, norm = meta["input"], meta["normalization"]
+        channels, height, width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
+        mean, std = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
+        classes = tuple(map(str, meta["classes"]))
+        dtype = np.dtype(spec.get("dtype", "float32"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path}: metadata lacks or mangles a required field ({e!r}); {hint}") from e
+    if channels not in (1, 3) or len(mean) != channels or len(std) != channels or not classes:
+        raise ModelError(f"{path}: inconsistent metadata (channels={channels}, mean={mean}, "
+                         f"std={std}, {len(classes)} classes); {hint}")
+    graph_inputs = [i.name for i in proto.graph.input]
+    graph_outputs = [o.name for o in proto.graph.output]
+    if graph_inputs[:1] != ["input"] or graph_outputs[:1] != ["logits"]:
+        raise ModelError(f"{path}: graph inputs {graph_inputs} / outputs {graph_outputs}, expected "
+                         f"'input' / 'logits'; {hint}")
+    return ModelInfo(path, meta, channels, height, width, mean, std, classes, dtype)
+
+
+# --- execution provider ---------------------------------------------------------------------------
+
+def choose_providers(available: list[str], want: str = "auto") -> list[str]:
+    """The providers to ask ONNX Runtime for. ``want``: "auto" (CUDA when this onnxruntime build
+    has it, else CPU), "cuda" (error if missing) or "cpu" (from ``$BNSERVE_PROVIDER``)."""
+    want = want.lower()
+    if want not in ("auto", "cuda", "cpu"):
+        raise ModelError(f"BNSERVE_PROVIDER must be auto, cuda or cpu, got {want!r}")
+    if want == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if want == "cuda":
+        raise ModelError(f"BNSERVE_PROVIDER=cuda but this onnxruntime has only {available}; "
+                         "install onnxruntime-gpu (`make serve` does when nvidia-smi finds a GPU)")
+    return [CPU]
+
+
+def default_threads() -> int:
+    """Cores this process may use (the affinity mask, so containers and taskset are respected)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxClassifier:
+    """An ONNX Runtime session on a checked model. ``provider`` is what ONNX Runtime really
+    uses: it silently falls back to CPU when CUDA cannot start, so we read get_providers()."""
+
+    def __init__(self, path: str | os.PathLike, want: str | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.info = read_model(path)
+        want = want if want is not None else os.environ.get("BNSERVE_PROVIDER", "auto")
+        available = ort.get_available_providers()
+        requested = choose_providers(available, want)
+        if CUDA in requested and hasattr(ort, "preload_dlls"):
+            try:  # CUDA/cuDNN from the nvidia-* pip wheels, when they are installed that way
+                ort.preload_dlls()
+            except Exception as e:  # noqa: BLE001 - system CUDA may still work
+                logger.warning("onnxruntime.preload_dlls() failed (%s); relying on system CUDA", e)
+        threads = threads or int(os.environ.get("BNSERVE_THREADS") or 0) or default_threads()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.info.path), sess_options=opts,
+                                                providers=requested)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"onnxruntime cannot load {self.info.path} with {requested}: {e}") from e
+        self.providers_available = available
+        self.providers_requested = requested
+        self.providers = self.session.get_providers()
+        self.provider = self.providers[0]
+        self.threads = threads
+        if CUDA in requested and self.provider != CUDA:
+            logger.warning("CUDAExecutionProvider was requested but onnxruntime fell back to %s "
+                           "(CUDA or cuDNN libraries missing or mismatched?); serving on CPU",
+                           self.provider)
+        logger.info("model %s (%s, %s) on %s (requested %s, available %s), %d intra-op threads",
+                    self.info.path, self.info.metadata.get("model", {}).get("name"),
+                    self.info.metadata.get("dataset"), self.provider, requested, available, threads)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """float (N, C, H, W) normalised pixels -> float32 logits (N, classes)."""
+        x = np.ascontiguousarray(batch, dtype=self.info.dtype)
+        (logits,) = self.session.run(["logits"], {"input": x})
+        return np.asarray(logits, dtype=np.float32)
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        for n in batch_sizes:
+            self(np.zeros((n, self.info.channels, self.info.height, self.info.width), self.info.dtype))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5) -> dict:
+    """One image's logits -> the /classify answer (probabilities by softmax, top-k by
+    probability; ties keep the lower index first, as argmax does)."""
+    p = softmax(np.asarray(logits).reshape(-1))
+    order = np.argsort(-p, kind="stable")[: max(1, min(k, p.size))]
+    top = [{"label": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
+    return {**top[0], "top": top}

@@ -1,0 +1,262 @@
+"""The BentoML service: ``bentoml serve`` (bentofile.yaml) or ``bentoml serve serving.service:BnServe``.
+
+One service, one process: ``POST /classify`` reads the upload itself (multipart field
+``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
+Pillow in a worker thread, and answers every bad input with a 4xx JSON body
+``{"error", "detail"}``. Only valid images go on to the ``MicroBatcher`` (serving/batching.py),
+which runs ONNX Runtime on whatever images are waiting (batch sizes: ``bnserve_batch_size`` in
+``/metrics``). Decoding happens before batching, so a bad image never reaches (nor fails) a
+batch. An inner batchable BentoML service was measured first and dropped: its process hop and
+dispatcher cost about 12 ms per request at concurrency 1 (docs/BENCHMARKS.md).
+``GET /model`` returns the model's metadata plus the execution provider really used. BentoML's
+``/livez``, ``/readyz``, ``/metrics`` and OpenAPI (``/docs.json``) stay.
+
+Importing this module loads nothing: the model is read in the service's ``__init__``.
+Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSERVE_PROVIDER
+(auto | cuda | cpu), BNSERVE_THREADS (ONNX Runtime intra-op threads; default: the cores this
+process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
+(default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing as t
+from pathlib import Path
+
+import anyio
+import bentoml
+import numpy as np
+from pydantic import BaseModel, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .batching import MicroBatcher
+from .model import ModelError, OnnxClassifier, answer, model_path_from_env, read_model
+from .preprocess import DEFAULT_MAX_PIXELS, InputError, prepare_image
+
+logger = logging.getLogger("bentoml.bnserve")
+
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 64  # BNSERVE_MAX_BATCH_SIZE; 1 turns batching off
+
+
+# Images decoded at once (each up to BNSERVE_MAX_PIXELS, ~75 MB as RGB): bounds memory.
+DECODE_THREADS = 4
+RAW_TYPES = ("image/", "application/octet-stream")
+HOW_TO_SEND = ("send multipart/form-data with one file field 'image' (curl -F image=@photo.png) "
+               "or the image itself as the body with Content-Type image/* "
+               "(curl --data-binary @photo.png -H 'Content-Type: image/png')")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ModelError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ModelError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def max_bytes() -> int:
+    return _env_int("BNSERVE_MAX_BYTES", DEFAULT_MAX_BYTES)
+
+
+def max_pixels() -> int:
+    return _env_int("BNSERVE_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+
+
+def refuse_to_start(service: str, error: Exception) -> t.NoReturn:
+    """Log why the model cannot be served and stop the whole server. Left alone, BentoML's
+    process manager would respawn the failing worker forever (outside containers) while
+    /readyz stays 503: we want `bentoml serve` to exit with the reason instead."""
+    import signal
+
+    import psutil  # a BentoML dependency
+
+    logger.critical("bnserve cannot start (%s): %s", service, error)
+    try:
+        parent = psutil.Process(os.getppid())
+        if any("bentoml" in part for part in parent.cmdline()):  # the `bentoml serve` arbiter
+            parent.send_signal(signal.SIGTERM)
+    except psutil.Error:
+        pass
+    raise error
+
+
+def error_response(e: InputError) -> JSONResponse:
+    return JSONResponse(e.to_json(), status_code=e.status)
+
+
+# --- reading the upload ---------------------------------------------------------------------------
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes, before or while reading."""
+    declared = request.headers.get("content-length")
+    too_big = InputError(413, "too_many_bytes",
+                         f"the request body is over the limit of {limit} bytes (BNSERVE_MAX_BYTES)")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise InputError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
+        if declared_size > limit:
+            raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_image_upload(request: Request, limit: int) -> bytes:
+    """The image file bytes of a /classify request: multipart field ``image`` or a raw body."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data" and not media_type.startswith(RAW_TYPES):
+        got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+        raise InputError(415, "unsupported_media_type", f"got {got}; {HOW_TO_SEND}")
+    body = await read_body(request, limit)
+    if media_type != "multipart/form-data":
+        if not body:
+            raise InputError(400, "empty_image", f"the request body is empty; {HOW_TO_SEND}")
+        return body
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    except Exception as e:  # noqa: BLE001 - starlette / python-multipart parse errors
+        raise InputError(400, "bad_multipart", f"cannot parse the multipart body ({e}); {HOW_TO_SEND}") from e
+    try:
+        values = form.getlist("image")
+        if not values:
+            fields = sorted(form.keys())
+            raise InputError(400, "missing_field",
+                             f"no field 'image' in the form (fields sent: {fields or 'none'}); {HOW_TO_SEND}")
+        if len(values) > 1:
+            raise InputError(400, "too_many_images",
+                             f"{len(values)} 'image' fields; /classify takes one image per request")
+        value = values[0]
+        if isinstance(value, str):
+            raise InputError(400, "not_a_file",
+                             f"field 'image' is a text value, not a file upload; {HOW_TO_SEND}")
+        data = await value.read()
+        if not data:
+            raise InputError(400, "empty_image", "the uploaded file 'image' is empty (0 bytes)")
+        return data
+    finally:
+        await form.close()
+
+
+# /classify's input. The schema (OpenAPI, BentoML clients) is a multipart file field `image`; the
+# parsing is ours (read_image_upload): BentoML's own multipart parsing answers 500 for a text value
+# in a file field (it fetches it as a URL), has no size limit and accepts no raw body.
+class ClassifyInput(bentoml.IODescriptor):
+    """One image file: multipart field `image`, or the raw body with Content-Type image/*."""
+
+    image: t.Annotated[Path, bentoml.validators.ContentType("image/*")] = Field(
+        description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM)")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: t.Any) -> ClassifyInput:
+        try:
+            data: bytes | InputError = await read_image_upload(request, max_bytes())
+        except InputError as e:
+            data = e  # answered as JSON by classify(); raising here would give BentoML's format
+        return cls.model_construct(image=data)
+
+
+class Choice(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class Prediction(Choice):
+    top: list[Choice]
+
+
+# --- the service ----------------------------------------------------------------------------------
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _batch_size_histogram():
+    """Prometheus histogram of model batch sizes, shown by /metrics. Created in __init__:
+    BentoML sets up prometheus_client's multiprocess directory after this module is imported."""
+    from prometheus_client import Histogram
+
+    return Histogram("bnserve_batch_size", "Images per ONNX Runtime run (micro-batching)",
+                     buckets=BATCH_BUCKETS)
+
+
+async def _model_view(request: Request) -> JSONResponse:
+    service: BnServe = request.app.state.service
+    return JSONResponse(service.describe())
+
+
+_extra_routes = Starlette(routes=[Route("/model", _model_view, methods=["GET"])])
+
+
+@bentoml.service(name="bnserve", workers=1, traffic={"timeout": 60})
+@bentoml.asgi_app(_extra_routes, path="/", name="bnserve-model-info")
+class BnServe:
+    """POST /classify one image -> {label, index, probability, top}; GET /model.
+
+    One process: the event loop reads and checks uploads, Pillow decodes in a small thread
+    pool, and a MicroBatcher runs ONNX Runtime on whatever images are waiting, in one thread."""
+
+    def __init__(self) -> None:
+        try:
+            path = model_path_from_env()
+            self.info = read_model(path)
+            self.max_pixels = max_pixels()
+            max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+            batch = _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
+            self.model = OnnxClassifier(path)
+        except ModelError as e:
+            refuse_to_start("bnserve", e)
+        self.model.warm_up((1, batch))  # before /readyz says ready
+        histogram = _batch_size_histogram()
+        self.batcher = MicroBatcher(self.model, batch, on_batch=histogram.observe)
+        self._decoders: anyio.CapacityLimiter | None = None
+        _extra_routes.state.service = self
+
+    def _prepare(self, data: bytes) -> np.ndarray:
+        i = self.info
+        x = prepare_image(data, i.channels, i.height, i.width, i.mean, i.std, self.max_pixels)
+        return x[None].astype(i.dtype, copy=False)
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
+    async def classify(self, image: bytes) -> Prediction:
+        if isinstance(image, InputError):
+            return error_response(image)
+        if self._decoders is None:  # created on the event loop
+            self._decoders = anyio.CapacityLimiter(DECODE_THREADS)
+        try:  # Pillow decoding blocks: a worker thread keeps /readyz and other requests live
+            x = await anyio.to_thread.run_sync(self._prepare, image, limiter=self._decoders)
+        except InputError as e:
+            return error_response(e)
+        except Exception as e:  # noqa: BLE001 - a decoder failing in a way we did not foresee
+            logger.exception("unexpected error preparing an image")
+            return error_response(InputError(422, "corrupt_image", f"cannot decode the image: {e}"))
+        logits = await self.batcher.submit(x)
+        return Prediction(**answer(logits, self.info.classes))
+
+    def describe(self) -> dict:
+        m = self.model
+        return {**self.info.metadata, "model_file": str(self.info.path),
+                "provider": m.provider, "providers": m.providers,
+                "providers_requested": m.providers_requested,
+                "providers_available": m.providers_available, "threads": m.threads,
+                "max_batch_size": self.batcher.max_batch_size}

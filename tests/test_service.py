@@ -1,0 +1,327 @@
+"""The real service: `bentoml serve` on a free 127.0.0.1 port (one server for the module), the
+default model of models/default/, real PNG/JPEG files compared with the PyTorch eval-mode model,
+every kind of bad input, a burst of concurrent requests, and a refusal to start."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.preprocess import decode_image, normalize_uint8, to_model_pixels
+
+pytestmark = [pytest.mark.slow, pytest.mark.service]
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "models" / "default" / "model.onnx"
+CHECKPOINT = REPO / "models" / "default" / "checkpoint.pt"
+SAMPLES = sorted(p for p in (REPO / "samples").iterdir() if p.suffix in (".png", ".jpg"))
+START_TIMEOUT_S = 180  # a cold start on 2 busy cores
+SERVER_LOG: list[Path] = []  # the module server's log, shown when a test fails
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_MODEL": str(model), **env}
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def log_tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not MODEL.is_file():
+        pytest.fail(f"{MODEL} is missing: run `make default-model`")
+    log_path = tmp_path_factory.mktemp("server") / "bentoml.log"
+    SERVER_LOG.append(log_path)
+    proc, url = start_server(MODEL, log_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_tail(log_path)}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"not ready after {START_TIMEOUT_S} s:\n{log_tail(log_path)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    from training.checkpoint import load_checkpoint
+
+    model, ckpt = load_checkpoint(CHECKPOINT)
+    return model, ckpt
+
+
+def torch_answer(model, ckpt, path: Path) -> np.ndarray:
+    """The PyTorch eval-mode model's probabilities for an image file, through the same
+    preprocessing functions as the service."""
+    import torch
+
+    data = ckpt["data"]
+    size = data["image_size"]
+    px = to_model_pixels(decode_image(path.read_bytes()), data["channels"], size, size)
+    x = torch.from_numpy(normalize_uint8(px, data["mean"], data["std"]))[None]
+    with torch.no_grad():
+        return torch.softmax(model(x).double(), dim=1)[0].numpy()
+
+
+def classify_file(client: httpx.Client, path: Path) -> httpx.Response:
+    return client.post("/classify", files={"image": (path.name, path.read_bytes())})
+
+
+# --- the model and the answers ----------------------------------------------------------------------
+
+def test_model_endpoint_shows_metadata_provider_and_parity(client):
+    import onnxruntime as ort
+
+    r = client.get("/model")
+    assert r.status_code == 200
+    m = r.json()
+    assert m["format"] == "bnserve-onnx/1" and m["dataset"] == "fashion-mnist"
+    assert len(m["classes"]) == 10 and m["input"]["shape"][1:] == [1, 28, 28]
+    assert m["parity"]["passed"] is True
+    expected = ("CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers()
+                else "CPUExecutionProvider")
+    assert m["provider"] == expected and m["providers"][0] == expected
+    assert "CPUExecutionProvider" in m["providers_available"]
+
+
+def test_png_and_jpeg_answers_equal_pytorch_eval_mode(client, torch_model):
+    model, ckpt = torch_model
+    assert any(p.suffix == ".png" for p in SAMPLES) and any(p.suffix == ".jpg" for p in SAMPLES)
+    for path in SAMPLES:
+        r = classify_file(client, path)
+        assert r.status_code == 200, (path.name, r.text)
+        got = r.json()
+        p = torch_answer(model, ckpt, path)
+        assert got["index"] == int(p.argmax()), path.name
+        assert got["label"] == ckpt["data"]["classes"][got["index"]]
+        assert got["probability"] == pytest.approx(float(p.max()), abs=1e-4), path.name
+        assert got["top"][0] == {k: got[k] for k in ("label", "index", "probability")}
+        for t in got["top"]:
+            assert t["probability"] == pytest.approx(float(p[t["index"]]), abs=1e-4)
+
+
+def test_samples_are_classified_as_their_true_class_mostly(client):
+    """The sample PNGs are real test images with the true class in the name; the default model
+    (~0.9 accuracy) should get nearly all of them right."""
+    pngs = [p for p in SAMPLES if p.suffix == ".png" and "rgba" not in p.name]
+    right = 0
+    for path in pngs:
+        label = classify_file(client, path).json()["label"]
+        right += re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") in path.stem
+    assert right >= len(pngs) - 2, f"{right}/{len(pngs)}"
+
+
+def test_raw_body_equals_multipart(client):
+    path = next(p for p in SAMPLES if p.suffix == ".png")
+    a = classify_file(client, path).json()
+    b = client.post("/classify", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+    assert b.status_code == 200 and b.json() == a
+
+
+# --- bad input: 4xx JSON, never 5xx, and the server stays healthy --------------------------------------
+
+def _png(path_filter=".png") -> bytes:
+    return next(p for p in SAMPLES if p.suffix == path_filter).read_bytes()
+
+
+def _bomb() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
+            + chunk(b"IEND", b""))
+
+
+def _noise_png_truncated() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()[:2000]
+
+
+BAD = {
+    # name: (request kwargs, status, error code)
+    "not an image": (dict(files={"image": ("x.png", b"hello, not an image\n" * 20)}), 415, "unsupported_image"),
+    "unsupported format (EPS)": (dict(files={"image": ("x.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")}), 415, "unsupported_image"),
+    "unsupported format (SVG)": (dict(files={"image": ("x.svg", b'<svg xmlns="http://www.w3.org/2000/svg"/>')}), 415, "unsupported_image"),
+    "truncated PNG": (dict(files={"image": ("t.png", _noise_png_truncated())}), 422, "corrupt_image"),
+    "empty file": (dict(files={"image": ("e.png", b"")}), 400, "empty_image"),
+    "empty raw body": (dict(content=b"", headers={"Content-Type": "image/png"}), 400, "empty_image"),
+    "wrong field": (dict(files={"file": ("x.png", _png())}), 400, "missing_field"),
+    "missing field": (dict(data={"note": "hi"}, files={"other": ("a.txt", b"a")}), 400, "missing_field"),
+    "text in the image field": (dict(data={"image": "http://127.0.0.1:1/x.png"}, files={"x": ("a", b"a")}), 400, "not_a_file"),
+    "two images": (dict(files=[("image", ("a.png", _png())), ("image", ("b.png", _png()))]), 400, "too_many_images"),
+    "malformed multipart": (dict(content=b"--nope\r\ngarbage", headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400, None),
+    "JSON body": (dict(json={"image": "aGVsbG8="}), 415, "unsupported_media_type"),
+    "no content type": (dict(content=_png(), headers={"Content-Type": ""}), 415, "unsupported_media_type"),
+    "too many bytes": (dict(files={"image": ("big.png", b"\x89PNG" + os.urandom(9 * 2**20))}), 413, "too_many_bytes"),
+    "too many bytes, chunked": (dict(content=iter([os.urandom(2**20)] * 9), headers={"Content-Type": "image/png"}), 413, "too_many_bytes"),
+    "too many pixels": (dict(files={"image": ("bomb.png", _bomb())}), 413, "too_many_pixels"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_a_4xx_json_error(client, case):
+    kwargs, status, error = BAD[case]
+    r = client.post("/classify", **kwargs)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error", "detail"} and body["detail"], body
+    if error:
+        assert body["error"] == error, body
+
+
+def test_server_healthy_after_bad_input(client):
+    for kwargs, _, _ in BAD.values():
+        if "content" in kwargs and not isinstance(kwargs["content"], bytes):
+            continue  # a consumed iterator
+        assert client.post("/classify", **kwargs).status_code < 500
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+    assert classify_file(client, SAMPLES[0]).status_code == 200
+    assert client.get("/docs.json").status_code == 200
+
+
+# --- concurrency and batching -----------------------------------------------------------------------------
+
+def batch_histogram(metrics: str) -> tuple[float, float]:
+    """(number of batches, batches of size 1) of the service's micro-batcher."""
+    def value(pattern: str) -> float:
+        return sum(float(m) for m in re.findall(pattern, metrics, flags=re.M))
+    count = value(r'^bnserve_batch_size_count(?:\{[^}]*\})? ([0-9.e+]+)$')
+    ones = value(r'^bnserve_batch_size_bucket\{le="1.0"[^}]*\} ([0-9.e+]+)$')
+    return count, ones
+
+
+def test_burst_of_64_requests_at_concurrency_16(client, server):
+    expected = {p: classify_file(client, p).json()["index"] for p in SAMPLES}
+    before = batch_histogram(client.get("/metrics").text)
+    jobs = [SAMPLES[i % len(SAMPLES)] for i in range(64)]
+
+    def one(path: Path) -> tuple[Path, int, dict]:
+        r = classify_file(client, path)
+        return path, r.status_code, r.json()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, jobs))
+    elapsed = time.perf_counter() - t0
+    errors = [(p.name, s, b) for p, s, b in results if s != 200]
+    assert not errors, (errors[:3], log_tail(SERVER_LOG[-1], 6000))
+    assert all(b["index"] == expected[p] for p, _, b in results)
+    after = batch_histogram(client.get("/metrics").text)
+    batches, ones = after[0] - before[0], after[1] - before[1]
+    print(f"burst: 64 requests, concurrency 16, 0 errors, {elapsed:.2f} s, "
+          f"{64 / elapsed:.1f} req/s; {batches:.0f} batches, {batches - ones:.0f} of size > 1, "
+          f"mean batch size {64 / max(batches, 1):.2f}")
+    assert batches - ones > 0, "no batch of size > 1 in /metrics under a burst"
+
+
+def test_bad_images_among_concurrent_good_ones_fail_alone(client):
+    good = {p: classify_file(client, p).json()["index"] for p in SAMPLES[:4]}
+    bad = [b"not an image", _noise_png_truncated(), _bomb(), b""]
+    jobs = [("good", p) if i % 2 == 0 else ("bad", bad[i // 2 % len(bad)])
+            for i, p in enumerate(list(good) * 8)]
+
+    def one(job):
+        kind, x = job
+        data = x.read_bytes() if kind == "good" else x
+        r = client.post("/classify", files={"image": ("f", data)})
+        return kind, x, r.status_code, r.json()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, jobs))
+    for kind, x, status, body in results:
+        if kind == "good":
+            assert status == 200 and body["index"] == good[x], (x, status, body)
+        else:
+            assert 400 <= status < 500 and set(body) == {"error", "detail"}, (status, body)
+
+
+# --- refusing to start -----------------------------------------------------------------------------------
+
+def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
+    from test_serving import tiny_model  # tests/ is on sys.path (pytest rootdir-less import)
+
+    bad = tiny_model(tmp_path, bn=True)
+    log_path = tmp_path / "refuse.log"
+    proc, url = start_server(bad, log_path)
+    try:
+        proc.wait(START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bentoml serve kept running with a BN model:\n{log_tail(log_path)}")
+    finally:
+        stop_server(proc)
+    log = log_path.read_text(errors="replace")
+    assert "bnserve cannot start" in log and "BatchNormalization" in log, log[-3000:]
+
+
+def test_model_json_is_plain_json(client):
+    json.dumps(client.get("/model").json())
+
+
+def test_http_accuracy_on_1000_test_images_equals_pytorch(server):
+    from scripts.http_accuracy import http_vs_torch
+
+    r = http_vs_torch(server, str(CHECKPOINT), n=1000)
+    print(f"HTTP accuracy {r['http_accuracy']:.4f}, PyTorch eval-mode accuracy "
+          f"{r['torch_accuracy']:.4f} on {r['n']} test images, {r['disagreements']} disagreements")
+    assert r["disagreements"] == 0 and r["http_accuracy"] == r["torch_accuracy"]
