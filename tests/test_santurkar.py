@@ -226,6 +226,12 @@ def test_fig2_smoke(tmp_path):
     model, ckpt = load_checkpoint(out / "noisy_bn_lr0.1" / "checkpoint.pt")
     assert ckpt["model_config"]["noisy_bn"] is True and not model.training
     assert "noisy BN tracks BN" in (out / "summary.md").read_text()
+    # the export issue's tool takes it: the noisy BN folds as plain BN, parity verified
+    from export.__main__ import main as export_main
+    onnx_path = out / "noisy.onnx"
+    assert export_main([str(out / "noisy_bn_lr0.1" / "checkpoint.pt"), "-o", str(onnx_path),
+                        "--max-images", "64"]) == 0
+    assert onnx_path.is_file()
 
 
 @needs_fashion
