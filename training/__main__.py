@@ -10,10 +10,16 @@ from .data import DatasetNotFoundError
 
 
 def _experiments() -> dict:
-    from . import classifier, ioffe
+    from . import classifier, ioffe, santurkar
     return {
         "ioffe-fig1": (ioffe.IoffeFig1Config, ioffe.PRESETS, ioffe.run,
                        "Ioffe & Szegedy 2015 Fig. 1: 3x100 sigmoid MLP with/without BN"),
+        "santurkar-fig1": (santurkar.Fig1Config, santurkar.FIG1_PRESETS, santurkar.run_fig1,
+                           "Santurkar et al. 2018 Fig. 1: VGG with/without BN at two learning rates"),
+        "santurkar-fig2": (santurkar.Fig2Config, santurkar.FIG2_PRESETS, santurkar.run_fig2,
+                           "Santurkar et al. 2018 Fig. 2: Standard, +BN, +noisy BN"),
+        "santurkar-fig3": (santurkar.Fig3Config, santurkar.FIG3_PRESETS, santurkar.run_fig3,
+                           "Santurkar et al. 2018 Fig. 3: internal covariate shift, VGG and 25-layer DLN"),
         "classifier": (classifier.ClassifierConfig, None, classifier.run,
                        "train any registry model as an image classifier (e.g. the default served model)"),
     }
