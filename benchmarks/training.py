@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import BatchSampler, Normalizer, Split
-from training.loop import prepare_model, sgd_step
+from training.loop import PlainSGD, prepare_model, sgd_step
 from training.models import create_model
 
 from .common import markdown_table
@@ -46,7 +46,10 @@ def ours_steps_per_s(name, kw, shape, batch, steps, device, data: Split) -> floa
     torch.manual_seed(0)
     model = prepare_model(create_model(name, in_channels=shape[0], image_size=shape[1], **kw), device)
     norm = Normalizer((0.5,) * shape[0], (0.25,) * shape[0], device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
+    # what the experiments use: PlainSGD for the Ioffe MLP (plain SGD in the paper), momentum
+    # SGD for the VGGs (training/classifier.py)
+    opt = (PlainSGD(model.parameters(), lr=0.01) if name == "mlp3x100" else
+           torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True))
     sampler = BatchSampler(len(data), batch, 0, device)
     amp = device.type == "cuda"
     for _ in range(max(3, steps // 10)):
@@ -65,7 +68,7 @@ def baseline_steps_per_s(name, kw, shape, batch, steps, device, data: Split) -> 
     x = (data.images.cpu().float() / 255 - 0.5) / 0.25  # normalised on the host, once
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, data.labels.cpu()),
                                          batch_size=batch, shuffle=True, drop_last=True)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9 if name != "mlp3x100" else 0.0)
     it = iter(loader)
 
     def step():

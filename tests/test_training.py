@@ -112,3 +112,22 @@ def test_missing_dataset_is_one_clear_error(capsys, tmp_path, monkeypatch):
     assert "dataset 'fashion-mnist' not found or corrupt. Tried:" in err
     assert "apt-get install dataset-fashion-mnist" in err
     assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_plain_sgd_matches_torch_sgd_exactly():
+    from training.loop import PlainSGD
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    a = create_model("mlp3x100", bn=True)
+    b = create_model("mlp3x100", bn=True)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=0.1), PlainSGD(b.parameters(), lr=0.1)
+    for _ in range(5):
+        x, y = torch.randn(60, 1, 28, 28), torch.randint(0, 10, (60,))
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name

@@ -413,7 +413,9 @@ class Normalizer(torch.nn.Module):
             self.to(device)
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        return images_u8.float() * self.scale + self.shift
+        # uint8 * float32 casts inside the multiply (no separate conversion pass); then the add
+        # in place. Two roundings, as in serving's NumPy twin, so both stay bit-identical.
+        return torch.mul(images_u8, self.scale).add_(self.shift)
 
 
 class BatchSampler:

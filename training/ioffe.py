@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import evaluate, sgd_step
+from .loop import PlainSGD, evaluate, sgd_step
 from .models import create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -97,7 +97,7 @@ def train_variant(cfg: IoffeFig1Config, variant: str, run_dir: str, position: in
     norm = Normalizer(spec.mean, spec.std, device)
     model = create_model("mlp3x100", bn=(variant == "bn"), in_channels=spec.channels,
                          image_size=spec.image_size, num_classes=len(spec.classes)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, foreach=True)
+    opt = PlainSGD(model.parameters(), lr=cfg.lr)
     sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed, device)
 
     # Panels (b)/(c): the probe unit's sigmoid input for every example of the current interval.
