@@ -21,6 +21,14 @@ def _run_record(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _save(fig, run_dir: Path, out: str | Path | None, dpi: int = 100) -> Path:
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "figure.png"
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def dataset_title(record: dict) -> str:
     ds = record.get("config", {}).get("dataset", "?")
     preset = record.get("preset")
@@ -63,11 +71,7 @@ def plot_ioffe_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle("Ioffe & Szegedy 2015, Fig. 1, reproduced: 3x100 sigmoid MLP, "
                  + dataset_title(record), fontsize=12)
-    fig.tight_layout()
-    out = Path(out) if out else run_dir / "figure.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, out, dpi=110)
 
 
 # --- Santurkar et al. 2018 ---------------------------------------------------------------------
@@ -127,6 +131,16 @@ def _share_ylim(axes) -> None:
             a.set_ylim(lo, hi)
 
 
+def _load_santurkar_vgg(run_dir: Path) -> tuple[dict, dict, list[int]]:
+    """(run record, {(variant, lr): metrics rows}, probed layers) of a Fig. 1 or Fig. 2 run."""
+    record = _run_record(run_dir)
+    cfg = record.get("config", {})
+    runs = _santurkar_runs(run_dir, cfg)
+    if not runs:
+        raise FileNotFoundError(f"no <variant>_lr<lr>/metrics.jsonl under {run_dir}")
+    return record, runs, cfg.get("probe_layers", [])
+
+
 def _santurkar_title(fig_no: int, what: str, record: dict) -> str:
     cfg = record.get("config", {})
     return (f"Santurkar et al. 2018, Fig. {fig_no}, reproduced: {what}; {cfg.get('model', '?')} "
@@ -137,12 +151,7 @@ def plot_santurkar_fig1(run_dir: str | Path, out: str | Path | None = None) -> P
     """The paper's layout: training accuracy, test accuracy, then a random activation of
     layers 3 and 11 (rows) for Standard and Standard+BN (columns) at the lowest lr."""
     run_dir = Path(run_dir)
-    record = _run_record(run_dir)
-    cfg = record.get("config", {})
-    runs = _santurkar_runs(run_dir, cfg)
-    if not runs:
-        raise FileNotFoundError(f"no <variant>_lr<lr>/metrics.jsonl under {run_dir}")
-    layers = cfg.get("probe_layers", [])
+    record, runs, layers = _load_santurkar_vgg(run_dir)
     lr0 = min(lr for _, lr in runs)
     fig = plt.figure(figsize=(17, 3.6 * max(2, len(layers))))
     gs = fig.add_gridspec(max(2, len(layers)), 4)
@@ -157,23 +166,14 @@ def plot_santurkar_fig1(run_dir: str | Path, out: str | Path | None = None) -> P
     for layer in layers:
         _share_ylim([a for lyr, a in act_axes if lyr == layer])
     fig.suptitle(_santurkar_title(1, "VGG with and without BN", record), fontsize=12)
-    fig.tight_layout()
-    out = Path(out) if out else run_dir / "figure.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, out)
 
 
 def plot_santurkar_fig2(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """(a) training accuracy of Standard, Standard+BN, Standard+noisy BN; (b) a random
     activation at several depths (rows) for each variant (columns)."""
     run_dir = Path(run_dir)
-    record = _run_record(run_dir)
-    cfg = record.get("config", {})
-    runs = _santurkar_runs(run_dir, cfg)
-    if not runs:
-        raise FileNotFoundError(f"no <variant>_lr<lr>/metrics.jsonl under {run_dir}")
-    layers = cfg.get("probe_layers", [])
+    record, runs, layers = _load_santurkar_vgg(run_dir)
     variants = [v for v in ("standard", "bn", "noisy_bn") if any(k[0] == v for k in runs)]
     lr0 = min(lr for _, lr in runs)
     rows_n = max(2, len(layers))
@@ -192,11 +192,7 @@ def plot_santurkar_fig2(run_dir: str | Path, out: str | Path | None = None) -> P
             axes.append(ax)
         _share_ylim(axes)
     fig.suptitle(_santurkar_title(2, "Standard, +BN, +noisy BN", record), fontsize=12)
-    fig.tight_layout()
-    out = Path(out) if out else run_dir / "figure.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, out)
 
 
 def _ics_panels(axes_row, runs: dict[str, list[dict]], layers: list[int], key: str, net: str) -> None:
@@ -240,11 +236,7 @@ def plot_santurkar_fig3(run_dir: str | Path, out: str | Path | None = None) -> P
         _share_ylim(row)
     fig.suptitle(_santurkar_title(3, "internal covariate shift (Def. 2.1)", record)
                  + f"; DLN: {cfg.get('dln_samples', '?')} synthetic points, full-batch GD", fontsize=11)
-    fig.tight_layout()
-    out = Path(out) if out else run_dir / "figure.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, out)
 
 
 PLOTTERS = {"ioffe-fig1": plot_ioffe_fig1, "santurkar-fig1": plot_santurkar_fig1,
