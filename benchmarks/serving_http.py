@@ -260,6 +260,11 @@ def run(quick: bool = False) -> dict:
     for label, path, image in models:
         res, floors[label] = run_model(label, path, image, seconds)
         results += res
+    noop = Server("benchmarks.noop_service:Noop", {})
+    try:  # what BentoML itself costs per request here: the same upload, no work at all
+        floor_http = measure("BentoML no-op API", noop, models[0][2], seconds, levels=(1,))[0]
+    finally:
+        noop.stop()
     for label, _, _ in models:
         mine = [r for r in results if r["model"] == label]
         naive = {r["concurrency"]: r["rps"] for r in mine if r["service"].startswith("naive")}
@@ -273,7 +278,9 @@ def run(quick: bool = False) -> dict:
     table = markdown_table(["model", "service", "concurrency", "req/s", "vs naive", "p50 ms", "p99 ms",
                             "errors / requests", "mean batch", "peak RSS MB"], rows)
     notes = [f"{seconds:.0f} s per level; closed-loop asyncio (aiohttp) client in the benchmark process, "
-             "sharing the CPU with the server."]
+             "sharing the CPU with the server.",
+             f"BentoML's own floor, a no-op API taking the same multipart upload (benchmarks/noop_service.py), "
+             f"same client: p50 {floor_http['p50_ms']:.2f} ms, p99 {floor_http['p99_ms']:.2f} ms at concurrency 1."]
     for label, _, _ in models:
         c1 = next(r for r in results if r["model"] == label and r["service"].startswith("ours (")
                   and r["concurrency"] == 1)
@@ -281,4 +288,4 @@ def run(quick: bool = False) -> dict:
                      f"{floors[label]:.3f} ms; ours at concurrency 1 p50 {c1['p50_ms']:.2f} ms "
                      f"(+{c1['p50_ms'] - floors[label]:.2f} ms for HTTP, multipart, decoding and batching).")
     return {"name": "serving", "results": results, "table": table, "note": " ".join(notes),
-            "intro": __doc__, "inprocess_p50_ms": floors}
+            "intro": __doc__, "inprocess_p50_ms": floors, "bentoml_noop": floor_http}
