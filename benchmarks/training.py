@@ -115,4 +115,4 @@ def run(quick: bool = False, device: str = "auto") -> dict:
                             "ratio"], rows)
     note = (f"device {dev}, {os.cpu_count()} cores; "
             "mixed precision bf16 + channels_last on CUDA only")
-    return {"name": "training", "results": results, "table": table, "note": note}
+    return {"name": "training", "results": results, "table": table, "note": note, "intro": __doc__}
