@@ -53,15 +53,14 @@ def time_calls(fn: Callable[[], object], *, warmup: int, iters: int | None = Non
         sync()
     times: list[float] = []
     start = time.perf_counter()
-    while (iters is None or len(times) < iters) or (time.perf_counter() - start) < min_seconds:
+    while True:
         t0 = time.perf_counter()
         fn()
         if sync:
             sync()
         times.append(time.perf_counter() - t0)
-        if iters is None and not min_seconds:
-            break
-    return times
+        if (iters is None or len(times) >= iters) and time.perf_counter() - start >= min_seconds:
+            return times
 
 
 def summarize(times: Sequence[float]) -> dict:

@@ -101,7 +101,7 @@ def run(quick: bool = False) -> dict:
     from export import fold_batchnorm, onnx_export
 
     peak, peak_formula = cpu_peak_flops()
-    iters1, iters32 = (30, 5) if quick else (300, 40)
+    iters1, iters32, min_s = (30, 5, 0.0) if quick else (300, 40, 1.0)
     rows, results = [], []
     tmp = Path(tempfile.mkdtemp(prefix="bnserve-bench-"))
     for label, model, shape in cases():
@@ -134,8 +134,9 @@ def run(quick: bool = False) -> dict:
             paths.append((name, ort_fn(s, x1), ort_fn(s, x32)))
         base_p50 = base_ips = None
         for name, f1, f32 in paths:
-            lat = summarize(time_calls(f1, warmup=10, iters=iters1))
-            thr_times = time_calls(f32, warmup=3, iters=iters32)
+            # at least iters calls and at least min_s seconds: the MLP's calls take microseconds
+            lat = summarize(time_calls(f1, warmup=10, iters=iters1, min_seconds=min_s))
+            thr_times = time_calls(f32, warmup=3, iters=iters32, min_seconds=min_s)
             ips = 32 / (sum(thr_times) / len(thr_times))
             if base_p50 is None:
                 base_p50, base_ips = lat["p50_ms"], ips

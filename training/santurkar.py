@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from .checkpoint import save_checkpoint
 from .data import BatchSampler, Normalizer, get_spec, load_dataset
 from .ics import ics
-from .loop import autocast, evaluate, prepare_model
+from .loop import evaluate, prepare_model, sgd_step
 from .models import create_model
 from .runs import MetricsWriter, pick_device, read_metrics, start_run
 
@@ -164,6 +164,9 @@ FIG3_PRESETS = {"paper": Fig3Config(),
 
 
 # --- one VGG run ------------------------------------------------------------------------------
+
+IDENTITY = torch.nn.Identity()  # sgd_step's normaliser where inputs are already normalised
+
 
 @functools.lru_cache(maxsize=2)
 def _dataset(name: str, data_dir: str | None):
@@ -304,21 +307,16 @@ def train_vgg(cfg: VGGRunsConfig, variant: str, lr: float, run_dir: str, experim
             n = min(cfg.eval_every, (mid - step) if step < mid else cfg.steps - step)
             t_ics = 0.0
             for _ in range(n):
-                idx = sampler.next_indices()
-                x, y = inputs(train.images[idx]), train.labels[idx]
+                images, y = train.batch(sampler.next_indices())
+                x = inputs(images)
                 if ics_every and step % ics_every == 0:
                     t1 = time.perf_counter()
                     ics_pending.append((step, ics(model, F.cross_entropy, (x, y), lr, seed=cfg.seed + step)))
                     t_ics += time.perf_counter() - t1
-                probe.armed = step % cfg.record_every == 0
-                with autocast(device, cfg.amp):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
+                probe.armed = step % cfg.record_every == 0  # records during the forward pass
+                loss, logits = sgd_step(model, opt, IDENTITY, x, y, cfg.amp)  # x: already normalised
                 probe.armed = False
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach().float()
+                loss_sum += loss.float()
                 correct += (logits.argmax(1) == y).sum()
                 if step % cfg.record_every == 0:
                     probe.commit(step)
