@@ -131,3 +131,18 @@ def test_plain_sgd_matches_torch_sgd_exactly():
             opt.step()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+def test_preset_label_names_the_flags_that_changed_the_experiment():
+    import argparse
+
+    from training.config import add_config_args, resolve_config
+    from training.ioffe import PRESETS, IoffeFig1Config
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, IoffeFig1Config, PRESETS)
+    cfg, label = resolve_config(IoffeFig1Config, parser.parse_args(
+        ["--dataset", "fashion-mnist", "--out", "x", "--no-progress"]), PRESETS)
+    assert cfg.dataset == "fashion-mnist" and label == "paper + --dataset"
+    _, label = resolve_config(IoffeFig1Config, parser.parse_args(["--preset", "cpu", "--out", "y"]), PRESETS)
+    assert label == "cpu"

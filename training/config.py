@@ -62,4 +62,12 @@ def resolve_config(cls, args: argparse.Namespace, presets: dict | None = None):
     cfg = replace(base, **overrides)
     if hasattr(cfg, "validate"):
         cfg.validate()
+    changed = [k for k, v in overrides.items()
+               if k not in RUN_MECHANICS and v != getattr(base, k)]
+    if preset_name and changed:  # what the run record and the figure title call this run
+        preset_name += " + " + " ".join("--" + k.replace("_", "-") for k in changed)
     return cfg, preset_name
+
+
+# Flags that change where or how a run executes, not what it computes.
+RUN_MECHANICS = {"out", "progress", "device", "data_dir", "parallel"}
