@@ -189,7 +189,7 @@ def _check_run(out: Path, experiment: str, jobs: list[str]) -> None:
     assert record["preset"].startswith("cpu + ") and "--steps" in record["preset"]
     assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
     summary = (out / "summary.md").read_text()
-    assert "fashion-mnist" in summary and "Preset: **cpu**" in summary
+    assert "fashion-mnist" in summary and f"Preset: **{record['preset']}**" in summary
     assert "PASS" in summary or "DIFFERS" in summary
     for job in jobs:
         rows = read_metrics(out / job / "metrics.jsonl")
