@@ -184,11 +184,11 @@ def measure(name: str, server: Server, image: bytes, seconds: float, levels=LEVE
 
 def inprocess_ort_p50(model_path: Path, image: bytes) -> float:
     """ONNX Runtime p50 in this process on the same prepared image: the floor for HTTP."""
-    from serving.model import OnnxClassifier, read_model
+    from serving.model import OnnxClassifier
     from serving.preprocess import prepare_image
-    info = read_model(model_path)
-    x = prepare_image(image, info.channels, info.height, info.width, info.mean, info.std)[None]
     clf = OnnxClassifier(model_path)
+    info = clf.info
+    x = prepare_image(image, info.channels, info.height, info.width, info.mean, info.std)[None]
     x = x.astype(info.dtype, copy=False)
     return summarize(time_calls(lambda: clf(x), warmup=20, iters=300))["p50_ms"]
 

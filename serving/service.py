@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .batching import MicroBatcher
-from .model import ModelError, OnnxClassifier, answer, model_path_from_env, read_model
+from .model import ModelError, OnnxClassifier, answer, model_path_from_env
 from .preprocess import DEFAULT_MAX_PIXELS, InputError, prepare_image
 
 logger = logging.getLogger("bentoml.bnserve")
@@ -219,12 +219,11 @@ class BnServe:
 
     def __init__(self) -> None:
         try:
-            path = model_path_from_env()
-            self.info = read_model(path)
             self.max_pixels = max_pixels()
             max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
             batch = _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
-            self.model = OnnxClassifier(path)
+            self.model = OnnxClassifier(model_path_from_env())  # checks the file (read_model)
+            self.info = self.model.info
         except ModelError as e:
             refuse_to_start("bnserve", e)
         self.model.warm_up((1, batch))  # before /readyz says ready

@@ -85,7 +85,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         bar = tqdm(total=cfg.steps, desc=cfg.model, unit="step", dynamic_ncols=True, mininterval=0.5)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
-    step, seen, train_seconds, acc = 0, 0, 0.0, float("nan")
+    step, train_seconds, acc = 0, 0.0, float("nan")
     with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
         model.train()
         while step < cfg.steps:
@@ -107,7 +107,6 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
             train_acc = correct.item() / (n * cfg.batch_size)
             loss_sum.zero_()
             correct.zero_()
-            seen += n
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower --lr")
             metrics.write({"step": step, "loss": mean_loss, "train_accuracy": train_acc,
