@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
+from .config import require_positive
 from .data import BatchSampler, Normalizer, load_dataset
 from .loop import evaluate, prepare_model, sgd_step
 from .models import MODELS, create_model
@@ -49,11 +50,7 @@ class ClassifierConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        if self.lr <= 0:
-            raise ValueError("--lr must be positive")
+        require_positive(self, "steps", "batch_size", "eval_every", "lr")
 
 
 def lr_at(step: int, cfg: ClassifierConfig) -> float:

@@ -71,3 +71,16 @@ def resolve_config(cls, args: argparse.Namespace, presets: dict | None = None):
 
 # Flags that change where or how a run executes, not what it computes.
 RUN_MECHANICS = {"out", "progress", "device", "data_dir", "parallel"}
+
+
+def require_positive(cfg, *names: str) -> None:
+    """``--name must be positive`` for the first of ``names`` that is not > 0."""
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+
+def require_variants(variants, known) -> None:
+    bad = [v for v in variants if v not in known]
+    if bad or not variants:
+        raise ValueError(f"unknown variants {bad}; choose from {', '.join(known)}")

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
+from .config import require_positive, require_variants
 from .data import BatchSampler, Normalizer, load_dataset
 from .loop import PlainSGD, evaluate, sgd_step
 from .models import create_model
@@ -55,12 +56,8 @@ class IoffeFig1Config:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
-            raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        require_variants(self.variants, VARIANTS)
+        require_positive(self, "steps", "batch_size", "eval_every")
         if not 0 <= self.probe_unit < 100:
             raise ValueError("--probe-unit must be in [0, 100)")
 

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
+from .config import require_positive, require_variants
 from .data import BatchSampler, Normalizer, get_spec, load_dataset
 from .ics import ics
 from .loop import evaluate, prepare_model, sgd_step
@@ -100,15 +101,11 @@ class VGGRunsConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def validate(self) -> None:
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
-            raise ValueError(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
+        require_variants(self.variants, VARIANTS)
         if not self.lrs or any(lr <= 0 for lr in self.lrs):
             raise ValueError("--lrs must be positive")
-        for name in ("steps", "batch_size", "eval_every", "eval_train_size", "eval_test_size",
-                     "record_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        require_positive(self, "steps", "batch_size", "eval_every", "eval_train_size",
+                         "eval_test_size", "record_every")
         k = 16 if self.model == "vgg16" else 11
         if any(not 1 <= i <= k for i in self.probe_layers):
             raise ValueError(f"--probe-layers must be in 1..{k} for {self.model}")
