@@ -22,7 +22,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .config import require_positive
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import evaluate, prepare_model, sgd_step
+from .loop import evaluate, prepare_model, sgd_step, step_bar
 from .models import MODELS, create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -76,10 +76,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, foreach=True)
     sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed, device)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc=cfg.model, unit="step", dynamic_ncols=True, mininterval=0.5)
+    bar = step_bar(cfg.progress, cfg.steps, cfg.model)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     step, train_seconds, acc = 0, 0.0, float("nan")

@@ -31,7 +31,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .config import require_positive, require_variants
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import PlainSGD, evaluate, sgd_step
+from .loop import PlainSGD, evaluate, sgd_step, step_bar
 from .models import create_model
 from .runs import MetricsWriter, pick_device, start_run
 
@@ -111,11 +111,7 @@ def train_variant(cfg: IoffeFig1Config, variant: str, run_dir: str, position: in
     hook = site.register_forward_hook(record)
 
     out_dir = Path(run_dir) / variant
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc=f"{variant:>8}", position=position, unit="step",
-                   dynamic_ncols=True, mininterval=0.5, leave=True)
+    bar = step_bar(cfg.progress, cfg.steps, f"{variant:>8}", position)
     loss_sum = torch.zeros((), device=device)
     checkpoints = eval_steps(cfg)
     train_seconds = 0.0

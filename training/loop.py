@@ -18,6 +18,15 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def step_bar(enabled: bool, total: int, desc: str, position: int = 0, mininterval: float = 0.5):
+    """The training loops' progress bar (tqdm, imported only when shown), or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, position=position, unit="step", dynamic_ncols=True,
+                mininterval=mininterval, leave=True)
+
+
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
     model = model.to(device)
     if channels_last and device.type == "cuda":

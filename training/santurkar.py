@@ -59,7 +59,7 @@ from .checkpoint import save_checkpoint
 from .config import require_positive, require_variants
 from .data import BatchSampler, Normalizer, get_spec, load_dataset
 from .ics import ics
-from .loop import evaluate, prepare_model, sgd_step
+from .loop import evaluate, prepare_model, sgd_step, step_bar
 from .models import create_model
 from .runs import MetricsWriter, pick_device, read_metrics, start_run
 
@@ -272,11 +272,7 @@ def train_vgg(cfg: VGGRunsConfig, variant: str, lr: float, run_dir: str, experim
     ics_pending: list[tuple[int, torch.Tensor]] = []
     name = job_name(variant, lr)
     out_dir = Path(run_dir) / name
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc=f"{name:>16}", position=position, unit="step",
-                   dynamic_ncols=True, mininterval=1.0, leave=True)
+    bar = step_bar(cfg.progress, cfg.steps, f"{name:>16}", position, mininterval=1.0)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     step, train_seconds, ics_seconds, diverged_at = 0, 0.0, 0.0, None
@@ -392,11 +388,7 @@ def train_dln(cfg: Fig3Config, variant: str, run_dir: str, position: int = 0,
     x, y, _ = dln_data(cfg.dln_samples, model.config.hidden, cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.dln_lr)
     name = f"dln_{variant}"
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.dln_steps, desc=f"{name:>16}", position=position, unit="step",
-                   dynamic_ncols=True, mininterval=1.0, leave=True)
+    bar = step_bar(cfg.progress, cfg.dln_steps, f"{name:>16}", position, mininterval=1.0)
     t0 = time.perf_counter()
     diverged_at = None
     model.train()
