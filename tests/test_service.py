@@ -314,6 +314,25 @@ def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
     assert "bnserve cannot start" in log and "BatchNormalization" in log, log[-3000:]
 
 
+def test_bentoml_client_openapi_metrics_and_access_log_see_classify(client, server):
+    """POST /classify is answered by serving.service.ClassifyRoute, ahead of BentoML's router:
+    BentoML's own client, the OpenAPI schema, the request metrics and the access log still work."""
+    import bentoml
+
+    path = SAMPLES[0]
+    expected = classify_file(client, path).json()
+    with bentoml.SyncHTTPClient(server) as bento_client:
+        assert bento_client.classify(image=path) == expected
+    spec = client.get("/docs.json").json()
+    assert "image" in json.dumps(spec["paths"]["/classify"]["post"])
+    metrics = client.get("/metrics").text
+    assert re.search(r'^bentoml_service_request_total\{[^}]*endpoint="/classify"[^}]*http_response_code="200"',
+                     metrics, flags=re.M), metrics[:2000]
+    assert client.get("/classify").status_code == 405
+    time.sleep(0.5)  # the access log is written by the server process
+    assert re.search(r"method=POST,path=/classify.*status=200", log_tail(SERVER_LOG[-1], 200_000))
+
+
 def test_model_json_is_plain_json(client):
     json.dumps(client.get("/model").json())
 
