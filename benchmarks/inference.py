@@ -162,7 +162,7 @@ def layer_profile(model: nn.Module, path: Path, x: np.ndarray, runs: int) -> tup
     rows = []
     if len(compute) != len(layers):  # an unexpected graph: list the nodes without the arithmetic
         return markdown_table(["node", "op", "median us"], [[n, op, round(us, 1)] for n, op, us in nodes]), {}
-    for (name, op, us), layer in zip(compute, layers):
+    for (name, op, us), layer in zip(compute, layers, strict=True):
         rows.append([layer["layer"], f"{op} `{name}`", round(us, 1), f"{100 * us / total_us:.1f}%",
                      round(2 * layer["macs"] / us / 1e3, 1), round(layer["weight_bytes"] / 2**20, 2),
                      round(layer["weight_bytes"] / us / 1e3, 1)])
