@@ -36,6 +36,11 @@ def render(results: list[dict], command: str) -> str:
         "same machine. Benchmarks print numbers; no test asserts on time.",
         "",
     ]
+    from .targets import render as render_targets
+
+    targets = render_targets({r["name"]: r for r in results})
+    if targets:
+        out += ["## Targets", "", targets, ""]
     for r in results:
         out += [f"## {TITLES[r['name']]}", "", r.get("intro", "").strip(), "", r["table"], ""]
         if r.get("note"):
@@ -63,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         r = mod.run(**kwargs)
         print("\n" + r["table"] + ("\n" + r["note"] if r.get("note") else ""), flush=True)
         results.append(r)
+    from .targets import render as render_targets
+
+    targets = render_targets({r["name"]: r for r in results})
+    if targets:
+        print("\n" + targets, flush=True)
     if args.write:
         cmd = "python -m benchmarks " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)

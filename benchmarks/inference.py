@@ -174,6 +174,39 @@ def layer_profile(model: nn.Module, path: Path, x: np.ndarray, runs: int) -> tup
     return table, {"nodes": nodes, "layers": layers, "total_us": total_us}
 
 
+def gpu_paths(model: nn.Module, folded_path: Path, x1: np.ndarray, x32: np.ndarray) -> list:
+    """When a GPU is present: PyTorch eager on CUDA (synchronised per call) and ONNX Runtime's
+    CUDA provider on our folded file (its run() returns host arrays, so it is synchronous)."""
+    import copy
+
+    import onnxruntime as ort
+    out = []
+    if torch.cuda.is_available():
+        m = copy.deepcopy(model).cuda().eval()
+        g1, g32 = torch.from_numpy(x1).cuda(), torch.from_numpy(x32).cuda()
+
+        def cuda_fn(x):
+            def f():
+                with torch.inference_mode():
+                    y = m(x)
+                torch.cuda.synchronize()
+                return y
+            return f
+        out.append(("PyTorch eager, BN unfolded, CUDA", cuda_fn(g1), cuda_fn(g32)))
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(folded_path), so,
+                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        if sess.get_providers()[0] == "CUDAExecutionProvider":  # it falls back to CPU silently
+            out.append(("ORT, our folded file, CUDA provider",
+                        lambda: sess.run(["logits"], {"input": x1}),
+                        lambda: sess.run(["logits"], {"input": x32})))
+        else:
+            print("  (CUDAExecutionProvider is installed but did not start: no ORT CUDA row)", flush=True)
+    return out
+
+
 def run(quick: bool = False) -> dict:
     from export import fold_batchnorm, onnx_export
 
@@ -210,6 +243,7 @@ def run(quick: bool = False) -> dict:
                              ("ORT, our folded file, ORT_ENABLE_ALL", folded_path, True)):
             s = ort_session(p, opt)
             paths.append((name, ort_fn(s, x1), ort_fn(s, x32)))
+        paths += gpu_paths(model, folded_path, x1, x32)
         base_p50 = base_ips = None
         for name, f1, f32 in paths:
             # at least iters calls and at least min_s seconds: the MLP's calls take microseconds
@@ -218,14 +252,15 @@ def run(quick: bool = False) -> dict:
             ips = 32 / (sum(thr_times) / len(thr_times))
             if base_p50 is None:
                 base_p50, base_ips = lat["p50_ms"], ips
-            frac = flops1 / (lat["p50_ms"] / 1e3) / peak
-            frac32 = flops1 * ips / peak
+            on_gpu = "CUDA" in name  # the CPU's peak says nothing about these rows
+            frac = float("nan") if on_gpu else flops1 / (lat["p50_ms"] / 1e3) / peak
+            frac32 = float("nan") if on_gpu else flops1 * ips / peak
             results.append({"model": label, "path": name, **lat, "images_per_s_b32": ips,
                             "latency_ratio": lat["p50_ms"] / base_p50, "throughput_ratio": ips / base_ips,
                             "peak_fraction_b1": frac, "peak_fraction_b32": frac32, "flops_per_image": flops1})
             rows.append([label, name, round(lat["p50_ms"], 3), round(lat["p99_ms"], 3),
                          f"{lat['p50_ms'] / base_p50:.3g}x", round(ips), f"{ips / base_ips:.3g}x",
-                         f"{100 * frac:.1f}%", f"{100 * frac32:.1f}%"])
+                         "-" if on_gpu else f"{100 * frac:.1f}%", "-" if on_gpu else f"{100 * frac32:.1f}%"])
             print(f"  {label} | {name}: p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, "
                   f"b32 {ips:,.0f} img/s", flush=True)
         if "full width" in label:

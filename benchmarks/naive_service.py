@@ -1,6 +1,6 @@
 """The baseline of the serving benchmark: the BentoML service most users write first.
 
-PyTorch eager in eval mode on the unfolded checkpoint, BentoML's own ``Image`` input (so a bad
+PyTorch eager in eval mode on the unfolded checkpoint (on the GPU when there is one), BentoML's own ``Image`` input (so a bad
 image is BentoML's 500), preprocessing per request, no batching. Benchmark use only:
 ``bentoml serve benchmarks.naive_service:NaiveClassifier`` with ``BNSERVE_CHECKPOINT`` set.
 """
@@ -22,7 +22,9 @@ class NaiveClassifier:
         from training.checkpoint import load_checkpoint
 
         self.torch = torch
-        self.model, ckpt = load_checkpoint(os.environ["BNSERVE_CHECKPOINT"])
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, ckpt = load_checkpoint(os.environ["BNSERVE_CHECKPOINT"])
+        self.model = model.to(self.device)
         d, c = ckpt["data"], ckpt["model_config"]
         self.classes = d["classes"]
         self.size = (c["image_size"], c["image_size"])
@@ -34,7 +36,7 @@ class NaiveClassifier:
     def classify(self, image: Image) -> dict:
         img = image.convert(self.mode).resize(self.size)
         x = np.asarray(img, np.float32).reshape(len(self.mean), *self.size) / 255.0
-        x = self.torch.from_numpy((x - self.mean) / self.std)[None]
+        x = self.torch.from_numpy((x - self.mean) / self.std)[None].to(self.device)
         with self.torch.no_grad():
             probs = self.torch.softmax(self.model(x), 1)[0]
         i = int(probs.argmax())

@@ -114,5 +114,19 @@ def run(quick: bool = False, device: str = "auto") -> dict:
     table = markdown_table(["model", "batch", "threads", "ours steps/s", "DataLoader baseline steps/s",
                             "ratio"], rows)
     note = (f"device {dev}, {os.cpu_count()} cores; "
-            "mixed precision bf16 + channels_last on CUDA only")
+            "mixed precision bf16 + channels_last on CUDA only. " + paper_preset_time(results))
     return {"name": "training", "results": results, "table": table, "note": note, "intro": __doc__}
+
+
+def paper_preset_time(results: list[dict]) -> str:
+    """The Santurkar VGG paper preset's wall time at the full-width VGG-11 speed just measured."""
+    from training.santurkar import FIG1_PRESETS
+
+    paper = FIG1_PRESETS["paper"]
+    vgg = next((r for r in results if r["case"].startswith("VGG-11 + BN, full width")), None)
+    if vgg is None or vgg["batch"] != paper.batch_size:
+        return ""
+    seconds = paper.steps / vgg["ours"]
+    return (f"At that full-width VGG-11 speed, the Santurkar paper preset (batch {paper.batch_size}, "
+            f"{paper.steps:,} steps) takes {seconds / 60:,.1f} min of training per run, "
+            f"{4 * seconds / 3600:,.2f} h for Figure 1's four runs one after another (evaluations not included).")

@@ -33,3 +33,33 @@ def test_batch_stats_reads_our_histogram_only():
 
 def test_markdown_table():
     assert markdown_table(["a", "b"], [[1, 2.5]]) == "| a | b |\n|---|---|\n| 1 | 2.5 |"
+
+
+def test_targets_are_checked_against_the_runs_own_numbers():
+    from benchmarks.targets import (
+        FULL_VGG_INFERENCE,
+        FULL_VGG_SERVING,
+        ORT_SERVED,
+        OURS,
+        check,
+        render,
+    )
+
+    def serving(c1_p50, rps, naive_rps, errors, p99):
+        rows = [{"model": FULL_VGG_SERVING, "service": OURS, "concurrency": 1, "p50_ms": c1_p50},
+                {"model": FULL_VGG_SERVING, "service": OURS, "concurrency": 32, "rps": rps,
+                 "ok": 100, "errors": errors, "p99_ms": p99},
+                {"model": FULL_VGG_SERVING, "service": "naive (PyTorch eager)", "concurrency": 32,
+                 "rps": naive_rps}]
+        return {"results": rows, "inprocess_p50_ms": {FULL_VGG_SERVING: 1.5}}
+
+    inference = {"results": [{"model": FULL_VGG_INFERENCE, "path": ORT_SERVED, "p50_ms": 1.5,
+                              "latency_ratio": 0.44}]}
+    training = {"results": [{"case": "Ioffe MLP 3x100 + BN", "ours": 1200.0},
+                            {"case": "Ioffe MLP 3x100, no BN", "ours": 999.0}]}
+    met = [ok for _, _, ok in check({"inference": inference, "training": training,
+                                      "serving": serving(2.9, 500, 100, 0, 80)})]
+    assert met == [False, True, True, True, True, False]
+    met = [ok for _, _, ok in check({"serving": serving(3.1, 150, 100, 1, 150)})]
+    assert met == [False, False, False, False]
+    assert "**missed**" in render({"inference": inference}) and render({}) == ""
