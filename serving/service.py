@@ -2,7 +2,8 @@
 
 One service, one process: ``POST /classify`` reads the upload itself (multipart field
 ``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
-Pillow in a worker thread, and answers every bad input with a 4xx JSON body
+Pillow (on the event loop when it is small, else in a worker thread), and answers every bad
+input with a 4xx JSON body
 ``{"error", "detail"}``. Only valid images go on to the ``MicroBatcher`` (serving/batching.py),
 which runs ONNX Runtime on whatever images are waiting (batch sizes: ``bnserve_batch_size`` in
 ``/metrics``). Decoding happens before batching, so a bad image never reaches (nor fails) a
@@ -19,9 +20,12 @@ process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE
 BNSERVE_ORT_SPIN (0: ONNX Runtime's threads do not spin-wait; default 1), BNSERVE_TRACE (1: let
 BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them).
 
-Two things keep the tail latency low under load (measured in docs/BENCHMARKS.md): the fix for
-BentoML's timer leak (serving/bentoml_fixes.py) and ``gc.freeze()`` after start-up, so that the
-garbage collector stops walking the ~100,000 objects of the imports and the model.
+Over HTTP, ``ClassifyRoute`` (an ASGI middleware at the end of this file) answers
+``POST /classify`` ahead of BentoML's router and API dispatch; the ``@bentoml.api`` declaration
+stays for the OpenAPI schema and BentoML clients. Two more things keep the tail latency low
+under load (measured in docs/BENCHMARKS.md): the fix for BentoML's timer leak
+(serving/bentoml_fixes.py) and ``gc.freeze()`` after start-up, so that the garbage collector
+stops walking the ~100,000 objects of the imports and the model.
 """
 
 from __future__ import annotations
