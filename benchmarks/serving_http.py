@@ -234,16 +234,21 @@ def run_model(label: str, model: Path, image: bytes, seconds: float) -> tuple[li
     floor = inprocess_ort_p50(model, image)
     print(f"  [{label}] in-process ONNX Runtime p50 on the same image: {floor:.3f} ms", flush=True)
     configs = [
-        ("ours (ONNX Runtime, batching)", "serving.service:BnServe", {"BNSERVE_MODEL": str(model)}),
-        ("ours, batching off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_MAX_BATCH_SIZE": "1"}),
+        ("ours (ONNX Runtime, batching)", "serving.service:BnServe", {"BNSERVE_MODEL": str(model)}, LEVELS),
+        ("ours, batching off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_MAX_BATCH_SIZE": "1"},
+         LEVELS),
+        # ONNX Runtime's threads spin-wait between runs by default: lower median, but on a host
+        # whose cores are busy with other work (here: the load client) a fatter tail
+        ("ours, ORT spinning off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_ORT_SPIN": "0"},
+         (1, 32)),
         ("naive (PyTorch eager, no batching)", "benchmarks.naive_service:NaiveClassifier",
-         {"BNSERVE_CHECKPOINT": str(ckpt)}),
+         {"BNSERVE_CHECKPOINT": str(ckpt)}, LEVELS),
     ]
     results = []
-    for name, target, env in configs:
+    for name, target, env, levels in configs:
         server = Server(target, env)
         try:
-            results += [{**r, "model": label} for r in measure(name, server, image, seconds)]
+            results += [{**r, "model": label} for r in measure(name, server, image, seconds, levels)]
         finally:
             server.stop()
     return results, floor
