@@ -189,7 +189,8 @@ def measure(name: str, server: Server, image: bytes, seconds: float, levels=LEVE
 
 
 def inprocess_ort_p50(model_path: Path, image: bytes) -> float:
-    """ONNX Runtime p50 in this process on the same prepared image: the floor for HTTP."""
+    """ONNX Runtime p50 in this process on the same prepared image, through the service's own
+    ``OnnxClassifier`` (same session settings, same environment): the floor for HTTP."""
     from serving.model import OnnxClassifier
     from serving.preprocess import prepare_image
     clf = OnnxClassifier(model_path)
@@ -237,9 +238,9 @@ def run_model(label: str, model: Path, image: bytes, seconds: float) -> tuple[li
         ("ours (ONNX Runtime, batching)", "serving.service:BnServe", {"BNSERVE_MODEL": str(model)}, LEVELS),
         ("ours, batching off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_MAX_BATCH_SIZE": "1"},
          LEVELS),
-        # ONNX Runtime's threads spin-wait between runs by default: lower median, but on a host
-        # whose cores are busy with other work (here: the load client) a fatter tail
-        ("ours, ORT spinning off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_ORT_SPIN": "0"},
+        # ONNX Runtime's own default, spin-waiting threads: what the service ran before its
+        # default became BNSERVE_ORT_SPIN=0 (serving/model.py says why)
+        ("ours, ORT spinning on", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_ORT_SPIN": "1"},
          (1, 32)),
         ("naive (PyTorch eager, no batching)", "benchmarks.naive_service:NaiveClassifier",
          {"BNSERVE_CHECKPOINT": str(ckpt)}, LEVELS),
@@ -297,7 +298,7 @@ def run(quick: bool = False) -> dict:
     for label, _, _ in models:
         c1 = next(r for r in results if r["model"] == label and r["service"].startswith("ours (")
                   and r["concurrency"] == 1)
-        notes.append(f"{label}: in-process ONNX Runtime p50 on the same prepared image "
+        notes.append(f"{label}: in-process ONNX Runtime p50 on the same prepared image, service's session settings, "
                      f"{floors[label]:.3f} ms; ours at concurrency 1 p50 {c1['p50_ms']:.2f} ms "
                      f"(+{c1['p50_ms'] - floors[label]:.2f} ms for HTTP, multipart, decoding and batching).")
     return {"name": "serving", "results": results, "table": table, "note": " ".join(notes),

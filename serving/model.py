@@ -163,11 +163,13 @@ class OnnxClassifier:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime's intra-op threads spin-wait between parallel sections by default. Kept:
-        # measured here (full VGG-11 + BN, 2 cores) it gives p50 3.66 ms at concurrency 1 vs
-        # 4.37 ms without, and the same throughput at concurrency 32. BNSERVE_ORT_SPIN=0 turns
-        # it off, for hosts where the cores are shared with other work.
-        self.spinning = os.environ.get("BNSERVE_ORT_SPIN", "1") != "0"
+        # ONNX Runtime's intra-op threads spin-wait between parallel sections by default. Off
+        # here: its threads take every core, so spinning competes with the service's event loop.
+        # Measured (docs/BENCHMARKS.md, 2 cores): the default model at concurrency 1 has the same
+        # p50 and a p99 of 1.7 instead of 4.1 ms, and 2,297 instead of 1,743 req/s at
+        # concurrency 32; the full VGG-11 gives up 0.26 ms of p50 at concurrency 1 for a p99 of
+        # 4.7 instead of 7.7 ms. BNSERVE_ORT_SPIN=1 turns it back on (cores kept for the model).
+        self.spinning = os.environ.get("BNSERVE_ORT_SPIN", "0") == "1"
         if not self.spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
