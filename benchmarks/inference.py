@@ -4,9 +4,7 @@
 - PyTorch eager on the folded model (``export.fold_batchnorm``)
 - ONNX Runtime on an unfolded export (BN kept in the graph, ``ORT_DISABLE_ALL``)
 - ONNX Runtime on our folded file, optimisations disabled (the file exactly as written)
-- ONNX Runtime on our folded file, ``ORT_ENABLE_ALL`` (the service's graph optimisation, with
-  ONNX Runtime's default spin-waiting threads, its fastest setting for a lone caller; the
-  service turns spinning off, see the serving section)
+- ONNX Runtime on our folded file, ``ORT_ENABLE_ALL`` (what the service runs)
 
 Batch-1 p50/p99 latency, batch-32 images/s, and achieved FLOP/s as a fraction of the CPU's
 fp32 peak (cores x clock x FLOP/cycle from the ISA flags: an estimate, stated as such).

@@ -238,9 +238,9 @@ def run_model(label: str, model: Path, image: bytes, seconds: float) -> tuple[li
         ("ours (ONNX Runtime, batching)", "serving.service:BnServe", {"BNSERVE_MODEL": str(model)}, LEVELS),
         ("ours, batching off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_MAX_BATCH_SIZE": "1"},
          LEVELS),
-        # ONNX Runtime's own default, spin-waiting threads: what the service ran before its
-        # default became BNSERVE_ORT_SPIN=0 (serving/model.py says why)
-        ("ours, ORT spinning on", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_ORT_SPIN": "1"},
+        # the trade-off of BNSERVE_ORT_SPIN (serving/model.py): ONNX Runtime's threads not
+        # spin-waiting between runs leave the cores to the event loop
+        ("ours, ORT spinning off", "serving.service:BnServe", {"BNSERVE_MODEL": str(model), "BNSERVE_ORT_SPIN": "0"},
          (1, 32)),
         ("naive (PyTorch eager, no batching)", "benchmarks.naive_service:NaiveClassifier",
          {"BNSERVE_CHECKPOINT": str(ckpt)}, LEVELS),

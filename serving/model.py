@@ -163,13 +163,13 @@ class OnnxClassifier:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime's intra-op threads spin-wait between parallel sections by default. Off
-        # here: its threads take every core, so spinning competes with the service's event loop.
-        # Measured (docs/BENCHMARKS.md, 2 cores): the default model at concurrency 1 has the same
-        # p50 and a p99 of 1.7 instead of 4.1 ms, and 2,297 instead of 1,743 req/s at
-        # concurrency 32; the full VGG-11 gives up 0.26 ms of p50 at concurrency 1 for a p99 of
-        # 4.7 instead of 7.7 ms. BNSERVE_ORT_SPIN=1 turns it back on (cores kept for the model).
-        self.spinning = os.environ.get("BNSERVE_ORT_SPIN", "0") == "1"
+        # ONNX Runtime's intra-op threads spin-wait between parallel sections by default. Kept:
+        # measured side by side here (2 cores, docs/BENCHMARKS.md "ours, ORT spinning off") it
+        # gives the lower latency at concurrency 1 (p50 2.9 vs 3.1 ms on the full VGG-11, 1.29 vs
+        # 1.40 ms on the default model). Off, the spinning threads stop competing with the event
+        # loop: 6-20% more requests/s and a thinner p99 at concurrency 32 on the small default
+        # model. BNSERVE_ORT_SPIN=0 turns it off, for saturated hosts or shared cores.
+        self.spinning = os.environ.get("BNSERVE_ORT_SPIN", "1") != "0"
         if not self.spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

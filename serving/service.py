@@ -17,7 +17,7 @@ Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSER
 (auto | cuda | cpu), BNSERVE_THREADS (ONNX Runtime intra-op threads; default: the cores this
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
 (default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off),
-BNSERVE_ORT_SPIN (1: ONNX Runtime's threads spin-wait between runs; default 0), BNSERVE_TRACE (1: let
+BNSERVE_ORT_SPIN (0: ONNX Runtime's threads do not spin-wait; default 1), BNSERVE_TRACE (1: let
 BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them).
 
 Over HTTP, ``ClassifyRoute`` (an ASGI middleware at the end of this file) answers
