@@ -41,7 +41,7 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -336,6 +336,8 @@ class ClassifyRoute:
             data: bytes | InputError = await read_image_upload(Request(scope, receive), max_bytes())
         except InputError as e:
             data = e
+        except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
+            return
         response = await service.respond(data)
         await response(scope, receive, send)
 

@@ -488,3 +488,68 @@ def test_bentoml_timeout_middleware_still_times_out():
                                                   app_delay=1.0)
     assert sent[0]["status"] == 504 and b"0.05 seconds" in sent[1]["body"]
     assert armed == []
+
+
+# --- ClassifyRoute: POST /classify answered ahead of BentoML's router ------------------------------
+
+def _asgi_call(middleware, scope: dict, messages: list[dict]) -> list[dict]:
+    import asyncio
+
+    async def main():
+        sent, queue = [], list(messages)
+
+        async def receive():
+            return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+        return sent
+
+    return asyncio.run(main())
+
+
+def _http_scope(method: str, path: str, content_type: bytes) -> dict:
+    return {"type": "http", "method": method, "path": path, "query_string": b"",
+            "headers": [(b"content-type", content_type)]}
+
+
+def test_classify_route_answers_post_classify_and_passes_the_rest_on(monkeypatch):
+    from starlette.responses import JSONResponse
+
+    from serving import service
+
+    seen, passed = [], []
+
+    class Stub:  # stands in for the BnServe instance: only respond() is used
+        async def respond(self, data):
+            seen.append(data)
+            return JSONResponse({"ok": True})
+
+    async def app(scope, receive, send):
+        passed.append(scope["path"])
+
+    monkeypatch.setattr(service._extra_routes.state, "service", Stub(), raising=False)
+    route = service.ClassifyRoute(app)
+    body = {"type": "http.request", "body": b"PNGDATA", "more_body": False}
+    sent = _asgi_call(route, _http_scope("POST", "/classify", b"image/png"), [body])
+    assert seen == [b"PNGDATA"] and sent[0]["status"] == 200 and not passed
+    sent = _asgi_call(route, _http_scope("POST", "/classify", b"application/json"), [body])
+    assert isinstance(seen[-1], service.InputError) and seen[-1].status == 415
+    for method, path in (("GET", "/classify"), ("POST", "/model"), ("GET", "/readyz")):
+        assert _asgi_call(route, _http_scope(method, path, b""), []) == []
+    assert passed == ["/classify", "/model", "/readyz"]
+
+
+def test_classify_route_client_gone_mid_upload_is_dropped_quietly(monkeypatch):
+    from serving import service
+
+    class Stub:
+        async def respond(self, data):
+            raise AssertionError("nothing to answer")
+
+    monkeypatch.setattr(service._extra_routes.state, "service", Stub(), raising=False)
+    partial = {"type": "http.request", "body": b"PNG", "more_body": True}  # then: http.disconnect
+    sent = _asgi_call(service.ClassifyRoute(None), _http_scope("POST", "/classify", b"image/png"), [partial])
+    assert sent == []
