@@ -25,7 +25,8 @@ TITLES = {
 }
 
 
-def render(results: list[dict], command: str) -> str:
+def render(results: list[dict], command: str, targets: str = "") -> str:
+    """The markdown page; ``targets`` is benchmarks.targets.render of the same results."""
     out = [
         "# Benchmarks",
         "",
@@ -36,9 +37,6 @@ def render(results: list[dict], command: str) -> str:
         "same machine. Benchmarks print numbers; no test asserts on time.",
         "",
     ]
-    from .targets import render as render_targets
-
-    targets = render_targets({r["name"]: r for r in results})
     if targets:
         out += ["## Targets", "", targets, ""]
     for r in results:
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         cmd = "python -m benchmarks " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(render(results, cmd))
+        Path(args.write).write_text(render(results, cmd, targets))
         print(f"\nwrote {args.write}")
     return 0
 

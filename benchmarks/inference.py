@@ -86,7 +86,10 @@ def cases() -> list[tuple[str, nn.Module, tuple[int, int, int]]]:
     return out
 
 
-def ort_session(path: Path, optimized: bool):
+def ort_session(path: Path, optimized: bool, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                profile_prefix: Path | None = None):
+    """Every ONNX Runtime session of this benchmark: PyTorch's thread count (a fair race),
+    ``ORT_ENABLE_ALL`` or ``ORT_DISABLE_ALL``, and its own profiler when ``profile_prefix``."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
@@ -94,7 +97,10 @@ def ort_session(path: Path, optimized: bool):
     so.intra_op_num_threads = torch.get_num_threads()  # same threads as PyTorch: a fair race
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), so, providers=list(providers))
 
 
 COMPUTE_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
@@ -129,15 +135,7 @@ def ort_node_times(path: Path, x: np.ndarray, runs: int) -> list[tuple[str, str,
     execution order, from its own profiler (``ORT_ENABLE_ALL``, the service's settings)."""
     import json
 
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = torch.get_num_threads()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = str(path.parent / "ort-profile")
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, True, profile_prefix=path.parent / "ort-profile")
     for _ in range(runs):
         sess.run(["logits"], {"input": x})
     events = json.loads(Path(sess.end_profiling()).read_text())
@@ -194,10 +192,7 @@ def gpu_paths(model: nn.Module, folded_path: Path, x1: np.ndarray, x32: np.ndarr
             return f
         out.append(("PyTorch eager, BN unfolded, CUDA", cuda_fn(g1), cuda_fn(g32)))
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(folded_path), so,
-                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        sess = ort_session(folded_path, True, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
         if sess.get_providers()[0] == "CUDAExecutionProvider":  # it falls back to CPU silently
             out.append(("ORT, our folded file, CUDA provider",
                         lambda: sess.run(["logits"], {"input": x1}),

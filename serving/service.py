@@ -176,6 +176,15 @@ async def read_image_upload(request: Request, limit: int) -> bytes:
         await form.close()
 
 
+async def upload_or_error(request: Request) -> bytes | InputError:
+    """read_image_upload with the body limit of BNSERVE_MAX_BYTES; a bad upload comes back as
+    its InputError, for ``BnServe.respond`` to answer."""
+    try:
+        return await read_image_upload(request, max_bytes())
+    except InputError as e:
+        return e
+
+
 # /classify's input. The schema (OpenAPI, BentoML clients) is a multipart file field `image`; the
 # parsing is ours (read_image_upload): BentoML's own multipart parsing answers 500 for a text value
 # in a file field (it fetches it as a URL), has no size limit and accepts no raw body.
@@ -187,11 +196,8 @@ class ClassifyInput(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: t.Any) -> ClassifyInput:
-        try:
-            data: bytes | InputError = await read_image_upload(request, max_bytes())
-        except InputError as e:
-            data = e  # answered as JSON by classify(); raising here would give BentoML's format
-        return cls.model_construct(image=data)
+        # an InputError is answered as JSON by respond(); raising here would give BentoML's format
+        return cls.model_construct(image=await upload_or_error(request))
 
 
 class Choice(BaseModel):
@@ -333,9 +339,7 @@ class ClassifyRoute:
                 or scope["method"] != "POST"):
             return await self.app(scope, receive, send)
         try:
-            data: bytes | InputError = await read_image_upload(Request(scope, receive), max_bytes())
-        except InputError as e:
-            data = e
+            data = await upload_or_error(Request(scope, receive))
         except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
             return
         response = await service.respond(data)
