@@ -87,9 +87,14 @@ DATASETS: dict[str, DatasetSpec] = {
         classes=tuple(str(i) for i in range(10)),
         channels=1, image_size=28, mean=(0.1307,), std=(0.3081,),
         format="idx",
-        files=tuple(FileSpec(n, m) for n, m in zip(_IDX_FILES, (
+        # content sha256: also accepts faithful re-packs (../shared/data/mnist is re-gzipped)
+        files=tuple(FileSpec(n, m, s) for n, m, s in zip(_IDX_FILES, (
             "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), strict=True)),
+            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), (
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"), strict=True)),
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
                  "http://yann.lecun.com/exdb/mnist/"),
         citation="LeCun et al., MNIST handwritten digit database",
