@@ -23,9 +23,9 @@ from conftest import idx_bytes
 from serving.preprocess import normalize_uint8
 from training import data
 from training.data import (
+    FIXTURE_SUBSET,
     BatchSampler,
     CorruptFileError,
-    FIXTURE_SUBSET,
     DatasetNotFoundError,
     FileSpec,
     get_spec,

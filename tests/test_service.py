@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from serving.preprocess import decode_image, normalize_uint8, to_model_pixels
 
@@ -299,8 +300,6 @@ def test_bad_images_among_concurrent_good_ones_fail_alone(client):
 # --- refusing to start -----------------------------------------------------------------------------------
 
 def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
-    from test_serving import tiny_model  # tests/ is on sys.path (pytest rootdir-less import)
-
     bad = tiny_model(tmp_path, bn=True)
     log_path = tmp_path / "refuse.log"
     proc, url = start_server(bad, log_path)
