@@ -4,9 +4,10 @@ Data policy:
 - Tests that train, export or serve on real images use the committed fixtures of tests/data/
   (the first 2,000 train and 1,000 test images of MNIST and Fashion-MNIST, see its README) via
   the ``fixture_data_dir`` fixture: they run on every machine, with no dataset installed.
-- A test that truly needs a full dataset asks ``full_dataset(name)``: it gets the dataset when
-  the loader finds it (no download), otherwise the test is skipped with the loader's reason;
-  under ``CI=true`` that skip is a failure, so CI cannot go green without the real data.
+- A test that truly needs a full dataset is marked ``@pytest.mark.full_data(name)`` and takes
+  the ``full_dataset`` fixture: it runs where the loader finds that dataset (no download);
+  elsewhere it is deselected, and the run's "full datasets" section says which and why; under
+  ``CI=true`` it always runs and fails without the data, so CI cannot go green without it.
 
 Helpers that several test files use live here (import them with ``from conftest import ...``;
 pytest puts tests/ on sys.path).
@@ -14,6 +15,7 @@ pytest puts tests/ on sys.path).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -36,26 +38,76 @@ def fixture_data_dir() -> Path:
     return FIXTURE_DATA
 
 
-@pytest.fixture
-def full_dataset():
-    """``full_dataset(name)`` -> the full ``Dataset`` as the loader finds it (``$BNSERVE_DATA``,
-    ``~/.cache/bnserve``, ``/usr/share/datasets``; never a download), or skip (fail under CI)."""
-    from training.data import DatasetNotFoundError, load_dataset
+# --- the full-dataset policy ------------------------------------------------------------------
 
-    def get(name: str):
-        try:
-            ds = load_dataset(name, download=False, progress=False)
-        except DatasetNotFoundError as e:
-            reason = f"needs the full {name} dataset, not found: {e}"
+_NOT_RUN: list[tuple[str, str]] = []  # (test id, why): printed at the end of the run
+_USED: list[tuple[str, str]] = []  # (test id, where the data came from)
+
+
+@functools.cache
+def find_full_dataset(name: str):
+    """(the full Dataset, None) where the loader finds it (``$BNSERVE_DATA``, ``~/.cache/bnserve``,
+    ``/usr/share/datasets``; never a download), else (None, why). Loaded once per session."""
+    from training.data import DatasetNotFoundError, candidate_dirs, get_spec, load_dataset
+
+    try:
+        ds = load_dataset(name, download=False, progress=False)
+    except DatasetNotFoundError:
+        places = ", ".join(str(p) for p in candidate_dirs(get_spec(name)))
+        return None, (f"the full {name} dataset is not on this machine (looked in {places}; "
+                      "set BNSERVE_DATA, README 'Datasets')")
+    if ds.subset is not None:
+        return None, f"{ds.source} holds only the subset {ds.subset} of {name}"
+    return ds, None
+
+
+def _full_data_names(item) -> list[str]:
+    marker = item.get_closest_marker("full_data")
+    return list(marker.args) if marker else []
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m, so data is only looked for tests that would run
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``full_data(name, ...)`` runs where the loader finds those datasets. Without
+    them it is deselected and listed with the reason (nothing is silently "skipped"); under
+    CI=true it always runs, and the ``full_dataset`` fixture fails it when the data is missing."""
+    if in_ci():
+        return
+    keep, drop = [], []
+    for item in items:
+        reasons = [why for name in _full_data_names(item) for why in [find_full_dataset(name)[1]] if why]
+        if reasons:
+            drop.append(item)
+            _NOT_RUN.append((item.nodeid, "; ".join(reasons)))
         else:
-            if ds.subset is None:
-                return ds
-            reason = f"needs the full {name} dataset; {ds.source} holds only the subset {ds.subset}"
-        if in_ci():
-            pytest.fail(f"CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
-    return get
+
+@pytest.fixture
+def full_dataset(request):
+    """The full dataset named by the test's ``@pytest.mark.full_data(name)`` (the first name)."""
+    names = _full_data_names(request.node)
+    if not names:
+        raise pytest.UsageError(f"{request.node.nodeid}: mark it @pytest.mark.full_data(<dataset>)")
+    ds, why = find_full_dataset(names[0])
+    if ds is None:
+        if in_ci():
+            pytest.fail(f"CI=true and {why}: CI must run the real-data tests (see .ci/run)", pytrace=False)
+        pytest.skip(why)  # only reached when the test was selected by hand in an unusual way
+    _USED.append((request.node.nodeid, f"{names[0]} from {ds.source}"))
+    return ds
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _USED or _NOT_RUN:
+        terminalreporter.section("full datasets")
+        for nodeid, where in _USED:
+            terminalreporter.write_line(f"ran  {nodeid}: {where}")
+        for nodeid, why in _NOT_RUN:
+            terminalreporter.write_line(f"not run (deselected) {nodeid}: {why}")
 
 
 # --- helpers ----------------------------------------------------------------------------------

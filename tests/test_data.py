@@ -304,10 +304,10 @@ def test_files_from_the_full_set_and_a_subset_are_not_mixed(isolated):
 # --- the full real datasets, where the loader finds them ----------------------------------------
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.full_data(n)) for n in ("mnist", "fashion-mnist")])
 def test_real_full_dataset(full_dataset, name):
-    ds = full_dataset(name)
-    assert ds.subset is None
+    ds = full_dataset
+    assert ds.spec.name == name and ds.subset is None
     assert len(ds.train) == 60_000 and len(ds.test) == 10_000
     assert ds.train.images.shape[1:] == (1, 28, 28)
     assert sorted(ds.test.labels.unique().tolist()) == list(range(10))

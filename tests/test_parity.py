@@ -240,11 +240,11 @@ def test_cli_refuses_fp16_overflow_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full_data("fashion-mnist")
 def test_ioffe_fig1_checkpoints_full_test_set(tmp_path, full_dataset, fixture_data_dir):
     """The export issue's acceptance check, on a short ioffe-fig1 run (trained on the fixture):
     the FULL Fashion-MNIST test split, 0 BatchNormalization nodes, 10000/10000 argmax agreement,
     max |diff| <= 1e-4."""
-    full_dataset("fashion-mnist")
     subprocess.run([sys.executable, "-m", "training", "ioffe-fig1", "--dataset", "fashion-mnist",
                     "--steps", "300", "--data-dir", str(fixture_data_dir),
                     "--out", str(tmp_path / "run"), "--no-progress"],
