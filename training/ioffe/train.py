@@ -7,6 +7,7 @@ Per seed, a job writes metrics rows ``{"variant", "lr", "seed", "step", "loss", 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..data import Normalizer, Split, load_dataset
 from ..loop import PlainSGD, step_bar
-from ..runs import MetricsWriter, pick_device, start_run
+from ..runs import MetricsWriter, pick_device, start_run, write_json
 from ..seeds import seed_list
 from .config import BINARIZE_THRESHOLD, IoffeFig1Config, eval_steps, job_name
 from .stacked import StackedMLP, StackedSampler, seed_model, stacked_evaluate, stacked_step
@@ -145,6 +146,8 @@ def run(cfg: IoffeFig1Config, preset: str | None = None) -> Path:
     device = pick_device(cfg.device)
     load_dataset(cfg.dataset, cfg.data_dir)  # fail (or download) once, before any worker starts
     run_dir = start_run(cfg.out, "ioffe-fig1", cfg, device, preset)
+    record = json.loads((run_dir / "config.json").read_text())
+    write_json(run_dir / "config.json", {**record, "seeds": seed_list(cfg.seed, cfg.seeds)})
     t0 = time.perf_counter()
     results = run_jobs(cfg, run_dir)
     wall = time.perf_counter() - t0
