@@ -59,8 +59,9 @@ def plot_ioffe_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
         n = max(len(by_seed(rows, "test_accuracy")) for (_, lr_), rows in jobs.items() if lr_ == lr)
         ax.set(title=f"(a) test accuracy, lr {lr:g}" + (f"; band: {BAND}" if n > 1 else ""),
                xlabel="training steps", ylabel="test accuracy")
-        if accs:
-            ax.set_ylim(max(0.0, min(accs) - 0.02), min(1.0, max(accs) + 0.01))
+        if accs:  # the paper's panel (a) spans 0.7-1.0; wider only when a run ends below it
+            lo = 0.7 if max(accs) > 0.8 else max(0.0, min(accs) - 0.02)
+            ax.set_ylim(lo, min(1.0, max(accs) + 0.01))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
         ys = [r[k] for (_, lr_), rs in jobs.items() if lr_ == lr for r in rs for k in ("p15", "p85") if k in r]
