@@ -1,9 +1,9 @@
 """Ioffe & Szegedy 2015, Figure 1: a 3x100 sigmoid MLP on MNIST with and without BatchNorm.
 
-Result contract (real MNIST at ../shared/data, this repo's 2-core CPU; a run's ``summary.md``
-holds the measured numbers, docs/figures/ioffe-fig1.md the committed ones):
+Result contract (the real MNIST via --data-dir / BNSERVE_DATA, this repo's 2-core CPU; a run's
+``summary.md`` holds the measured numbers, docs/figures/ioffe-fig1.md the committed ones):
 
-    python -m training ioffe-fig1 --data-dir ../shared/data --seeds 5
+    python -m training ioffe-fig1 --data-dir DIR --seeds 5
     -> runs/ioffe-fig1/{config.json, figure.png, summary.md,
        <variant>/{metrics.jsonl, checkpoint.pt, checkpoint-seed<k>.pt}}
        (``<variant>_lr<lr>/`` with ``--lrs``); one process per (variant, lr), all seeds stacked.

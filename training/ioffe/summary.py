@@ -15,7 +15,7 @@ SUMMARY_STEPS = (500, 2_000, 5_000, 10_000)
 
 # Test accuracy of the same network (MNIST, 3x100 sigmoid, batch 60, plain SGD, 50,000 steps
 # unless noted) in the Udacity deep-learning course's batch-norm lesson notebook, one run each,
-# as quoted in issue #11 and ../shared/PAPERS.md. {lr: {variant: {step: acc}}}
+# as quoted in issue #11. {lr: {variant: {step: acc}}}
 PUBLISHED = {
     1.0: {"standard": {2_000: 0.9227, 50_000: 0.9752}, "bn": {2_000: 0.9463, 50_000: 0.9812}},
     0.01: {"standard": {50_000: 0.8271}, "bn": {50_000: 0.9732}},
