@@ -60,6 +60,10 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     citation: str = ""
     debian_package: str | None = None
+    # How the dataset's images were made from real pictures, so that serving can convert a
+    # user's photo or scan the same way (serving/preprocess.py, docs/ARTIFACTS.md):
+    # "pipeline" names the recipe, "background" the background of the stored images.
+    input_convention: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -75,6 +79,7 @@ class DatasetSpec:
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "input_convention": dict(self.input_convention),
         }
 
 
@@ -87,13 +92,21 @@ DATASETS: dict[str, DatasetSpec] = {
         classes=tuple(str(i) for i in range(10)),
         channels=1, image_size=28, mean=(0.1307,), std=(0.3081,),
         format="idx",
-        files=tuple(FileSpec(n, m) for n, m in zip(_IDX_FILES, (
+        files=tuple(FileSpec(n, m, s) for n, m, s in zip(_IDX_FILES, (
             "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), strict=True)),
+            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), (
+            # payload sha256: also accepts re-gzipped copies of the same files
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"), strict=True)),
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
                  "http://yann.lecun.com/exdb/mnist/"),
         citation="LeCun et al., MNIST handwritten digit database",
         debian_package=None,
+        # each digit fitted into a 20x20 box (aspect kept, anti-aliased), centred in 28x28 by its
+        # centre of mass; white ink on black
+        input_convention={"pipeline": "mnist", "background": "dark"},
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -111,6 +124,9 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         citation="Xiao, Rasul, Vollgraf 2017, Fashion-MNIST (zalandoresearch)",
         debian_package="dataset-fashion-mnist",
+        # Xiao et al. 2017, Sec. 2: Zalando's product photos (white background) trimmed, longest
+        # edge resized to 28, sharpened, shorter edge extended to 28 centred, negated, 8-bit gray
+        input_convention={"pipeline": "fashion-mnist", "background": "dark"},
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
@@ -123,6 +139,8 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         citation="Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
         debian_package=None,
+        # natural photos downsampled to 32x32: nothing to trim or negate, a plain resize
+        input_convention={"pipeline": "cifar10", "background": "natural"},
     ),
 }
 
