@@ -164,7 +164,6 @@ def to_model_pixels(img: Image.Image, channels: int, height: int, width: int) ->
 # give exactly the pixels they gave before, bit for bit.
 
 CONVERT_MODES: tuple[str, ...] = ("auto", "dataset", "none")
-PIPELINES: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10")
 # Mean of the outermost ring of pixels at or above which the background counts as light. The
 # highest ring mean over all 70,000 Fashion-MNIST images is 107.5 (MNIST: 8.6), so no dataset
 # image is ever converted; a photo on paper or a white studio background is well above it.
@@ -371,14 +370,6 @@ def _flatten(img: Image.Image, mode: str, background: int) -> Image.Image:
         canvas.paste(img.convert(base), mask=img.getchannel("A"))
         img = canvas
     return img.convert(mode)
-
-
-def check_convention(convention: object) -> dict:
-    """The metadata's ``input_convention`` checked: a dict with a known ``pipeline``."""
-    if not isinstance(convention, dict) or convention.get("pipeline") not in PIPELINES:
-        raise ValueError(f"input_convention must be an object with pipeline in {PIPELINES}, "
-                         f"got {convention!r}")
-    return convention
 
 
 def convert_image(img: Image.Image, channels: int, height: int, width: int,
