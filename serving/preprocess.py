@@ -239,11 +239,11 @@ def trim_box(ink: np.ndarray, fraction: float = TRIM_FRACTION) -> tuple[int, int
     background's intensity go), looked at through a small box blur so that sensor noise and JPEG
     speckles far from the object do not count. The whole image when nothing is above it."""
     a = np.asarray(ink, dtype=np.float32)
-    radius = max(a.shape) // 200
-    if radius:
-        small = Image.fromarray(to_uint8(a), "L").filter(ImageFilter.BoxBlur(radius))
-        a = np.asarray(small, dtype=np.float32)
     mask = a > fraction * 255.0
+    radius = max(a.shape) // 200
+    if radius:  # a pixel counts when its neighbourhood is inked too (the blur alone would widen the box)
+        blurred = Image.fromarray(to_uint8(a), "L").filter(ImageFilter.BoxBlur(radius))
+        mask &= np.asarray(blurred, dtype=np.float32) > fraction * 255.0
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return 0, mask.shape[0], 0, mask.shape[1]
