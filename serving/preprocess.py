@@ -240,8 +240,8 @@ def trim_box(ink: np.ndarray, fraction: float = TRIM_FRACTION) -> tuple[int, int
     speckles far from the object do not count. The whole image when nothing is above it."""
     a = np.asarray(ink, dtype=np.float32)
     mask = a > fraction * 255.0
-    radius = max(a.shape) // 200
-    if radius:  # a pixel counts when its neighbourhood is inked too (the blur alone would widen the box)
+    radius = max(1, max(a.shape) // 200)
+    if max(a.shape) > 28:  # a pixel counts when its neighbourhood is inked too (blurring alone would widen the box)
         blurred = Image.fromarray(to_uint8(a), "L").filter(ImageFilter.BoxBlur(radius))
         mask &= np.asarray(blurred, dtype=np.float32) > fraction * 255.0
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
