@@ -179,11 +179,13 @@ MNIST_CENTRE = 14.0
 
 def border_mean(gray: np.ndarray) -> float:
     """Mean of the outermost one-pixel ring of a 2-D image."""
-    g = np.asarray(gray, dtype=np.float64)
-    if g.shape[0] < 3 or g.shape[1] < 3:
+    g = np.asarray(gray)
+    h, w = g.shape
+    if h < 3 or w < 3:
         return float(g.mean())
-    ring = np.concatenate([g[0], g[-1], g[1:-1, 0], g[1:-1, -1]])
-    return float(ring.mean())
+    ring = int(g.sum(dtype=np.int64)) - int(g[1:-1, 1:-1].sum(dtype=np.int64)) if g.dtype == np.uint8 else (
+        float(g.sum(dtype=np.float64)) - float(g[1:-1, 1:-1].sum(dtype=np.float64)))
+    return ring / (2 * w + 2 * (h - 2))
 
 
 def light_background(gray: np.ndarray) -> bool:
@@ -393,6 +395,12 @@ def convert_image(img: Image.Image, channels: int, height: int, width: int,
         return np.ascontiguousarray(px), "photo"
     # the MNIST family: gray, alpha onto black as in to_model_pixels (so the decision and the
     # "none" pixels see the same image)
+    if convert == "auto" and img.size == (width, height) and channels == 1:
+        # at the model's size to_model_pixels neither pads nor resamples: its output is the image
+        # the decision looks at, and the "none" answer (dataset images take this path)
+        px = to_model_pixels(img, channels, height, width)
+        if not light_background(px[0]):
+            return px, "none"
     gray = np.asarray(_flatten(img, "L", BACKGROUND), dtype=np.uint8)
     if convert == "auto" and not light_background(gray):
         return to_model_pixels(img, channels, height, width), "none"

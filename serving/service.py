@@ -51,9 +51,16 @@ from starlette.routing import Route
 
 from .batching import MicroBatcher
 from .bentoml_fixes import fix_timeout_timer_leak
-from .page import page_html
 from .model import ModelError, OnnxClassifier, answer, model_path_from_env
-from .preprocess import CONVERT_MODES, DEFAULT_MAX_PIXELS, InputError, convert_image, decode_image, normalize_uint8
+from .page import page_html
+from .preprocess import (
+    CONVERT_MODES,
+    DEFAULT_MAX_PIXELS,
+    InputError,
+    convert_image,
+    decode_image,
+    normalize_uint8,
+)
 
 logger = logging.getLogger("bentoml.bnserve")
 
@@ -222,6 +229,19 @@ async def upload_or_error(request: Request) -> Upload | InputError:
         return e
 
 
+# /classify's request as the OpenAPI schema and BentoML clients see it (ClassifyRoute parses it).
+ImageFile = t.Annotated[Path, bentoml.validators.ContentType("image/*"), Field(
+    description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM); over HTTP also the raw "
+                "body with Content-Type image/*")]
+ConvertOption = t.Annotated[ConvertMode, Field(description=(
+    "auto: convert a light-background photo or scan the way the model's dataset was made, leave "
+    "dataset-like images as they are; dataset: always convert; none: never. Also accepted as the "
+    "query parameter ?convert="))]
+ShowInputOption = t.Annotated[bool, Field(description=(
+    "also answer with the model's input after conversion (input_image). Also accepted as the "
+    "query parameter ?show_input=true"))]
+
+
 # /classify's answer, as JSON; the OpenAPI schema shows these models.
 class Choice(BaseModel):
     label: str
@@ -341,19 +361,8 @@ class BnServe:
             raise
 
     @bentoml.api(route="/classify")
-    async def classify(
-        self,
-        image: t.Annotated[Path, bentoml.validators.ContentType("image/*")] = Field(
-            description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM); over HTTP also "
-                        "the raw body with Content-Type image/*"),
-        convert: ConvertMode = Field("auto", description=(
-            "auto: convert a light-background photo or scan the way the model's dataset was made, "
-            "leave dataset-like images as they are; dataset: always convert; none: never. Also "
-            "accepted as the query parameter ?convert=")),
-        show_input: bool = Field(False, description=(
-            "also answer with the model's input after conversion (input_image). Also accepted as "
-            "the query parameter ?show_input=true")),
-    ) -> Prediction:
+    async def classify(self, image: ImageFile, convert: ConvertOption = "auto",
+                       show_input: ShowInputOption = False) -> Prediction:
         """Classify one image. Over HTTP, ClassifyRoute answers POST /classify before BentoML's
         router is reached (same answer, JSON errors with 4xx); this declaration gives /classify
         its OpenAPI schema and BentoML clients and in-process callers their ``classify``.
