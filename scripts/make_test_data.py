@@ -1,6 +1,8 @@
 """Write the real-image test fixtures of tests/data/ from the full, checksum-verified datasets.
 
-    .venv/bin/python -m scripts.make_test_data [--data-dir ../shared/data] [--out tests/data]
+    .venv/bin/python -m scripts.make_test_data [--data-dir DIR] [--out tests/data]
+
+DIR (or the loader's usual look-up) must hold the FULL datasets, checked by their checksums.
 
 Selection (deterministic, no randomness): the FIRST ``TRAIN_N`` images of the training split and
 the FIRST ``TEST_N`` images of the test split, in the official order, with their labels. Files

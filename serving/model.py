@@ -3,7 +3,8 @@ execution provider, run it. NumPy + onnx + onnxruntime only (no torch, no bentom
 and scripts use it directly.
 
 The service trusts only files that carry the exporter's proof: the ``bnserve`` metadata with
-``parity.passed == true`` and no BatchNormalization node left (BN must have been folded).
+``parity.passed == true`` and no BatchNormalization node left (BN must have been folded). Those
+checks are ``serving/contract.py``, the same ones the exporter runs before it writes a file.
 """
 
 from __future__ import annotations

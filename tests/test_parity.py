@@ -169,6 +169,20 @@ def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path, fixture_
     assert info.input_convention == stored["input_convention"]
 
 
+def test_export_refuses_a_file_failing_the_serving_contract(tmp_path):
+    """Parity passes, but the service takes 1- or 3-channel images only: the contract check
+    (serving/contract.py) that runs before writing refuses it."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    spec = replace(get_spec("fashion-mnist"), name="two-channel", channels=2, mean=(0.5, 0.5), std=(0.25, 0.25))
+    model = randomize_bn(create_model("mlp3x100", bn=True, in_channels=2))
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", model, spec, test_accuracy=None)
+    with pytest.raises(ExportError, match=r"service could not serve this file \(inconsistent metadata \(channels=2"):
+        export_checkpoint(ckpt, tmp_path / "m.onnx", max_images=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_export_refuses_what_the_service_cannot_serve(tmp_path):
     """The deep linear network takes feature vectors, not images: refused, nothing written."""
     ckpt = make_checkpoint(tmp_path / "checkpoint.pt", name="dln25", bn=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FIXTURE_DATA
 from torch import nn
 
 from training.__main__ import main
@@ -26,7 +27,6 @@ from training.santurkar import (
     summed_squared_error,
 )
 
-FIXTURE_DATA = Path(__file__).resolve().parent / "data"  # conftest.py's fixture_data_dir
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

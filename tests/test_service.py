@@ -41,7 +41,10 @@ def free_port() -> int:
 
 def start_server(model: Path, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_MODEL": str(model), **env}
+    # Its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when
+    # it starts, which would wipe the metrics of the module's server still running.
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_MODEL": str(model),
+                "BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}"), **env}
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",

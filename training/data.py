@@ -12,7 +12,7 @@ For 1 and 2 both ``DIR`` and ``DIR/<name>`` are looked at. Missing or corrupt fi
 ``DatasetNotFoundError`` that lists every place tried and why it was rejected.
 
 Which files are accepted: the official files by their md5, faithful re-packs (re-gzipped, as
-Debian's and ../shared/data's) by the sha256 of the decompressed payload, and a registered
+Debian's Fashion-MNIST) by the sha256 of the decompressed payload, and a registered
 ``Subset`` (the real-image test fixtures under tests/data/: the first 2,000 train and 1,000 test
 images) by the sha256 of each of its payloads. All files of a directory must belong to the same
 set; a subset is reported as ``Dataset.subset`` and never passes for the full dataset.
@@ -115,7 +115,7 @@ DATASETS: dict[str, DatasetSpec] = {
         classes=tuple(str(i) for i in range(10)),
         channels=1, image_size=28, mean=(0.1307,), std=(0.3081,),
         format="idx",
-        # content sha256: the official payloads (../shared/data/README.md re-gzipped them)
+        # content sha256 of the official payloads: accepts re-gzipped copies (gzip -9 -n etc.)
         files=tuple(FileSpec(n, m, s) for n, m, s in zip(_IDX_FILES, (
             "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
             "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), (
