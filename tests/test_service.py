@@ -211,7 +211,7 @@ def test_photo_is_converted_and_classified_like_its_dataset_image(client, fixtur
     want, _ = convert_image(decode_image(data), 1, 28, 28, {"pipeline": "fashion-mnist"}, "auto")
     np.testing.assert_array_equal(shown, want[0])
     assert np.abs(shown.astype(float) - image).mean() < 25
-    dataset_form = classify_file(client, SAMPLES[0])
+    dataset_form = classify_file(client, REPO / "samples" / "fmnist-test-0000-ankle-boot.png")
     assert dataset_form.json()["converted"] == "none" and "input_image" not in dataset_form.json()
 
 
@@ -220,7 +220,7 @@ def test_convert_override_by_query_or_form_field(client, fixture_data_dir):
     as_is = client.post("/classify", params={"convert": "none"}, files={"image": ("p", data)}).json()
     by_form = client.post("/classify", data={"convert": "none"}, files={"image": ("p", data)}).json()
     assert as_is["converted"] == by_form["converted"] == "none" and as_is == by_form
-    raw = client.post("/classify?convert=dataset", content=SAMPLES[0].read_bytes(),
+    raw = client.post("/classify?convert=dataset", content=(REPO / "samples" / "fmnist-test-0000-ankle-boot.png").read_bytes(),
                       headers={"Content-Type": "image/png"}).json()
     assert raw["converted"] == "photo"
     for params in ({"convert": "sometimes"}, {"show_input": "maybe"}):
