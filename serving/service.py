@@ -30,9 +30,11 @@ stops walking the ~100,000 objects of the imports and the model.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
+import time
 import typing as t
 from pathlib import Path
 
@@ -45,8 +47,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_WAIT_MS, Admission
 from .batching import MicroBatcher
 from .bentoml_fixes import fix_timeout_timer_leak
+from .lifecycle import (
+    Drain,
+    SettingError,
+    Traffic,
+    body_timeout_s,
+    drain_timeout_s,
+    env_seconds,
+    open_front_door,
+    workers_from_env,
+)
 from .model import ModelError, OnnxClassifier, answer, model_path_from_env
 from .preprocess import DEFAULT_MAX_PIXELS, InputError, prepare_image
 
@@ -110,7 +123,9 @@ def refuse_to_start(service: str, error: Exception) -> t.NoReturn:
 
 
 def error_response(e: InputError) -> JSONResponse:
-    return JSONResponse(e.to_json(), status_code=e.status)
+    # 408: the rest of a stalled body may still come; closing the connection discards it
+    headers = {"Connection": "close"} if e.status == 408 else None
+    return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
 
 
 # --- reading the upload ---------------------------------------------------------------------------
@@ -128,11 +143,19 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared_size > limit:
             raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    idle = body_timeout_s()
+    loop = asyncio.get_running_loop()
+    try:  # an upload that sends nothing for `idle` seconds gets 408 instead of holding its slot
+        async with asyncio.timeout(idle) as silence:
+            async for chunk in request.stream():
+                silence.reschedule(loop.time() + idle)
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        raise InputError(408, "body_timeout", f"the upload sent nothing for {idle:g} s after {size} bytes "
+                                              "(BNSERVE_BODY_TIMEOUT); send the whole image without pausing") from None
     return b"".join(chunks)
 
 
@@ -239,7 +262,25 @@ def tracing_config() -> dict:
     return {} if os.environ.get("BNSERVE_TRACE") == "1" else {"excluded_urls": ["/classify"]}
 
 
-@bentoml.service(name="bnserve", workers=1, traffic={"timeout": 60}, tracing=tracing_config())
+def _traffic_counters():
+    """Prometheus counters for what the traffic handling refused or dropped (serving/lifecycle.py)."""
+    from prometheus_client import Counter
+
+    counters = {"shed": Counter("bnserve_shed", "Requests refused with 503 because the server was at capacity"),
+                "client_gone": Counter("bnserve_client_gone", "Requests dropped because the client disconnected")}
+    return lambda name: counters[name].inc()
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return env_seconds(name, default)
+    except SettingError as e:
+        raise ModelError(str(e)) from None
+
+
+# BentoML's traffic timeout stays as a last resort; BNSERVE_BODY_TIMEOUT, the admission limit and
+# the drain bound (serving/lifecycle.py) answer long before it.
+@bentoml.service(name="bnserve", workers=workers_from_env(), traffic={"timeout": 60}, tracing=tracing_config())
 @bentoml.asgi_app(_extra_routes, path="/", name="bnserve-model-info")
 class BnServe:
     """POST /classify one image -> {label, index, probability, top}; GET /model.
@@ -251,12 +292,25 @@ class BnServe:
         try:
             self.max_pixels = max_pixels()
             max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+            body_timeout_s()  # likewise BNSERVE_BODY_TIMEOUT
+            drain_s = drain_timeout_s()
+            max_wait_s = _env_float("BNSERVE_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS) / 1e3
+            max_inflight = _env_int("BNSERVE_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT)
             batch = _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
             self.model = OnnxClassifier(model_path_from_env())  # checks the file (read_model)
             self.info = self.model.info
-        except ModelError as e:
+        except (ModelError, SettingError) as e:
             refuse_to_start("bnserve", e)
         self.model.warm_up((1, batch))  # before /readyz says ready
+        # the admission's first service-time estimate, until requests measure it: one image's run
+        one = np.zeros((1, self.info.channels, self.info.height, self.info.width), self.info.dtype)
+        t0 = time.perf_counter()
+        self.model(one)
+        admission = Admission(max(time.perf_counter() - t0, 1e-4), max_wait_s, cap=max_inflight)
+        self.traffic = Traffic(admission, on_event=_traffic_counters())
+        self.drain = Drain(self.traffic, drain_s)
+        if self.drain.install():  # run by uvicorn (`bentoml serve`): SIGTERM drains
+            open_front_door(self.drain.server, self.traffic)  # and overload is refused up front
         histogram = _batch_size_histogram()
         self.batcher = MicroBatcher(self.model, batch, on_batch=histogram.observe)
         self._decoders: anyio.CapacityLimiter | None = None
@@ -265,6 +319,10 @@ class BnServe:
         # collector from walking it on every full collection (stalls of 40-90 ms under load).
         gc.collect()
         gc.freeze()
+
+    async def __is_ready__(self) -> bool:
+        """/readyz: 503 from the moment SIGTERM arrives (a load balancer stops sending)."""
+        return not self.traffic.draining
 
     def _prepare(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         i = self.info
@@ -338,12 +396,11 @@ class ClassifyRoute:
         if (service is None or scope["type"] != "http" or scope["path"] != "/classify"
                 or scope["method"] != "POST"):
             return await self.app(scope, receive, send)
-        try:
-            data = await upload_or_error(Request(scope, receive))
+        try:  # admission, Connection: close while draining, clients that leave (lifecycle.py)
+            await service.traffic.handle(scope, receive, send, lambda: upload_or_error(Request(scope, receive)),
+                                         service.respond)
         except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
-            return
-        response = await service.respond(data)
-        await response(scope, receive, send)
+            service.traffic.on_event("client_gone")
 
 
 BnServe.add_asgi_middleware(ClassifyRoute)
