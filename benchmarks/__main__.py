@@ -43,6 +43,8 @@ def render(results: list[dict], command: str, targets: str = "") -> str:
         out += [f"## {TITLES[r['name']]}", "", r.get("intro", "").strip(), "", r["table"], ""]
         if r.get("note"):
             out += [r["note"], ""]
+        for title, body in r.get("sections", []):
+            out += [f"### {title}", "", body.strip(), ""]
     return "\n".join(line for line in out) + "\n"
 
 

@@ -40,15 +40,17 @@ def free_port() -> int:
 
 
 class Server:
-    """``bentoml serve`` in a subprocess of its own session; stopped with its whole tree."""
+    """``bentoml serve`` (or ``python -m <module> ... PORT``, a peer) in a subprocess of its own
+    session; stopped with its whole tree."""
 
-    def __init__(self, target: str, env: dict):
+    def __init__(self, target: str, env: dict, module: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        argv = ([sys.executable, "-m", module, target, str(self.port)] if module else
+                [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)])
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
         self._stderr_tail: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
         self.peak_rss = 0
@@ -272,6 +274,11 @@ def run(quick: bool = False) -> dict:
     for label, path, image in models:
         res, floors[label] = run_model(label, path, image, seconds)
         results += res
+    from . import serving_peers
+
+    print("  peers side by side on the default model, then open-loop overload ...", flush=True)
+    peers = serving_peers.run(default, models[0][2], seconds)
+    print(peers["table"] + "\n\n" + peers["overload_table"], flush=True)
     noop = Server("benchmarks.noop_service:Noop", {})
     try:  # what BentoML itself costs per request here: the same upload, no work at all
         floor_http = measure("BentoML no-op API", noop, models[0][2], seconds, levels=(1,))[0]
@@ -301,5 +308,9 @@ def run(quick: bool = False) -> dict:
         notes.append(f"{label}: in-process ONNX Runtime p50 on the same prepared image, service's session settings, "
                      f"{floors[label]:.3f} ms; ours at concurrency 1 p50 {c1['p50_ms']:.2f} ms "
                      f"(+{c1['p50_ms'] - floors[label]:.2f} ms for HTTP, multipart, decoding and batching).")
+    sections = [("Peers, side by side (default model)", serving_peers.__doc__.strip() + "\n\n" + peers["table"]
+                 + "\n\n" + peers["note"]),
+                ("Open-loop overload at 2x capacity (ours, default model)", peers["overload_table"])]
     return {"name": "serving", "results": results, "table": table, "note": " ".join(notes),
-            "intro": __doc__, "inprocess_p50_ms": floors, "bentoml_noop": floor_http}
+            "intro": __doc__, "inprocess_p50_ms": floors, "bentoml_noop": floor_http, "peers": peers,
+            "sections": sections}

@@ -31,10 +31,10 @@ from collections.abc import Callable
 
 DEFAULT_MAX_WAIT_MS = 200.0  # BNSERVE_MAX_WAIT_MS: the wait an admitted request may expect
 DEFAULT_MAX_INFLIGHT = 512  # BNSERVE_MAX_INFLIGHT: hard cap, whatever the estimate says
-MIN_INFLIGHT = 4  # never fewer than this in progress: a burst from idle is not shed
-WINDOW_REQUESTS = 32  # answers per estimate update
-WINDOW_S = 0.25  # ... or this much busy time, whichever comes first
-SMOOTHING = 0.3  # weight of the newest window in the service-time estimate
+MIN_INFLIGHT = 4  # never fewer than this in progress (the service passes its batch size)
+WINDOW_REQUESTS = 64  # answers per estimate update
+WINDOW_S = 0.5  # ... or this much busy time, whichever comes first
+SMOOTHING = 0.2  # weight of the newest window: a scheduling hiccup of the host moves it little
 
 
 def admission_limit(service_time_s: float, max_wait_s: float, floor: int = MIN_INFLIGHT,

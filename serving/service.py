@@ -306,7 +306,9 @@ class BnServe:
         one = np.zeros((1, self.info.channels, self.info.height, self.info.width), self.info.dtype)
         t0 = time.perf_counter()
         self.model(one)
-        admission = Admission(max(time.perf_counter() - t0, 1e-4), max_wait_s, cap=max_inflight)
+        # at least one full batch may wait: a closed loop of up to that many clients is never shed
+        admission = Admission(max(time.perf_counter() - t0, 1e-4), max_wait_s, cap=max_inflight,
+                              floor=min(batch, max_inflight))
         self.traffic = Traffic(admission, on_event=_traffic_counters())
         self.drain = Drain(self.traffic, drain_s)
         if self.drain.install():  # run by uvicorn (`bentoml serve`): SIGTERM drains

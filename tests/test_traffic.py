@@ -59,14 +59,14 @@ def test_service_time_is_busy_time_per_answer():
     clock = Clock()
     a = Admission(initial_service_time_s=0.1, max_wait_s=0.2, clock=clock)
     assert a.limit == 4
-    for _ in range(600):  # one at a time, 10 ms each: service time -> 10 ms
+    for _ in range(2000):  # one at a time, 10 ms each: service time -> 10 ms
         assert a.try_enter()
         clock.t += 0.01
         a.leave()
         clock.t += 0.05  # idle time does not count
     assert a.service_time_s == pytest.approx(0.01, rel=0.02)
     assert a.limit in (19, 20)  # 0.2 s / ~10 ms
-    for _ in range(120):  # 8 at a time answered together every 10 ms (batching): 1.25 ms each
+    for _ in range(400):  # 8 at a time answered together every 10 ms (batching): 1.25 ms each
         for _ in range(8):
             assert a.try_enter()
         clock.t += 0.01
@@ -235,15 +235,24 @@ def test_settings_refuse_nonsense(monkeypatch):
 
 
 def test_onnx_runtime_threads_are_divided_among_workers(monkeypatch):
-    from serving import model
+    from serving import lifecycle, model
 
-    monkeypatch.setattr(model.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(lifecycle, "available_cores", lambda: 8)
     monkeypatch.setenv("BNSERVE_WORKERS", "3")
     assert model.default_threads() == 2
     monkeypatch.setenv("BNSERVE_WORKERS", "16")
     assert model.default_threads() == 1
-    monkeypatch.delenv("BNSERVE_WORKERS")
-    assert model.default_threads() == 8
+    monkeypatch.delenv("BNSERVE_WORKERS")  # default: a worker per core, one thread each
+    assert workers_from_env() == 8 and model.default_threads() == 1
+
+
+def test_cores_follow_the_cgroup_quota():
+    from serving.lifecycle import cpu_quota_cores
+
+    assert cpu_quota_cores("200000 100000\n") == 2
+    assert cpu_quota_cores("150000 100000") == 2  # 1.5 CPUs: two cores in use at times
+    assert cpu_quota_cores("max 100000") is None
+    assert cpu_quota_cores("") is None
 
 
 # --- drain ----------------------------------------------------------------------------------------
