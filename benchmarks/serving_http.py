@@ -296,7 +296,9 @@ def run(quick: bool = False) -> dict:
                          round(r["peak_rss_mb"])])
     table = markdown_table(["model", "service", "concurrency", "req/s", "vs naive", "p50 ms", "p99 ms",
                             "errors / requests", "mean batch", "peak RSS MB"], rows)
-    notes = [f"{seconds:.0f} s per level; closed-loop asyncio (aiohttp) client in the benchmark process, "
+    notes = [f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.1f} at the end "
+             "(other jobs shared the 2 cores: compare rows of one table, not across pages).",
+             f"{seconds:.0f} s per level; closed-loop asyncio (aiohttp) client in the benchmark process, "
              "sharing the CPU with the server.",
              f"BentoML's floor for an ``@bentoml.api`` endpoint, a no-op API taking the same multipart upload "
              f"(benchmarks/noop_service.py), same client: p50 {floor_http['p50_ms']:.2f} ms, p99 "

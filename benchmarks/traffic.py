@@ -165,7 +165,16 @@ def check_overload(image: bytes, seconds: float, env: dict | None = None) -> dic
             **s}
 
 
-def check_sigterm(image: bytes, env: dict | None = None, clients: int = 32) -> dict:
+def send_sigterm(server, group: bool) -> None:
+    """SIGTERM to `bentoml serve` (what Kubernetes does to PID 1), or to its whole process group
+    (what a terminal or a process supervisor may do): both must drain."""
+    if group:
+        os.killpg(server.proc.pid, signal.SIGTERM)
+    else:
+        os.kill(server.proc.pid, signal.SIGTERM)
+
+
+def check_sigterm(image: bytes, env: dict | None = None, clients: int = 32, group: bool = False) -> dict:
     import aiohttp
 
     server = start(env)
@@ -185,7 +194,7 @@ def check_sigterm(image: bytes, env: dict | None = None, clients: int = 32) -> d
             workers = [asyncio.ensure_future(worker()) for _ in range(clients)]
             await asyncio.sleep(2.0)
             t_term = time.perf_counter()
-            os.kill(server.proc.pid, signal.SIGTERM)
+            send_sigterm(server, group)
             stop_at[0] = t_term + EXIT_LIMIT_S + 5
             exit_s = await asyncio.to_thread(wait_exit, server, EXIT_LIMIT_S)
             await asyncio.gather(*workers)
@@ -216,14 +225,14 @@ async def _stalled_upload(port: int, answers: list) -> None:
         writer.close()
 
 
-def check_stalled(env: dict | None = None, uploads: int = 50) -> dict:
+def check_stalled(env: dict | None = None, uploads: int = 50, group: bool = False) -> dict:
     server = start(env)
     answers: list = []
 
     async def run():
         tasks = [asyncio.ensure_future(_stalled_upload(server.port, answers)) for _ in range(uploads)]
         await asyncio.sleep(1.0)
-        os.kill(server.proc.pid, signal.SIGTERM)
+        send_sigterm(server, group)
         exit_s = await asyncio.to_thread(wait_exit, server, EXIT_LIMIT_S)
         await asyncio.gather(*tasks)
         return exit_s
@@ -240,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.traffic", description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=8.0, help="open-loop overload duration")
     p.add_argument("--only", default="overload,sigterm,stalled")
+    p.add_argument("--group", action="store_true", help="SIGTERM the whole process group, not only `bentoml serve`")
     args = p.parse_args(argv)
     image = SAMPLE.read_bytes()
     print(f"load: {os.getloadavg()}", flush=True)
     results = []
     for name in args.only.split(","):
-        r = {"overload": lambda: check_overload(image, args.seconds), "sigterm": lambda: check_sigterm(image),
-             "stalled": check_stalled}[name]()
+        r = {"overload": lambda: check_overload(image, args.seconds),
+             "sigterm": lambda: check_sigterm(image, group=args.group),
+             "stalled": lambda: check_stalled(group=args.group)}[name]()
         results.append(r)
         print(("PASS " if r["passed"] else "FAIL ") + json.dumps(r, default=str), flush=True)
     print(f"load: {os.getloadavg()}", flush=True)
