@@ -82,6 +82,35 @@ def drain_timeout_s() -> float:
     return env_seconds("BNSERVE_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT_S)
 
 
+class IdleTimer:
+    """Cancels the current task after ``seconds`` without a ``restart()`` (one timer handle, no
+    extra task; ``asyncio.timeout`` would do it from Python 3.11 on). ``fired()`` tells a
+    cancellation of ours from any other, and takes ours back (``Task.uncancel``)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._fired = False
+        self._handle = self._loop.call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def restart(self) -> None:
+        self._handle.cancel()
+        self._handle = self._loop.call_later(self.seconds, self._fire)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+    def fired(self) -> bool:
+        if self._fired and hasattr(self._task, "uncancel"):
+            self._task.uncancel()
+        return self._fired
+
+
 # --- responses ------------------------------------------------------------------------------------
 
 def json_response_messages(status: int, body: dict, headers: dict[str, str] | None = None) -> list[dict]:

@@ -52,6 +52,7 @@ from .batching import MicroBatcher
 from .bentoml_fixes import fix_timeout_timer_leak
 from .lifecycle import (
     Drain,
+    IdleTimer,
     SettingError,
     Traffic,
     body_timeout_s,
@@ -143,19 +144,21 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared_size > limit:
             raise too_big
     chunks, size = [], 0
-    idle = body_timeout_s()
-    loop = asyncio.get_running_loop()
-    try:  # an upload that sends nothing for `idle` seconds gets 408 instead of holding its slot
-        async with asyncio.timeout(idle) as silence:
-            async for chunk in request.stream():
-                silence.reschedule(loop.time() + idle)
-                size += len(chunk)
-                if size > limit:
-                    raise too_big
-                chunks.append(chunk)
-    except TimeoutError:
-        raise InputError(408, "body_timeout", f"the upload sent nothing for {idle:g} s after {size} bytes "
-                                              "(BNSERVE_BODY_TIMEOUT); send the whole image without pausing") from None
+    silence = IdleTimer(body_timeout_s())  # an upload silent that long gets 408, not a held slot
+    try:
+        async for chunk in request.stream():
+            silence.restart()
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if not silence.fired():
+            raise
+        raise InputError(408, "body_timeout", f"the upload sent nothing for {silence.seconds:g} s after {size} "
+                                              "bytes (BNSERVE_BODY_TIMEOUT); send the whole image without pausing") from None
+    finally:
+        silence.stop()
     return b"".join(chunks)
 
 

@@ -84,7 +84,7 @@ def test_probes_resources_and_drain_agree_with_the_service():
     assert pause + drain + 2 <= pod["terminationGracePeriodSeconds"]
     assert pod["enableServiceLinks"] is False  # a Service named bnserve would inject BNSERVE_*
     readme = (REPO / "README.md").read_text()
-    for name in env:  # every setting the manifest uses is documented
+    for name in (n for n in env if n.startswith("BNSERVE_")):  # every setting of ours is documented
         assert name in readme, f"{name} is set in deploy/ but not documented in the README"
 
 
