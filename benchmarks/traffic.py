@@ -94,24 +94,98 @@ async def closed_loop(url: str, image: bytes, clients: int, seconds: float) -> l
     return log
 
 
-async def open_loop(url: str, image: bytes, rate: float, seconds: float) -> tuple[list, float]:
-    """Arrivals at a fixed rate whatever the answers (no client waits for the last one).
-    Returns the log and the rate really offered (the client shares the CPU)."""
-    import aiohttp
+def multipart_request(port: int, image: bytes) -> bytes:
+    """One complete ``POST /classify`` (multipart field ``image``), encoded once."""
+    boundary = b"bnservetrafficboundary"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--" + boundary + b"--\r\n")
+    head = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
 
+
+async def _raw_one(port: int, request: bytes, idle: list, log: list, t0: float) -> None:
+    """Send ``request`` on an idle keep-alive connection (or a new one) and read the answer with
+    plain asyncio streams: an open-loop client must cost the server's CPU little."""
+    status, err, retry_after, ok_json = None, None, False, False
+    conn = None
+    try:
+        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = conn
+        writer.write(request)
+        line = await reader.readline()
+        if not line:
+            raise ConnectionResetError("closed before answering")
+        status = int(line.split()[1])
+        length, close, chunked = 0, False, False
+        while (h := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = h.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "retry-after":
+                retry_after = True
+            elif name == "connection" and "close" in value.lower():
+                close = True
+            elif name == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if chunked:
+            body = b""
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                body += await reader.readexactly(size + 2)
+            await reader.readline()
+        else:
+            body = await reader.readexactly(length)
+        if status in (503, 429):
+            try:
+                ok_json = "error" in json.loads(body)
+            except ValueError:
+                ok_json = False
+        if close:
+            writer.close()
+        else:
+            idle.append(conn)
+    except ConnectionRefusedError as e:
+        err = _Refused(e)
+    except Exception as e:  # noqa: BLE001 - every failure is an outcome to count
+        err = e
+        if conn is not None:
+            conn[1].close()
+    kind = "refused" if isinstance(err, _Refused) else ("reset" if err is not None else
+                                                         ("ok" if status == 200 else "shed" if status in (503, 429)
+                                                          else f"http_{status}"))
+    log.append((kind, time.perf_counter() - t0, retry_after and ok_json if kind == "shed" else None, t0))
+
+
+class _Refused(Exception):
+    pass
+
+
+async def open_loop(url: str, image: bytes, rate: float, seconds: float, timeout: float = 30.0) -> tuple[list, float]:
+    """Arrivals at a fixed rate whatever the answers (no client waits for the last one), over
+    keep-alive connections opened as needed. Latency counts from the scheduled arrival time,
+    so a client that falls behind shows it. Returns the log and the rate really offered."""
+    port = int(url.rsplit(":", 1)[1])
+    request = multipart_request(port, image)
     log: list = []
+    idle: list = []
     n = min(int(rate * seconds), MAX_REQUESTS)
     tasks = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
-        t0 = time.perf_counter()
-        for i in range(n):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(_one(s, url, image, log)))
-        offered = n / (time.perf_counter() - t0)
-        await asyncio.gather(*tasks)
+    t0 = time.perf_counter()
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(_raw_one(port, request, idle, log, due)))
+    offered = n / (time.perf_counter() - t0)
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+        log.append(("timeout", timeout, None, 0.0))
+    for reader_writer in idle:
+        reader_writer[1].close()
     return log, offered
 
 

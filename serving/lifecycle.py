@@ -147,12 +147,13 @@ class Traffic:
         self.draining = False
         self._shed_messages: dict[tuple[int, int], list[dict]] = {}
         self.reading = 0  # uploads still arriving (their requests wait on the client, not on us)
+        self.finishing = 0  # answered (response started), task not yet ended (FrontDoor counts)
 
     def count_ahead_in(self, server: t.Any) -> None:
-        """Requests ahead = uvicorn's unanswered request tasks, less the asking one and the
-        uploads still arriving (see serving/admission.py)."""
+        """Requests ahead = uvicorn's request tasks, less the asking one, the uploads still
+        arriving and the requests already answered (see serving/admission.py)."""
         tasks = server.server_state.tasks
-        self.admission.ahead = lambda: len(tasks) - 1 - self.reading
+        self.admission.ahead = lambda: len(tasks) - 1 - self.reading - self.finishing
 
     async def handle(self, scope: Scope, receive: Receive, send: Send,
                      read: Callable[[], Awaitable[t.Any]],
@@ -224,13 +225,29 @@ class FrontDoor:
         self.app, self.traffic = app, traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and self.traffic.admission.full() and scope["path"] == "/classify"
-                and scope["method"] == "POST"):
-            self.traffic.admission.refuse()
-            if self.traffic.draining:
-                send = with_connection_close(send)
-            return await self.traffic._shed(send)
-        return await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] != "/classify" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        traffic = self.traffic
+        task = asyncio.current_task()
+        answered = False
+
+        def ended(_: asyncio.Task) -> None:  # runs right after uvicorn drops the task
+            traffic.finishing -= 1
+
+        async def send_marked(message: dict) -> None:
+            # once its answer has started, a request is no longer ahead of anyone, though its
+            # task lingers (access log, metrics) until after the client may have sent the next
+            nonlocal answered
+            if not answered and message["type"] == "http.response.start":
+                answered = True
+                traffic.finishing += 1
+                task.add_done_callback(ended)
+            await send(message)
+
+        if traffic.admission.full():
+            traffic.admission.refuse()
+            return await traffic._shed(with_connection_close(send_marked) if traffic.draining else send_marked)
+        return await self.app(scope, receive, send_marked)
 
 
 def open_front_door(server: t.Any, traffic: Traffic) -> bool:

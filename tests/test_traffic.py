@@ -190,6 +190,19 @@ def test_front_door_refuses_before_the_app_and_passes_the_rest():
     a.ahead = lambda: 0
     asyncio.run(call(SCOPE))
     assert passed == ["/readyz", "/classify"]
+    assert door.traffic.finishing == 0  # counted from the answer's start to the task's end
+
+
+def test_requests_ahead_leave_out_uploads_arriving_and_requests_answered():
+    from types import SimpleNamespace
+
+    traffic = Traffic(Admission(initial_service_time_s=0.001))
+    tasks = {1, 2, 3, 4, 5}  # uvicorn's request tasks, the asking one included
+    traffic.count_ahead_in(SimpleNamespace(server_state=SimpleNamespace(tasks=tasks)))
+    traffic.reading, traffic.finishing = 1, 2
+    assert traffic.admission.ahead() == 1
+    tasks.update({6, 7})
+    assert traffic.admission.ahead() == 3
 
 
 # --- slow bodies ----------------------------------------------------------------------------------
