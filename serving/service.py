@@ -1,6 +1,6 @@
 """The BentoML service: ``bentoml serve`` (bentofile.yaml) or ``bentoml serve serving.service:BnServe``.
 
-One service, one process: ``POST /classify`` reads the upload itself (multipart field
+One service, one process per worker: ``POST /classify`` reads the upload itself (multipart field
 ``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
 Pillow (on the event loop when it is small, else in a worker thread), and answers every bad
 input with a 4xx JSON body
@@ -18,7 +18,11 @@ Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSER
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
 (default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off),
 BNSERVE_ORT_SPIN (0: ONNX Runtime's threads do not spin-wait; default 1), BNSERVE_TRACE (1: let
-BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them).
+BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them), and for
+traffic (serving/admission.py, serving/lifecycle.py): BNSERVE_WORKERS (worker processes, default
+one per available core), BNSERVE_MAX_WAIT_MS and BNSERVE_MAX_INFLIGHT (load shedding: 503 +
+Retry-After), BNSERVE_BODY_TIMEOUT (408 for a silent upload), BNSERVE_DRAIN_TIMEOUT (SIGTERM ->
+exit bound).
 
 Over HTTP, ``ClassifyRoute`` (an ASGI middleware at the end of this file) answers
 ``POST /classify`` ahead of BentoML's router and API dispatch; the ``@bentoml.api`` declaration
