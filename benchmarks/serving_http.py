@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,7 +47,10 @@ class Server:
     def __init__(self, target: str, env: dict, module: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+        # its own BENTOML_HOME: a `bentoml serve` starting empties the Prometheus directory there,
+        # which would wipe the /metrics of a server already running (the peers run several)
+        self.home = tempfile.mkdtemp(prefix="bnserve-bench-home-")
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self.home, **env}
         argv = ([sys.executable, "-m", module, target, str(self.port)] if module else
                 [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)])
         self.proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL,
@@ -97,6 +101,8 @@ class Server:
         threading.Thread(target=loop, daemon=True).start()
 
     def stop(self):
+        import shutil
+
         self._sampling = False
         try:
             os.killpg(self.proc.pid, 15)
@@ -106,6 +112,7 @@ class Server:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def batch_stats(metrics_text: str) -> tuple[float, float]:

@@ -373,8 +373,9 @@ def test_bentoml_serve_sigterm_drains_answers_refuses_and_exits(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_BODY_TIMEOUT": "1.5",
-           "BNSERVE_DRAIN_TIMEOUT": "4"}
+    # its own BENTOML_HOME: a `bentoml serve` starting empties the Prometheus directory there
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "BNSERVE_BODY_TIMEOUT": "1.5", "BNSERVE_DRAIN_TIMEOUT": "4"}
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",
                              "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
