@@ -2,10 +2,15 @@
 preprocessing (``serving.preprocess.prepare_image``, ``serving.model.answer``):
 
 - ``bare``: uvicorn + Starlette and nothing else (httptools, uvloop, no access log), with our
-  upload reading and our micro-batcher: the no-framework floor for the same work.
+  upload reading and our micro-batcher: the no-framework floor for the same work;
+  ``BNSERVE_WORKERS`` uvicorn worker processes, like ours.
 - ``litserve``: LitServe's ``LitAPI`` with ``batch``/``unbatch`` (``decode_request`` prepares the
   image, ``predict`` runs ONNX Runtime on the batch). Default settings, or tuned
-  (``LITSERVE_TUNED=1``: max_batch_size 64, batch_timeout 1 ms, ZeroMQ fast queue).
+  (``LITSERVE_TUNED=1``: max_batch_size 64, batch_timeout 1 ms, ZeroMQ fast queue, and
+  ``BNSERVE_WORKERS`` inference workers).
+
+ONNX Runtime threads follow ``serving.model.default_threads`` (cores / ``BNSERVE_WORKERS``), as
+in our service, so each comparison gives every server the same threads per process.
 
     python -m benchmarks.peers bare|litserve PORT     (BNSERVE_MODEL names the model)
 """
@@ -64,11 +69,14 @@ def bare_app():
 def litserve_server(tuned: bool):
     import litserve as ls
 
+    from serving.lifecycle import workers_from_env
+
     from .peer_litserve import Classify
 
     if tuned:
         api = Classify(max_batch_size=64, batch_timeout=0.001, api_path="/classify")
-        return ls.LitServer(api, accelerator="cpu", fast_queue=True, healthcheck_path="/readyz")
+        return ls.LitServer(api, accelerator="cpu", fast_queue=True, healthcheck_path="/readyz",
+                            workers_per_device=workers_from_env())
     return ls.LitServer(Classify(api_path="/classify"), accelerator="cpu", healthcheck_path="/readyz")
 
 
@@ -77,8 +85,10 @@ def main(argv: list[str]) -> None:
     if kind == "bare":
         import uvicorn
 
-        uvicorn.run(bare_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                    access_log=False, log_level="warning")
+        from serving.lifecycle import workers_from_env
+
+        uvicorn.run("benchmarks.peers:bare_app", factory=True, workers=workers_from_env(), host="127.0.0.1",
+                    port=port, loop="uvloop", http="httptools", access_log=False, log_level="warning")
     elif kind == "litserve":
         server = litserve_server(os.environ.get("LITSERVE_TUNED") == "1")
         server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")

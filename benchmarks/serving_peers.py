@@ -5,9 +5,12 @@ closed-loop client (``serving_http.load``) visits them in turn, round after roun
 change in what else the machine is doing falls on all of them alike:
 
 - ours, ``bentoml serve`` with 1 worker and with one worker per core (``BNSERVE_WORKERS``)
-- the floor: the same upload reading, preprocessing and micro-batcher on bare uvicorn + Starlette
+- the floor: the same upload reading, preprocessing and micro-batcher on bare uvicorn +
+  Starlette, in 1 process and in one per core
 - LitServe, ``LitAPI`` with ``batch``/``unbatch``: default settings, and tuned (max_batch_size 64,
-  batch_timeout 1 ms, ZeroMQ fast queue)
+  batch_timeout 1 ms, ZeroMQ fast queue, one inference worker per core)
+
+ONNX Runtime gets cores / processes threads in each (as ``BNSERVE_THREADS`` defaults).
 
 Then the open-loop overload row: arrivals at twice the capacity ours just measured (at
 concurrency 32), answered 200 (admitted) or 503 (shed), with nothing reset or timed out.
@@ -26,16 +29,21 @@ PEER_LEVELS = (1, 32)
 
 
 def configs(model: Path) -> list[tuple[str, str, dict, str | None]]:
+    """(name, target, env, module); every pair compared gives its servers the same processes
+    and ONNX Runtime threads per process (cores / BNSERVE_WORKERS)."""
     from serving.lifecycle import available_cores
 
-    env = {"BNSERVE_MODEL": str(model)}
-    cores = available_cores()
+    n = available_cores()
+    one = {"BNSERVE_MODEL": str(model), "BNSERVE_WORKERS": "1"}
+    many = {"BNSERVE_MODEL": str(model), "BNSERVE_WORKERS": str(n)}
     return [
-        ("ours, 1 worker", "serving.service:BnServe", {**env, "BNSERVE_WORKERS": "1"}, None),
-        (f"ours, {cores} workers (default)", "serving.service:BnServe", {**env, "BNSERVE_WORKERS": str(cores)}, None),
-        ("bare uvicorn + Starlette (floor)", "bare", env, "benchmarks.peers"),
-        ("LitServe, default", "litserve", env, "benchmarks.peers"),
-        ("LitServe, tuned", "litserve", {**env, "LITSERVE_TUNED": "1"}, "benchmarks.peers"),
+        ("ours, 1 worker", "serving.service:BnServe", one, None),
+        (f"ours, {n} workers (default)", "serving.service:BnServe", many, None),
+        ("bare uvicorn + Starlette (floor), 1 process", "bare", one, "benchmarks.peers"),
+        (f"bare uvicorn + Starlette (floor), {n} processes", "bare", many, "benchmarks.peers"),
+        ("LitServe, default (1 inference worker)", "litserve", one, "benchmarks.peers"),
+        (f"LitServe, tuned ({n} inference workers, batching, fast queue)", "litserve",
+         {**many, "LITSERVE_TUNED": "1"}, "benchmarks.peers"),
     ]
 
 
