@@ -47,6 +47,7 @@ class ModelInfo:
     std: tuple[float, ...]
     classes: tuple[str, ...]
     dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
+    input_convention: dict | None = None  # how the training images were made (contract.py)
 
 
 def read_model(path: str | os.PathLike) -> ModelInfo:
@@ -71,7 +72,7 @@ def read_model(path: str | os.PathLike) -> ModelInfo:
     except ContractError as e:
         raise ModelError(f"{path}: {e} (contract: docs/ARTIFACTS.md); {hint}") from e
     return ModelInfo(path, meta, spec.channels, spec.height, spec.width, spec.mean, spec.std,
-                     spec.classes, np.dtype(spec.dtype))
+                     spec.classes, np.dtype(spec.dtype), spec.input_convention)
 
 
 # --- execution provider ---------------------------------------------------------------------------

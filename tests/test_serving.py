@@ -483,7 +483,7 @@ def _http_scope(method: str, path: str, content_type: bytes) -> dict:
             "headers": [(b"content-type", content_type)]}
 
 
-def test_classify_route_answers_post_classify_and_passes_the_rest_on(monkeypatch):
+def test_classify_route_answers_post_classify_and_passes_the_rest_on():
     from starlette.responses import JSONResponse
 
     from serving import service
@@ -502,11 +502,11 @@ def test_classify_route_answers_post_classify_and_passes_the_rest_on(monkeypatch
     async def app(scope, receive, send):
         passed.append(scope["path"])
 
-    monkeypatch.setattr(service._extra_routes.state, "service", Stub(), raising=False)
-    route = service.ClassifyRoute(app)
+    stub = Stub()
+    route = service.ClassifyRoute(app, service=lambda: stub)
     body = {"type": "http.request", "body": b"PNGDATA", "more_body": False}
     sent = _asgi_call(route, _http_scope("POST", "/classify", b"image/png"), [body], then_disconnect=False)
-    assert seen == [b"PNGDATA"] and sent[0]["status"] == 200 and not passed
+    assert seen == [service.Upload(b"PNGDATA")] and sent[0]["status"] == 200 and not passed
     sent = _asgi_call(route, _http_scope("POST", "/classify", b"application/json"), [body], then_disconnect=False)
     assert isinstance(seen[-1], service.InputError) and seen[-1].status == 415
     for method, path in (("GET", "/classify"), ("POST", "/model"), ("GET", "/readyz")):
@@ -514,7 +514,7 @@ def test_classify_route_answers_post_classify_and_passes_the_rest_on(monkeypatch
     assert passed == ["/classify", "/model", "/readyz"]
 
 
-def test_classify_route_client_gone_mid_upload_is_dropped_quietly(monkeypatch):
+def test_classify_route_client_gone_mid_upload_is_dropped_quietly():
     from serving import service
     from serving.admission import Admission
     from serving.lifecycle import Traffic
@@ -525,7 +525,8 @@ def test_classify_route_client_gone_mid_upload_is_dropped_quietly(monkeypatch):
         async def respond(self, data):
             raise AssertionError("nothing to answer")
 
-    monkeypatch.setattr(service._extra_routes.state, "service", Stub(), raising=False)
+    stub = Stub()
     partial = {"type": "http.request", "body": b"PNG", "more_body": True}  # then: http.disconnect
-    sent = _asgi_call(service.ClassifyRoute(None), _http_scope("POST", "/classify", b"image/png"), [partial])
+    sent = _asgi_call(service.ClassifyRoute(None, service=lambda: stub), _http_scope("POST", "/classify", b"image/png"),
+                      [partial])
     assert sent == []
