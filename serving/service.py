@@ -1,6 +1,6 @@
 """The BentoML service: ``bentoml serve`` (bentofile.yaml) or ``bentoml serve serving.service:BnServe``.
 
-One service, one process: ``POST /classify`` reads the upload itself (multipart field
+One service, one process per worker: ``POST /classify`` reads the upload itself (multipart field
 ``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
 Pillow (on the event loop when it is small, else in a worker thread), and answers every bad
 input with a 4xx JSON body
@@ -18,7 +18,11 @@ Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSER
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
 (default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off),
 BNSERVE_ORT_SPIN (0: ONNX Runtime's threads do not spin-wait; default 1), BNSERVE_TRACE (1: let
-BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them).
+BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them), and for
+traffic (serving/admission.py, serving/lifecycle.py): BNSERVE_WORKERS (worker processes, default
+one per available core), BNSERVE_MAX_WAIT_MS and BNSERVE_MAX_INFLIGHT (load shedding: 503 +
+Retry-After), BNSERVE_BODY_TIMEOUT (408 for a silent upload), BNSERVE_DRAIN_TIMEOUT (SIGTERM ->
+exit bound).
 
 Over HTTP, ``ClassifyRoute`` (an ASGI middleware at the end of this file) answers
 ``POST /classify`` ahead of BentoML's router and API dispatch; the ``@bentoml.api`` declaration
@@ -30,11 +34,13 @@ stops walking the ~100,000 objects of the imports and the model.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import io
 import logging
 import os
+import time
 import typing as t
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +55,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from .admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_WAIT_MS, Admission
 from .batching import MicroBatcher
 from .bentoml_fixes import fix_timeout_timer_leak
+from .lifecycle import (
+    Drain,
+    IdleTimer,
+    SettingError,
+    Traffic,
+    body_timeout_s,
+    drain_timeout_s,
+    env_seconds,
+    open_front_door,
+    workers_from_env,
+)
 from .model import ModelError, OnnxClassifier, answer, model_path_from_env
 from .page import page_html
 from .preprocess import (
@@ -124,7 +142,9 @@ def refuse_to_start(service: str, error: Exception) -> t.NoReturn:
 
 
 def error_response(e: InputError) -> JSONResponse:
-    return JSONResponse(e.to_json(), status_code=e.status)
+    # 408: the rest of a stalled body may still come; closing the connection discards it
+    headers = {"Connection": "close"} if e.status == 408 else None
+    return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
 
 
 # --- reading the upload ---------------------------------------------------------------------------
@@ -142,11 +162,21 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared_size > limit:
             raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    silence = IdleTimer(body_timeout_s())  # an upload silent that long gets 408, not a held slot
+    try:
+        async for chunk in request.stream():
+            silence.restart()
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if not silence.fired():
+            raise
+        raise InputError(408, "body_timeout", f"the upload sent nothing for {silence.seconds:g} s after {size} "
+                                              "bytes (BNSERVE_BODY_TIMEOUT); send the whole image without pausing") from None
+    finally:
+        silence.stop()
     return b"".join(chunks)
 
 
@@ -315,7 +345,25 @@ def tracing_config() -> dict:
     return {} if os.environ.get("BNSERVE_TRACE") == "1" else {"excluded_urls": ["/classify"]}
 
 
-@bentoml.service(name="bnserve", workers=1, traffic={"timeout": 60}, tracing=tracing_config())
+def _traffic_counters():
+    """Prometheus counters for what the traffic handling refused or dropped (serving/lifecycle.py)."""
+    from prometheus_client import Counter
+
+    counters = {"shed": Counter("bnserve_shed", "Requests refused with 503 because the server was at capacity"),
+                "client_gone": Counter("bnserve_client_gone", "Requests dropped because the client disconnected")}
+    return lambda name: counters[name].inc()
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return env_seconds(name, default)
+    except SettingError as e:
+        raise ModelError(str(e)) from None
+
+
+# BentoML's traffic timeout stays as a last resort; BNSERVE_BODY_TIMEOUT, the admission limit and
+# the drain bound (serving/lifecycle.py) answer long before it.
+@bentoml.service(name="bnserve", workers=workers_from_env(), traffic={"timeout": 60}, tracing=tracing_config())
 @bentoml.asgi_app(_extra_routes, path="/", name="bnserve-model-info")
 class BnServe:
     """POST /classify one image -> {label, index, probability, top}; GET /model.
@@ -327,12 +375,27 @@ class BnServe:
         try:
             self.max_pixels = max_pixels()
             max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+            body_timeout_s()  # likewise BNSERVE_BODY_TIMEOUT
+            drain_s = drain_timeout_s()
+            max_wait_s = _env_float("BNSERVE_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS) / 1e3
+            max_inflight = _env_int("BNSERVE_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT)
             batch = _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
             self.model = OnnxClassifier(model_path_from_env())  # checks the file (read_model)
             self.info = self.model.info
-        except ModelError as e:
+        except (ModelError, SettingError) as e:
             refuse_to_start("bnserve", e)
         self.model.warm_up((1, batch))  # before /readyz says ready
+        # the admission's first service-time estimate, until requests measure it: one image's run
+        one = np.zeros((1, self.info.channels, self.info.height, self.info.width), self.info.dtype)
+        t0 = time.perf_counter()
+        self.model(one)
+        # at least one full batch may wait: a closed loop of up to that many clients is never shed
+        admission = Admission(max(time.perf_counter() - t0, 1e-4), max_wait_s, cap=max_inflight,
+                              floor=min(batch, max_inflight))
+        self.traffic = Traffic(admission, on_event=_traffic_counters())
+        self.drain = Drain(self.traffic, drain_s)
+        if self.drain.install():  # run by uvicorn (`bentoml serve`): SIGTERM drains
+            open_front_door(self.drain.server, self.traffic)  # and overload is refused up front
         histogram = _batch_size_histogram()
         self.batcher = MicroBatcher(self.model, batch, on_batch=histogram.observe)
         self._decoders: anyio.CapacityLimiter | None = None
@@ -340,6 +403,10 @@ class BnServe:
         # collector from walking it on every full collection (stalls of 40-90 ms under load).
         gc.collect()
         gc.freeze()
+
+    async def __is_ready__(self) -> bool:
+        """/readyz: 503 from the moment SIGTERM arrives (a load balancer stops sending)."""
+        return not self.traffic.draining
 
     def _prepare(self, upload: Upload, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
         """-> (model input (1, C, H, W), uint8 pixels (C, H, W), converted)."""
@@ -437,12 +504,11 @@ class ClassifyRoute:
         if (service is None or scope["type"] != "http" or scope["path"] != "/classify"
                 or scope["method"] != "POST"):
             return await self.app(scope, receive, send)
-        try:
-            data = await upload_or_error(Request(scope, receive))
+        try:  # admission, Connection: close while draining, clients that leave (lifecycle.py)
+            await service.traffic.handle(scope, receive, send, lambda: upload_or_error(Request(scope, receive)),
+                                         service.respond)
         except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
-            return
-        response = await service.respond(data)
-        await response(scope, receive, send)
+            service.traffic.on_event("client_gone")
 
 
 BnServe.add_asgi_middleware(ClassifyRoute)
