@@ -94,7 +94,7 @@ def test_binarize_threshold():
 def seeds_run(tmp_path_factory, fixture_data_dir):
     out = tmp_path_factory.mktemp("ioffe") / "run"
     rc = main(["ioffe-fig1", "--data-dir", str(fixture_data_dir), "--steps", "60", "--eval-every", "30",
-               "--seeds", "2", "--lrs", "0.1", "1", "--out", str(out), "--no-progress", "--no-parallel"])
+               "--seeds", "2", "--lrs", "0.1", "1", "--binarize", "--out", str(out), "--no-progress", "--no-parallel"])
     assert rc == 0
     return out
 
@@ -103,7 +103,7 @@ def test_seeds_and_lrs_run_writes_every_output(seeds_run):
     out = seeds_run
     record = json.loads((out / "config.json").read_text())
     assert record["experiment"] == "ioffe-fig1" and record["seeds"] == [0, 1]
-    assert record["config"]["binarize"] is True  # the paper preset: binary input
+    assert record["config"]["binarize"] is True  # --binarize (the default preset is greyscale)
     for job in ("standard_lr0.1", "bn_lr0.1", "standard_lr1", "bn_lr1"):
         rows = read_metrics(out / job / "metrics.jsonl")
         assert sorted((r["seed"], r["step"]) for r in rows) == [(s, t) for s in (0, 1) for t in (0, 30, 60)]
@@ -162,9 +162,10 @@ def test_preset_label_names_the_flags_that_changed_the_experiment():
     add_config_args(parser, IoffeFig1Config, PRESETS)
     cfg, label = resolve_config(IoffeFig1Config, parser.parse_args(
         ["--dataset", "fashion-mnist", "--out", "x", "--no-progress"]), PRESETS)
-    assert cfg.dataset == "fashion-mnist" and label == "paper + --dataset"
-    _, label = resolve_config(IoffeFig1Config, parser.parse_args(["--preset", "cpu", "--out", "y"]), PRESETS)
-    assert label == "cpu"
+    assert cfg.dataset == "fashion-mnist" and label == "cpu + --dataset"  # cpu: the default preset
+    assert not cfg.binarize
+    cfg, label = resolve_config(IoffeFig1Config, parser.parse_args(["--preset", "paper", "--out", "y"]), PRESETS)
+    assert label == "paper" and cfg.binarize and cfg.seeds == 5
     with pytest.raises(ValueError, match="--seeds must be positive"):
         resolve_config(IoffeFig1Config, parser.parse_args(["--seeds", "0"]), PRESETS)
     with pytest.raises(ValueError, match="--lrs must be positive"):
