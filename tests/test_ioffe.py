@@ -180,3 +180,17 @@ def test_fashion_mnist_stays_a_flag(tmp_path, fixture_data_dir):
     summary = (out / "summary.md").read_text()
     assert "fashion-mnist" in summary and "the paper used MNIST" in summary and "greyscale" in summary
     assert "zalandoresearch" in summary and "../shared" not in summary
+
+
+def test_report_section_reads_its_numbers_from_the_metrics(seeds_run):
+    from training.ioffe.report import p50_drift, section, stability
+    from training.seeds import at_step, by_seed
+
+    s = section(seeds_run)
+    assert s.key == "ioffe-fig1" and [c.verdict in ("PASS", "DIFFERS") for c in s.claims] == [True] * 3
+    bn = by_seed(read_metrics(seeds_run / "bn_lr0.1" / "metrics.jsonl"), "test_accuracy")
+    assert f"BN {at_step(bn, 60).fmt()}" in s.observed[-2]  # the last step, mean +- std over the 2 seeds
+    assert s.run.seeds == [0, 1] and s.figures == [seeds_run / "figure.png"]
+    rows = [{"seed": 0, "step": t, "p15": -1.0, "p50": m, "p85": 1.0} for t, m in ((0, 9.0), (10, 0.0), (20, 0.5))]
+    assert p50_drift(rows, 0, from_step=10) == 0.25  # (0.5 - 0) / spread 2
+    assert "clearly steadier" in stability(0.1, 0.5) and "not steadier" in stability(0.5, 0.5)

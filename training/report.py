@@ -7,7 +7,7 @@ claims marked PASS or DIFFERS with the paper's own number or statement beside ou
 
 Everything is read from the run directories (``config.json``, metrics files, figures): nothing is
 retrained, so the report can be regenerated and diffed. The experiments supply their sections
-through ``SECTION_BUILDERS`` (experiment name -> function of a run directory), so this module only
+through ``registered()`` (experiment name -> function of a run directory), so this module only
 assembles and renders: Markdown, and a self-contained HTML page (figures embedded as data URIs,
 no external resources).
 """
@@ -105,11 +105,12 @@ class Question:
 SectionBuilder = Callable[[Path], Section]
 QuestionBuilder = Callable[[dict[str, Path]], Question | None]
 
-# Experiment name -> builder, and the conceptual questions (given every run found, by experiment
-# name). The experiments register theirs in ``builders()``: imported lazily so that this module
-# stays importable (and testable) without them.
-SECTION_BUILDERS: dict[str, SectionBuilder] = {}
-QUESTION_BUILDERS: list[QuestionBuilder] = []
+
+def registered() -> tuple[dict[str, SectionBuilder], list[QuestionBuilder]]:
+    """Experiment name -> section builder, and the conceptual questions (given every run found,
+    by experiment name). Imported here, lazily: the experiments import this module's types."""
+    from .ioffe.report import section as ioffe_fig1
+    return {"ioffe-fig1": ioffe_fig1}, []
 
 
 def find_runs(runs_dir: str | Path) -> dict[str, Path]:
@@ -136,8 +137,10 @@ class Report:
 
 def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | None = None,
                  questions: list[QuestionBuilder] | None = None) -> Report:
-    builders = SECTION_BUILDERS if builders is None else builders
-    questions = QUESTION_BUILDERS if questions is None else questions
+    if builders is None or questions is None:
+        default_builders, default_questions = registered()
+        builders = default_builders if builders is None else builders
+        questions = default_questions if questions is None else questions
     runs = find_runs(runs_dir)
     sections = [builders[name](runs[name]) for name in builders if name in runs]
     answered = [q for q in (qb(runs) for qb in questions) if q is not None]
