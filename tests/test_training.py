@@ -193,3 +193,20 @@ def test_no_import_cycle_inside_training():
         if n not in state:
             visit(n, [])
     assert "training.santurkar.landscape" in graph and len(graph) > 15
+
+
+def test_run_steps_intervals_means_and_divergence():
+    import torch
+
+    from training.loop import interval_ends, run_steps
+    assert interval_ends(10, 4, [5]) == [4, 5, 8, 10]
+    seen = []
+    losses = [1.0, 3.0, 2.0, 4.0, float("inf"), 1.0, 1.0]
+    out = run_steps(lambda s: (torch.tensor(losses[s]), torch.tensor(s % 2)), 6, [2, 4, 6],
+                    seen.append, batch_size=1)
+    assert [(iv.step, iv.steps, iv.loss, iv.train_accuracy, iv.diverged) for iv in seen[:2]] == [
+        (2, 2, 2.0, 0.5, False), (4, 2, 3.0, 0.5, False)]
+    assert seen[2].diverged and seen[2].step == 6 and out == 6  # inf ends training, reported once
+    seen.clear()
+    assert run_steps(lambda s: (torch.tensor(1.0), None), 3, [3], seen.append) is None
+    assert seen[0].train_accuracy is None and seen[0].loss == 1.0
