@@ -82,7 +82,7 @@ def test_step_multipliers_span_the_papers_ranges():
     assert step_multipliers(0.5, 4.0, 8) == pytest.approx([0.5 + 0.5 * i for i in range(8)])
     dln = step_multipliers(0.01, 30.0, 5, log=True)
     assert dln[0] == pytest.approx(0.01) and dln[-1] == pytest.approx(30.0)
-    ratios = [b / a for a, b in zip(dln, dln[1:])]
+    ratios = [b / a for a, b in zip(dln, dln[1:], strict=False)]
     assert all(r == pytest.approx(ratios[0]) for r in ratios)
     with pytest.raises(ValueError):
         step_multipliers(0.0, 1.0, 3)

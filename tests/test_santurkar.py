@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_data import make_idx_dataset, spec_for
 from torch import nn
 
-from test_data import make_idx_dataset, spec_for
 from training import data
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
@@ -30,6 +30,7 @@ from training.santurkar.config import weight_layer_count
 from training.santurkar.dln import dln_data, summed_squared_error
 from training.santurkar.ics import cosine, ics, layer_parameter_names
 from training.santurkar.probes import batch_quantiles, unit_values
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

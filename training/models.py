@@ -145,7 +145,7 @@ NORMALISATIONS: dict[str, dict] = {
 }
 
 
-def norm_layer(cfg: "ModelConfig", features: int, dims: int) -> nn.Module | None:
+def norm_layer(cfg: ModelConfig, features: int, dims: int) -> nn.Module | None:
     """The normalisation a model config asks for after a weight layer, or None."""
     if cfg.lp_norm:
         return LpNorm(features, cfg.lp_norm)

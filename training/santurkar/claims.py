@@ -104,7 +104,7 @@ def instability(rows: Rows, layer_index: int) -> dict[int, float]:
              if all(math.isfinite(v) for v in r["values"][layer_index])]
         if len(q) < 2:
             continue
-        moves = [abs(b[2] - a[2]) for a, b in zip(q, q[1:])]
+        moves = [abs(b[2] - a[2]) for a, b in zip(q, q[1:], strict=False)]
         spread = sum(v[4] - v[0] for v in q) / len(q)
         out[seed] = (sum(moves) / len(moves)) / spread if spread > 0 else float("nan")
     return out

@@ -178,7 +178,7 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
     nets = [(n, j) for n, j in (("VGG", vgg), ("DLN", dln)) if j]
     fig, axes = plt.subplots(len(nets), 3, figsize=(16, 4.4 * len(nets)), squeeze=False)
     for row, (net, jobs) in zip(axes, nets, strict=True):
-        for (v, lr), rows in jobs.items():
+        for (v, _lr), rows in jobs.items():
             land = C.kind(rows, "landscape")
             first = min((r.get("seed", 0) for r in land), default=0)
             land = [r for r in land if r.get("seed", 0) == first]
@@ -218,7 +218,7 @@ def plot_fig5(run_dir: str | Path, out: str | Path | None = None) -> Path:
     half = max(4, len(variants)) // 2
     _accuracy(fig.add_subplot(gs[0, :half]), vgg, "train_eval_accuracy", "Fig. 5(a) VGG: Training Accuracy")
     ax = fig.add_subplot(gs[0, half:])
-    for (v, lr), rows in dln.items():
+    for (v, _lr), rows in dln.items():
         plot_mean_band(ax, by_seed(C.kind(rows, "loss"), "loss"), LABELS[v], color=COLORS[v])
     ax.set(title="Fig. 5(b) Deep Linear Model: Training Loss", xlabel="Steps", ylabel="Training Loss", yscale="log")
     ax.grid(alpha=0.3)
