@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models import create_model
+from training.models import create_model, randomize_bn
 
 from .common import cpu_model, markdown_table, summarize, time_calls
 
@@ -53,20 +53,6 @@ def model_flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, as a trained model has."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model.eval()
-
-
 def cases() -> list[tuple[str, nn.Module, tuple[int, int, int]]]:
     out = []
     if DEFAULT_CHECKPOINT.is_file():
@@ -78,11 +64,11 @@ def cases() -> list[tuple[str, nn.Module, tuple[int, int, int]]]:
     else:
         torch.manual_seed(0)
         out.append(("VGG-11 + BN, width 0.25, 28 px (no default model found)",
-                    randomize_bn(create_model("vgg11", bn=True, width=0.25)), (1, 28, 28)))
+                    randomize_bn(create_model("vgg11", bn=True, width=0.25)).eval(), (1, 28, 28)))
     torch.manual_seed(0)
     out.append(("VGG-11 + BN, full width, 32x32x3",
-                randomize_bn(create_model("vgg11", bn=True, in_channels=3, image_size=32)), (3, 32, 32)))
-    out.append(("Ioffe MLP 3x100 + BN", randomize_bn(create_model("mlp3x100", bn=True)), (1, 28, 28)))
+                randomize_bn(create_model("vgg11", bn=True, in_channels=3, image_size=32)).eval(), (3, 32, 32)))
+    out.append(("Ioffe MLP 3x100 + BN", randomize_bn(create_model("mlp3x100", bn=True)).eval(), (1, 28, 28)))
     return out
 
 

@@ -209,9 +209,7 @@ def full_vgg11_model(directory: Path) -> Path:
     from export import export_checkpoint
     from training.checkpoint import save_checkpoint
     from training.data import get_spec
-    from training.models import create_model
-
-    from .inference import randomize_bn
+    from training.models import create_model, randomize_bn
 
     torch.manual_seed(0)
     model = randomize_bn(create_model("vgg11", bn=True, in_channels=3, image_size=32))

@@ -11,7 +11,6 @@ import contextlib
 import io
 import logging
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,11 +19,14 @@ import onnx
 import torch
 from torch import nn
 
+from serving.contract import INPUT_NAME, OUTPUT_NAME, op_counts
+
 from .errors import ExportError
 
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "check_file", "count_op", "onnx_export",
+           "op_counts", "ort_session", "run_batches"]
+
 DEFAULT_OPSET = 18  # ONNX Runtime 1.32 runs every op we emit at opset 18; the dynamo exporter's native opset
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 def onnx_export(model: nn.Module, path: str | Path, input_shape: Sequence[int], *,
@@ -90,27 +92,8 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node, including those in subgraphs (If/Loop/Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from iter_nodes(g)
-
-
-def op_counts(model: onnx.ModelProto) -> Counter:
-    """Op types of the main graph, its subgraphs and its local functions."""
-    counts = Counter(n.op_type for n in iter_nodes(model.graph))
-    for fn in model.functions:
-        counts.update(n.op_type for n in fn.node)
-    return counts
-
-
 def count_op(model: onnx.ModelProto, op_type: str) -> int:
+    """How many ``op_type`` nodes, walked as the service walks them (serving/contract.py)."""
     return op_counts(model)[op_type]
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 import torch
 
+from serving.contract import FORMAT, METADATA_KEY, ContractError, check_model
+from serving.contract import read_metadata as contract_metadata
 from training.checkpoint import file_sha256, load_checkpoint
 from training.data import DatasetNotFoundError, load_dataset
 from training.runs import git_revision, project_version
@@ -46,8 +48,6 @@ from .onnx_export import (
     run_batches,
 )
 
-FORMAT = "bnserve-onnx/1"
-METADATA_KEY = "bnserve"
 BATCH_SIZE = 64  # ORT batch for the parity run; batch 1 is checked on the first SINGLES images
 SINGLES = 16
 RANDOM_IMAGES = 512  # seeded random inputs when the test split is not on this machine
@@ -67,10 +67,14 @@ TOLERANCES = {"fp32": Tolerance(1e-4, 1e-4), "fp16": Tolerance(2e-2, 1e-2)}
 
 
 def model_input_shape(config: dict, data: dict) -> tuple[int, ...]:
-    """Per-example input shape: (C, H, W) for the image models, (hidden,) for the deep linear
-    network (which takes feature vectors, not images)."""
+    """Per-example input shape (C, H, W). The deep linear network of Santurkar et al. takes
+    feature vectors, not images: the service could not serve its file, so it is refused here
+    rather than written (``export.onnx_export`` still writes a raw ONNX file of it)."""
     if config["name"].startswith("dln"):
-        return (int(config["hidden"]),)
+        raise ExportError(f"{config['name']} takes {config.get('hidden')}-dimensional feature "
+                          "vectors, not images; the service (POST /classify) serves image "
+                          "classifiers only, so `python -m export` does not write it. For a raw "
+                          "ONNX file of it, use export.onnx_export on the folded model.")
     c, s = int(data["channels"]), int(data["image_size"])
     if (config.get("in_channels"), config.get("image_size")) != (c, s):
         raise ExportError(f"checkpoint is inconsistent: model expects {config.get('in_channels')}x"
@@ -85,26 +89,21 @@ def parity_inputs(data: dict, input_shape: tuple[int, ...], data_dir=None,
     random ones."""
     from serving.preprocess import normalize_uint8
 
-    if len(input_shape) == 3:
-        try:
-            ds = load_dataset(data["dataset"], data_dir=data_dir, download=False, progress=False)
-            images, labels = ds.test.images.numpy(), ds.test.labels.numpy()
-            if max_images is not None:
-                images, labels = images[:max_images], labels[:max_images]
-            x = normalize_uint8(images, data["mean"], data["std"])
-            return x, labels, f"{data['dataset']} test split, {len(x)} images"
-        except (DatasetNotFoundError, ValueError):
-            pass
-        rng = np.random.default_rng(SEED)
-        n = min(RANDOM_IMAGES, max_images or RANDOM_IMAGES)
-        images = rng.integers(0, 256, size=(n, *input_shape), dtype=np.uint8)
+    try:
+        ds = load_dataset(data["dataset"], data_dir=data_dir, download=False, progress=False)
+        images, labels = ds.test.images.numpy(), ds.test.labels.numpy()
+        if max_images is not None:
+            images, labels = images[:max_images], labels[:max_images]
         x = normalize_uint8(images, data["mean"], data["std"])
-        return x, None, (f"{n} seeded random uint8 images (seed {SEED}; {data['dataset']} test "
-                         "split not found on this machine)")
+        return x, labels, f"{ds.describe()} test split, {len(x)} images"
+    except (DatasetNotFoundError, ValueError):
+        pass
     rng = np.random.default_rng(SEED)
     n = min(RANDOM_IMAGES, max_images or RANDOM_IMAGES)
-    x = rng.standard_normal((n, *input_shape)).astype(np.float32)
-    return x, None, f"{n} seeded random N(0, 1) vectors (seed {SEED})"
+    images = rng.integers(0, 256, size=(n, *input_shape), dtype=np.uint8)
+    x = normalize_uint8(images, data["mean"], data["std"])
+    return x, None, (f"{n} seeded random uint8 images (seed {SEED}; {data['dataset']} test "
+                     "split not found on this machine)")
 
 
 @torch.inference_mode()
@@ -226,9 +225,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
             "dataset": data["dataset"],
             "classes": list(data["classes"]),
             "input": {"name": INPUT_NAME, "shape": [None, *shape],
-                      **({"channels": shape[0], "height": shape[1], "width": shape[2]} if len(shape) == 3 else {}),
-                      "dtype": "float16" if fp16 else "float32",
-                      "layout": "NCHW" if len(shape) == 3 else "NC"},
+                      "channels": shape[0], "height": shape[1], "width": shape[2],
+                      "dtype": "float16" if fp16 else "float32", "layout": "NCHW"},
             "normalization": {"mean": list(data["mean"]), "std": list(data["std"])},
             "output": {"name": OUTPUT_NAME, "shape": [None, len(data["classes"])]},
             "test_accuracy": ckpt.get("test_accuracy"),
@@ -243,6 +241,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+        try:  # what the service will check (serving/contract.py): a file it refuses is not written
+            check_model(proto)
+        except ContractError as e:
+            raise ExportError(f"the service could not serve this file ({e}); not written.") from e
         onnx.save(proto, str(final_tmp))
         _recheck(final_tmp, xin[:BATCH_SIZE], batched[:BATCH_SIZE])
         os.replace(final_tmp, out)
@@ -273,8 +275,7 @@ def _recheck(path: Path, x: np.ndarray, expected: np.ndarray) -> None:
 
 def read_metadata(path: str | Path) -> dict:
     """The ``bnserve`` metadata of an exported file."""
-    proto = onnx.load(str(path), load_external_data=False)
-    for prop in proto.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    raise ExportError(f"{path} has no {METADATA_KEY!r} metadata; export it with `python -m export`.")
+    try:
+        return contract_metadata(onnx.load(str(path), load_external_data=False))
+    except ContractError as e:
+        raise ExportError(f"{path}: {e}; export it with `python -m export`.") from e

@@ -3,12 +3,12 @@ execution provider, run it. NumPy + onnx + onnxruntime only (no torch, no bentom
 and scripts use it directly.
 
 The service trusts only files that carry the exporter's proof: the ``bnserve`` metadata with
-``parity.passed == true`` and no BatchNormalization node left (BN must have been folded).
+``parity.passed == true`` and no BatchNormalization node left (BN must have been folded). Those
+checks are ``serving/contract.py``, the same ones the exporter runs before it writes a file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import ContractError, check_model
+
 # Under "bentoml." so that `bentoml serve` shows it with its own logs.
 logger = logging.getLogger("bentoml.bnserve.model")
 
-FORMAT = "bnserve-onnx/1"
-METADATA_KEY = "bnserve"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
 CUDA = "CUDAExecutionProvider"
@@ -49,19 +49,10 @@ class ModelInfo:
     dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
 
 
-def _iter_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:  # subgraphs of If / Loop / Scan
-            if attr.HasField("g"):
-                yield from _iter_nodes(attr.g)
-            for g in attr.graphs:
-                yield from _iter_nodes(g)
-
-
 def read_model(path: str | os.PathLike) -> ModelInfo:
-    """Check a model file against the contract and return what serving needs from it.
-    Raises ModelError (missing, corrupt, no/invalid metadata, parity not passed, BN nodes)."""
+    """Check a model file against the contract (serving/contract.py) and return what serving
+    needs from it. Raises ModelError (missing, corrupt, no/invalid metadata, parity not passed,
+    BN nodes, no image input spec)."""
     import onnx
 
     path = Path(path)
@@ -75,44 +66,12 @@ def read_model(path: str | os.PathLike) -> ModelInfo:
         raise ModelError(f"model file {path} is not a readable ONNX model ({e}); {hint}") from e
     if len(proto.graph.node) == 0:
         raise ModelError(f"model file {path} is not a readable ONNX model (empty graph); {hint}")
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise ModelError(f"{path} lacks the {METADATA_KEY!r} metadata of docs/ARTIFACTS.md "
-                         f"(keys present: {sorted(props) or 'none'}): it was not written by our "
-                         f"exporter; {hint}")
     try:
-        meta = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: the {METADATA_KEY!r} metadata is not valid JSON ({e}); {hint}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ModelError(f"{path}: metadata format is {got!r}, expected {FORMAT!r}; {hint}")
-    bn = [n.name or "(unnamed)" for n in _iter_nodes(proto.graph) if n.op_type == "BatchNormalization"]
-    if bn:
-        raise ModelError(f"{path} contains {len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
-                         f"{', ...' if len(bn) > 3 else ''}); the service serves only models with BN "
-                         f"folded into the preceding conv/linear weights; {hint}")
-    parity = meta.get("parity")
-    if not isinstance(parity, dict) or parity.get("passed") is not True:
-        raise ModelError(f"{path}: the exporter's parity check did not pass (parity = {parity!r}); "
-                         f"the file may not answer as the PyTorch model does; {hint}")
-    try:
-        spec, norm = meta["input"], meta["normalization"]
-        channels, height, width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
-        mean, std = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
-        classes = tuple(map(str, meta["classes"]))
-        dtype = np.dtype(spec.get("dtype", "float32"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"{path}: metadata lacks or mangles a required field ({e!r}); {hint}") from e
-    if channels not in (1, 3) or len(mean) != channels or len(std) != channels or not classes:
-        raise ModelError(f"{path}: inconsistent metadata (channels={channels}, mean={mean}, "
-                         f"std={std}, {len(classes)} classes); {hint}")
-    graph_inputs = [i.name for i in proto.graph.input]
-    graph_outputs = [o.name for o in proto.graph.output]
-    if graph_inputs[:1] != ["input"] or graph_outputs[:1] != ["logits"]:
-        raise ModelError(f"{path}: graph inputs {graph_inputs} / outputs {graph_outputs}, expected "
-                         f"'input' / 'logits'; {hint}")
-    return ModelInfo(path, meta, channels, height, width, mean, std, classes, dtype)
+        meta, spec = check_model(proto)
+    except ContractError as e:
+        raise ModelError(f"{path}: {e} (contract: docs/ARTIFACTS.md); {hint}") from e
+    return ModelInfo(path, meta, spec.channels, spec.height, spec.width, spec.mean, spec.std,
+                     spec.classes, np.dtype(spec.dtype))
 
 
 # --- execution provider ---------------------------------------------------------------------------

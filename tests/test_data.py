@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import idx_bytes
 
 from serving.preprocess import normalize_uint8
 from training import data
 from training.data import (
+    FIXTURE_SUBSET,
     BatchSampler,
     CorruptFileError,
     DatasetNotFoundError,
@@ -34,11 +36,6 @@ from training.data import (
 )
 
 # --- generators of format-exact files -------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def make_idx_dataset(directory: Path, n_train=30, n_test=12, size=28, seed=0) -> dict[str, np.ndarray]:
@@ -252,20 +249,72 @@ def test_download_with_wrong_checksum_leaves_nothing(isolated):
     assert not list((isolated / "dl").glob("*.part"))
 
 
-# --- the real dataset, where installed -------------------------------------------------------
+# --- the committed real-image fixtures (tests/data) -------------------------------------------
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+# The official first labels (../shared/data/README.md for MNIST; Fashion-MNIST's first ten).
+FIRST_LABELS = {"mnist": ([5, 0, 4, 1, 9, 2, 1, 3, 1, 4], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]),
+                "fashion-mnist": ([9, 0, 0, 3, 0, 2, 7, 2, 5, 5], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7])}
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.delenv("BNSERVE_DATA", raising=False)
-    ds = load_dataset("fashion-mnist", download=False)
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_fixture_subset_is_accepted_as_a_subset(isolated, fixture_data_dir, name):
+    ds = load_dataset(name, data_dir=fixture_data_dir, download=False)
+    assert ds.source == fixture_data_dir / name and ds.subset == FIXTURE_SUBSET.name
+    assert ds.describe() == f"{name} (subset {FIXTURE_SUBSET.name})"
+    assert (len(ds.train), len(ds.test)) == (2000, 1000)
+    assert ds.train.images.shape[1:] == (1, 28, 28)
+    train_first, test_first = FIRST_LABELS[name]
+    assert ds.train.labels[:10].tolist() == train_first and ds.test.labels[:10].tolist() == test_first
+    for split in (ds.train, ds.test):  # every class present, none dominating
+        counts = torch.bincount(split.labels, minlength=10)
+        assert counts.min() >= 0.08 * len(split) and counts.max() <= 0.13 * len(split)
+    mean = ds.train.images.float().div(255).mean().item()  # real pixels: near the dataset's mean
+    assert abs(mean - ds.spec.mean[0]) < 0.01
+    for fs in ds.spec.files:  # gzip -n: no name, mtime 0 (reproducible bytes)
+        raw = (fixture_data_dir / name / fs.name).read_bytes()
+        assert raw[:4] == b"\x1f\x8b\x08\x00" and raw[4:8] == b"\0\0\0\0"
+
+
+def test_fixture_with_one_changed_pixel_is_refused(isolated, fixture_data_dir):
+    d = isolated / "fixture"
+    d.mkdir()
+    for fs in get_spec("mnist").files:
+        (d / fs.name).write_bytes((fixture_data_dir / "mnist" / fs.name).read_bytes())
+    raw = bytearray(gzip.decompress((d / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    raw[5000] ^= 0x01
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw), mtime=0))
+    with pytest.raises(DatasetNotFoundError, match="nor is it the payload of a registered subset"):
+        load_dataset("mnist", data_dir=d, download=False)
+
+
+def test_files_from_the_full_set_and_a_subset_are_not_mixed(isolated):
+    full, small = isolated / "full", isolated / "small"
+    make_idx_dataset(full, seed=1)
+    make_idx_dataset(small, n_train=5, n_test=3, seed=2)
+    sha = tuple(hashlib.sha256(gzip.decompress((small / fs.name).read_bytes())).hexdigest()
+                for fs in get_spec("mnist").files)
+    spec = replace(spec_for(full), subsets=(replace(FIXTURE_SUBSET, train=5, test=3, content_sha256=sha),))
+    assert load_dataset(spec, data_dir=small, download=False).subset == FIXTURE_SUBSET.name
+    assert load_dataset(spec, data_dir=full, download=False).subset is None
+    (full / "t10k-labels-idx1-ubyte.gz").write_bytes((small / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(DatasetNotFoundError, match="files from different sets"):
+        load_dataset(spec, data_dir=full, download=False)
+
+
+# --- the full real datasets, where the loader finds them ----------------------------------------
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.full_data(n)) for n in ("mnist", "fashion-mnist")])
+def test_real_full_dataset(full_dataset, name):
+    ds = full_dataset
+    assert ds.spec.name == name and ds.subset is None
     assert len(ds.train) == 60_000 and len(ds.test) == 10_000
     assert ds.train.images.shape[1:] == (1, 28, 28)
     assert sorted(ds.test.labels.unique().tolist()) == list(range(10))
-    mean = ds.train.images.float().div(255).mean().item()
-    assert abs(mean - ds.spec.mean[0]) < 1e-3
+    train_first, test_first = FIRST_LABELS[name]
+    assert ds.train.labels[:10].tolist() == train_first and ds.test.labels[:10].tolist() == test_first
+    x = ds.train.images.float().div(255)
+    assert abs(x.mean().item() - ds.spec.mean[0]) < 1e-3 and abs(x.std().item() - ds.spec.std[0]) < 1e-3
 
 
 # --- normalisation and sampling ---------------------------------------------------------------

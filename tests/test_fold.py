@@ -14,25 +14,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from export import BatchNormScaleShift, FoldError, fold_batchnorm
-from training.models import NoisyBatchNorm2d, count_bn, create_model
+from training.models import NoisyBatchNorm2d, count_bn, create_model, randomize_bn
 
 TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-5),
        torch.float16: (2e-2, 2e-2), torch.bfloat16: (1e-1, 5e-2)}
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters (fresh BN is the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _BatchNorm) and m.running_mean is not None:
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 2.5 + 0.3)
-                if m.affine:
-                    m.weight.copy_(1 + 0.5 * torch.randn(c, generator=g))
-                    m.bias.copy_(0.5 * torch.randn(c, generator=g))
-    return model
 
 
 def assert_folds_exactly(model: nn.Module, x: torch.Tensor, *, folded: int | None = None,

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_fold import randomize_bn
 from torch import nn
 
 import export.pipeline as pipeline
@@ -27,9 +26,10 @@ from export import (
 )
 from export.__main__ import main
 from export.pipeline import Tolerance, compare
+from serving.model import read_model
 from training.checkpoint import file_sha256, save_checkpoint
 from training.data import DatasetNotFoundError, get_spec
-from training.models import create_model
+from training.models import create_model, randomize_bn
 from training.runs import REPO_ROOT
 
 ATOL = RTOL = 1e-4
@@ -136,10 +136,10 @@ def make_checkpoint(path, name="mlp3x100", **kw):
                            run={"experiment": "test"}, step=1)
 
 
-def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path):
+def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path, fixture_data_dir):
     ckpt = make_checkpoint(tmp_path / "checkpoint.pt", bn=True)
     out = tmp_path / "model.onnx"
-    meta = export_checkpoint(ckpt, out, max_images=200)
+    meta = export_checkpoint(ckpt, out, data_dir=fixture_data_dir, max_images=200)
     stored = read_metadata(out)
     assert stored == {k: v for k, v in meta.items() if k != "report"}
     assert stored["format"] == "bnserve-onnx/1" and stored["opset"] == 18
@@ -153,6 +153,9 @@ def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path):
     assert stored["source_checkpoint"]["sha256"] == file_sha256(ckpt)
     assert len(stored["fold_report"]["folded"]) == 3
     parity = stored["parity"]
+    # the real-image branch ran: the fixture's test images, with their labels
+    assert parity["inputs"] == "fashion-mnist (subset first-2000-train-1000-test) test split, 200 images"
+    assert 0.0 <= parity["onnx_accuracy"] <= 1.0 and parity["onnx_accuracy"] == parity["torch_accuracy"]
     assert parity["passed"] is True and parity["n"] == 200 and parity["argmax_agreement"] == 200
     assert parity["max_abs_diff"] <= 1e-4 and parity["tolerance"] == {"atol": 1e-4, "rtol": 1e-4}
     assert parity["ort_graph_optimization"] == "ORT_DISABLE_ALL" and parity["batch_sizes"] == [1, 64]
@@ -160,6 +163,30 @@ def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path):
     assert meta["report"]["batchnorm_nodes"] == 0
     assert count_op(onnx.load(str(out)), "BatchNormalization") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "model.onnx"]  # no temp files
+    info = read_model(out)  # what the exporter writes, the service takes
+    assert (info.channels, info.height, info.width, len(info.classes)) == (1, 28, 28, 10)
+
+
+def test_export_refuses_a_file_failing_the_serving_contract(tmp_path):
+    """Parity passes, but the service takes 1- or 3-channel images only: the contract check
+    (serving/contract.py) that runs before writing refuses it."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    spec = replace(get_spec("fashion-mnist"), name="two-channel", channels=2, mean=(0.5, 0.5), std=(0.25, 0.25))
+    model = randomize_bn(create_model("mlp3x100", bn=True, in_channels=2))
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", model, spec, test_accuracy=None)
+    with pytest.raises(ExportError, match=r"service could not serve this file \(inconsistent metadata \(channels=2"):
+        export_checkpoint(ckpt, tmp_path / "m.onnx", max_images=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_export_refuses_what_the_service_cannot_serve(tmp_path):
+    """The deep linear network takes feature vectors, not images: refused, nothing written."""
+    ckpt = make_checkpoint(tmp_path / "checkpoint.pt", name="dln25", bn=True)
+    with pytest.raises(ExportError, match="dln25 takes 10-dimensional feature vectors, not images"):
+        export_checkpoint(ckpt, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
 def test_export_fp16(tmp_path):
@@ -227,22 +254,21 @@ def test_cli_refuses_fp16_overflow_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_ioffe_fig1_checkpoints_full_test_set(tmp_path):
-    """The issue's acceptance check, on a short ioffe-fig1 run: full Fashion-MNIST test split,
-    0 BatchNormalization nodes, 10000/10000 argmax agreement, max |diff| <= 1e-4."""
-    try:
-        from training.data import load_dataset
-        load_dataset("fashion-mnist", download=False, progress=False)
-    except DatasetNotFoundError:
-        pytest.skip("Fashion-MNIST is not on this machine")
+@pytest.mark.full_data("fashion-mnist")
+def test_ioffe_fig1_checkpoints_full_test_set(tmp_path, full_dataset, fixture_data_dir):
+    """The export issue's acceptance check, on a short ioffe-fig1 run (trained on the fixture):
+    the FULL Fashion-MNIST test split, 0 BatchNormalization nodes, 10000/10000 argmax agreement,
+    max |diff| <= 1e-4."""
     subprocess.run([sys.executable, "-m", "training", "ioffe-fig1", "--dataset", "fashion-mnist",
-                    "--steps", "300", "--out", str(tmp_path / "run"), "--no-progress"],
+                    "--steps", "300", "--data-dir", str(fixture_data_dir),
+                    "--out", str(tmp_path / "run"), "--no-progress"],
                    cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
     for variant in ("standard", "bn"):
         meta = export_checkpoint(tmp_path / "run" / variant / "checkpoint.pt",
                                  tmp_path / f"{variant}.onnx")
         parity = meta["parity"]
         assert meta["report"]["batchnorm_nodes"] == 0
+        assert parity["inputs"] == "fashion-mnist test split, 10000 images"
         assert parity["n"] == 10000 and parity["argmax_agreement"] == 10000
         assert parity["max_abs_diff"] <= 1e-4 and parity["passed"]
 

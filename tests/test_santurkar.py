@@ -1,19 +1,19 @@
 """Santurkar et al. 2018: the ICS measurement against closed form, the noisy BN's statistics,
-the claim checks on fixture metrics, and smoke runs of the five figures on synthetic data
-producing every output file."""
+the claim checks on fixture metrics, and smoke runs of the five figures on the committed
+real-image fixtures (tests/data) producing every output file."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_data import make_idx_dataset, spec_for
+from conftest import FIXTURE_DATA
 from torch import nn
 
-from training import data
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
 from training.models import NoisyBatchNorm2d, create_model, model_from_config
@@ -284,26 +284,12 @@ def test_fig5_claims_dln_final_loss_and_a_diverged_run():
     assert got["DLN lr 1e-06: l1 even better than BN (lower final loss)"].ok
 
 
-# --- smoke runs of the five figures, on synthetic Fashion-MNIST-shaped data ------------------------
+# --- smoke runs of the five figures, on the real-image fixtures ------------------------------------
 
-TINY = ["--width", "0.0625", "--steps", "6", "--eval-every", "3", "--eval-train-size", "40",
+TINY = ["--dataset", "fashion-mnist", "--data-dir", str(FIXTURE_DATA), "--width", "0.0625", "--steps", "6", "--eval-every", "3", "--eval-train-size", "40",
         "--eval-test-size", "20", "--record-every", "2", "--batch-size", "16", "--no-progress",
         "--no-parallel"]
 DLN_TINY = ["--dln-steps", "20", "--dln-record-every", "10", "--dln-samples", "50"]
-
-
-@pytest.fixture
-def synthetic_fashion(tmp_path, monkeypatch):
-    """Format-exact Fashion-MNIST files of random bytes (60 train, 30 test images): the smoke
-    runs need no installed data set."""
-    d = tmp_path / "fashion-mnist"
-    make_idx_dataset(d, n_train=60, n_test=30)
-    monkeypatch.setitem(data.DATASETS, "fashion-mnist", spec_for(d))
-    monkeypatch.setenv("BNSERVE_DATA", str(d))
-    from training.santurkar import vgg
-    vgg._dataset.cache_clear()
-    yield d
-    vgg._dataset.cache_clear()
 
 
 def _check_run(out: Path, experiment: str, jobs: list[str], seeds=(0,)) -> None:
@@ -313,14 +299,15 @@ def _check_run(out: Path, experiment: str, jobs: list[str], seeds=(0,)) -> None:
     assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
     summary = (out / "summary.md").read_text()
     assert "fashion-mnist" in summary and f"Preset: **{record['preset']}**" in summary
-    assert "PASS" in summary or "DIFFERS" in summary
+    claim_lines = [ln for ln in summary.split("## The paper's claims, checked", 1)[1].splitlines() if ln.startswith("- ")]
+    assert claim_lines and all(re.match(r"- \*\*(PASS|DIFFERS)\*\*: .+ \(.+\)$", ln) for ln in claim_lines)
     for job in jobs:
         for seed in seeds:
             rows = read_metrics(out / f"{job}_seed{seed}" / "metrics.jsonl")
             assert all(r["seed"] == seed for r in rows)
             evals = [r for r in rows if r["kind"] == "eval"]
             assert [r["step"] for r in evals] == [0, 3, 6]
-            assert evals[-1]["n_test"] == 30 and evals[1]["n_test"] == 20
+            assert evals[-1]["n_test"] == 1_000 and evals[1]["n_test"] == 20  # the fixture's test split
             model, ckpt = load_checkpoint(out / f"{job}_seed{seed}" / "checkpoint.pt")
             assert ckpt["test_accuracy"] == evals[-1]["test_accuracy"] and ckpt["step"] == 6
             assert ckpt["run"]["experiment"] == experiment and ckpt["run"]["seed"] == seed
@@ -334,7 +321,7 @@ def _check_run(out: Path, experiment: str, jobs: list[str], seeds=(0,)) -> None:
 
 
 @pytest.mark.slow
-def test_fig1_smoke(tmp_path, synthetic_fashion):
+def test_fig1_smoke(tmp_path):
     out = tmp_path / "f1"
     assert main(["santurkar-fig1", "--preset", "cpu", *TINY, "--seeds", "2", "--out", str(out)]) == 0
     _check_run(out, "santurkar-fig1", ["standard_lr0.1", "bn_lr0.1", "standard_lr0.5", "bn_lr0.5"], seeds=(0, 1))
@@ -345,7 +332,7 @@ def test_fig1_smoke(tmp_path, synthetic_fashion):
 
 
 @pytest.mark.slow
-def test_fig2_smoke_and_the_noisy_bn_exports_as_plain_bn(tmp_path, synthetic_fashion):
+def test_fig2_smoke_and_the_noisy_bn_exports_as_plain_bn(tmp_path):
     out = tmp_path / "f2"
     assert main(["santurkar-fig2", "--preset", "cpu", *TINY, "--seeds", "1", "--out", str(out)]) == 0
     _check_run(out, "santurkar-fig2", ["standard_lr0.1", "bn_lr0.1", "noisy_bn_lr0.1"])
@@ -361,7 +348,7 @@ def test_fig2_smoke_and_the_noisy_bn_exports_as_plain_bn(tmp_path, synthetic_fas
 
 
 @pytest.mark.slow
-def test_fig3_smoke(tmp_path, synthetic_fashion):
+def test_fig3_smoke(tmp_path):
     out = tmp_path / "f3"
     assert main(["santurkar-fig3", "--preset", "cpu", *TINY, "--ics-every", "3", *DLN_TINY,
                  "--out", str(out)]) == 0
@@ -380,7 +367,7 @@ def test_fig3_smoke(tmp_path, synthetic_fashion):
 
 
 @pytest.mark.slow
-def test_fig4_smoke(tmp_path, synthetic_fashion):
+def test_fig4_smoke(tmp_path):
     out = tmp_path / "f4"
     assert main(["santurkar-fig4", "--preset", "cpu", *TINY, "--landscape-every", "3",
                  "--landscape-points", "3", *DLN_TINY, "--out", str(out)]) == 0
@@ -394,7 +381,7 @@ def test_fig4_smoke(tmp_path, synthetic_fashion):
 
 
 @pytest.mark.slow
-def test_fig5_smoke_and_an_lp_network_exports(tmp_path, synthetic_fashion):
+def test_fig5_smoke_and_an_lp_network_exports(tmp_path):
     out = tmp_path / "f5"
     assert main(["santurkar-fig5", "--preset", "cpu", *TINY, "--seeds", "1", *DLN_TINY,
                  "--out", str(out)]) == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from serving.preprocess import decode_image, normalize_uint8, to_model_pixels
 
@@ -39,7 +40,10 @@ def free_port() -> int:
 
 def start_server(model: Path, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_MODEL": str(model), **env}
+    # Its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when
+    # it starts, which would wipe the metrics of the module's server still running.
+    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_MODEL": str(model),
+                "BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}"), **env}
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",
@@ -62,6 +66,21 @@ def log_tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:]
 
 
+def wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"not ready after {START_TIMEOUT_S} s:\n{log_tail(log_path)}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not MODEL.is_file():
@@ -70,18 +89,7 @@ def server(tmp_path_factory):
     SERVER_LOG.append(log_path)
     proc, url = start_server(MODEL, log_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_tail(log_path)}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready after {START_TIMEOUT_S} s:\n{log_tail(log_path)}")
-            time.sleep(0.5)
+        wait_ready(proc, url, log_path)
         yield url
     finally:
         stop_server(proc)
@@ -299,8 +307,6 @@ def test_bad_images_among_concurrent_good_ones_fail_alone(client):
 # --- refusing to start -----------------------------------------------------------------------------------
 
 def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
-    from test_serving import tiny_model  # tests/ is on sys.path (pytest rootdir-less import)
-
     bad = tiny_model(tmp_path, bn=True)
     log_path = tmp_path / "refuse.log"
     proc, url = start_server(bad, log_path)
@@ -334,13 +340,73 @@ def test_bentoml_client_openapi_metrics_and_access_log_see_classify(client, serv
 
 
 def test_model_json_is_plain_json(client):
-    json.dumps(client.get("/model").json())
+    """/model is strict JSON (no NaN/Infinity, which Python's json writes by default) that
+    carries the file's metadata unchanged."""
+    import onnx
+
+    from serving.contract import read_metadata
+
+    r = client.get("/model")
+    assert r.headers["content-type"].startswith("application/json")
+
+    def not_json(token):
+        raise AssertionError(f"/model holds {token}, which is not JSON")
+
+    body = json.loads(r.text, parse_constant=not_json)
+    stored = read_metadata(onnx.load(str(MODEL), load_external_data=False))
+    assert {k: body[k] for k in stored} == stored
 
 
-def test_http_accuracy_on_1000_test_images_equals_pytorch(server):
+def _assert_http_equals_pytorch(r: dict, n: int) -> None:
+    print(f"{r['dataset']}: HTTP accuracy {r['http_accuracy']:.4f}, PyTorch eval-mode accuracy "
+          f"{r['torch_accuracy']:.4f} on {r['n']} test images, {r['disagreements']} disagreements, "
+          f"max top-1 probability difference {r['max_prob_diff']:.2g}")
+    assert r["n"] == n
+    assert r["disagreements"] == 0 and r["http_accuracy"] == r["torch_accuracy"]
+    assert r["max_prob_diff"] <= 1e-4  # same probabilities, not only the same argmax
+
+
+def test_http_accuracy_on_1000_test_images_equals_pytorch(server, fixture_data_dir):
+    """The default model over HTTP vs PyTorch on the fixture's 1,000 real Fashion-MNIST test
+    images (the first 1,000 of the official test split)."""
     from scripts.http_accuracy import http_vs_torch
 
-    r = http_vs_torch(server, str(CHECKPOINT), n=1000)
-    print(f"HTTP accuracy {r['http_accuracy']:.4f}, PyTorch eval-mode accuracy "
-          f"{r['torch_accuracy']:.4f} on {r['n']} test images, {r['disagreements']} disagreements")
-    assert r["disagreements"] == 0 and r["http_accuracy"] == r["torch_accuracy"]
+    r = http_vs_torch(server, str(CHECKPOINT), n=1000, data_dir=str(fixture_data_dir))
+    _assert_http_equals_pytorch(r, 1000)
+    assert r["http_accuracy"] > 0.85  # the default model's ~0.92, on real images
+
+
+def test_chain_train_export_serve_http_on_real_images(tmp_path, fixture_data_dir):
+    """The whole chain on the committed real images: train VGG-11 + BN on the fixture's 2,000
+    Fashion-MNIST images (checkpoint), `python -m export` (BN folded, parity against the
+    unfolded model on the fixture's 1,000 test images), `bentoml serve` that file, and ask it
+    over HTTP: every answer equals the PyTorch eval-mode model's. A wrong fold fails at the
+    export; a wrong preprocessing fails the HTTP comparison."""
+    from scripts.http_accuracy import http_vs_torch
+    from training.checkpoint import load_checkpoint
+
+    run, model = tmp_path / "run", tmp_path / "model.onnx"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "training", "classifier", "--model", "vgg11", "--width", "0.125",
+                    "--steps", "150", "--eval-every", "150", "--batch-size", "64",
+                    "--data-dir", str(fixture_data_dir), "--out", str(run), "--no-progress"],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    ckpt = run / "checkpoint.pt"
+    exported = subprocess.run([sys.executable, "-m", "export", str(ckpt), "-o", str(model),
+                               "--data-dir", str(fixture_data_dir)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert "argmax agreement 1000/1000" in exported.stdout and "BatchNormalization nodes: 0" in exported.stdout
+
+    log_path = tmp_path / "chain.log"
+    proc, url = start_server(model, log_path)
+    try:
+        wait_ready(proc, url, log_path)
+        r = http_vs_torch(url, str(ckpt), n=1000, data_dir=str(fixture_data_dir))
+    finally:
+        stop_server(proc)
+    _assert_http_equals_pytorch(r, 1000)
+    assert r["dataset"] == "fashion-mnist (subset first-2000-train-1000-test)"
+    _, stored = load_checkpoint(ckpt)
+    assert r["torch_accuracy"] == pytest.approx(stored["test_accuracy"], abs=1e-9)  # training's own evaluation
+    assert r["http_accuracy"] > 0.6  # 150 steps on 2,000 real images already classify

@@ -11,9 +11,8 @@ import struct
 import zlib
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from conftest import tiny_model
 from PIL import Image
 
 from serving import model as smodel
@@ -163,41 +162,6 @@ def test_bad_bytes_raise_input_errors(name, data, status, error):
 
 # --- model checks --------------------------------------------------------------------------------------
 
-def tiny_model(tmp_path, *, meta: dict | None | str = "ok", bn: bool = False, name="m.onnx"):
-    """A 1x4x4 -> 3 classes ONNX model built with onnx.helper (no torch)."""
-    nodes, inits = [], [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 16]),
-                        helper.make_tensor("w", TensorProto.FLOAT, [16, 3],
-                                           np.linspace(-1, 1, 48, dtype=np.float32).tolist())]
-    x = "input"
-    if bn:
-        for n in ("scale", "bias", "mean", "var"):
-            inits.append(helper.make_tensor(n, TensorProto.FLOAT, [1], [1.0 if n in ("scale", "var") else 0.0]))
-        nodes.append(helper.make_node("BatchNormalization", ["input", "scale", "bias", "mean", "var"],
-                                      ["bn_out"], name="bn1"))
-        x = "bn_out"
-    nodes += [helper.make_node("Reshape", [x, "shape"], ["flat"]),
-              helper.make_node("MatMul", ["flat", "w"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 4, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    proto.ir_version = 10
-    if meta == "ok":
-        meta = {"format": "bnserve-onnx/1", "classes": ["a", "b", "c"], "dataset": "tiny",
-                "model": {"name": "tiny"},
-                "input": {"name": "input", "shape": [None, 1, 4, 4], "channels": 1, "height": 4,
-                          "width": 4, "dtype": "float32", "layout": "NCHW"},
-                "normalization": {"mean": [0.5], "std": [0.25]},
-                "output": {"name": "logits", "shape": [None, 3]},
-                "parity": {"passed": True, "n": 1}}
-    if meta is not None:
-        p = proto.metadata_props.add()
-        p.key, p.value = "bnserve", meta if isinstance(meta, str) else json.dumps(meta)
-    path = tmp_path / name
-    onnx.save(proto, str(path))
-    return path
-
-
 def test_read_model_accepts_a_contract_file(tmp_path):
     info = read_model(tiny_model(tmp_path))
     assert (info.channels, info.height, info.width, info.classes) == (1, 4, 4, ("a", "b", "c"))
@@ -296,17 +260,15 @@ def test_answer_format():
 
 # --- the sample files are the dataset's images ---------------------------------------------------------
 
-def test_sample_pngs_decode_to_the_datasets_pixels():
+def test_sample_pngs_decode_to_the_datasets_pixels(fixture_data_dir):
     """A lossless sample file goes through decode_image + to_model_pixels to exactly the uint8
-    pixels training evaluates on (so the service sees what training saw), RGBA included."""
+    pixels training evaluates on (so the service sees what training saw), RGBA included. The
+    samples are test images 0..999, so the committed fixture holds them."""
     from pathlib import Path
 
-    from training.data import DatasetNotFoundError, load_dataset
+    from training.data import load_dataset
 
-    try:
-        ds = load_dataset("fashion-mnist", download=False, progress=False)
-    except DatasetNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    ds = load_dataset("fashion-mnist", data_dir=fixture_data_dir, download=False, progress=False)
     samples = sorted((Path(__file__).resolve().parent.parent / "samples").glob("fmnist-test-*.png"))
     assert len(samples) >= 10
     for path in samples:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,21 +11,18 @@ from training.__main__ import main
 from training.checkpoint import load_checkpoint
 from training.runs import read_metrics
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def ioffe_run(tmp_path_factory):
+def ioffe_run(tmp_path_factory, fixture_data_dir):
     out = tmp_path_factory.mktemp("ioffe") / "run"
     rc = main(["ioffe-fig1", "--dataset", "fashion-mnist", "--steps", "300", "--eval-every", "100",
-               "--out", str(out), "--no-progress"])
+               "--data-dir", str(fixture_data_dir), "--out", str(out), "--no-progress"])
     assert rc == 0
     return out
 
 
-@needs_fashion
 @pytest.mark.slow
 def test_ioffe_fig1_writes_every_output(ioffe_run):
     out = ioffe_run
@@ -52,7 +48,6 @@ def test_ioffe_fig1_writes_every_output(ioffe_run):
     assert "acc @ 300" in summary and "train steps/s" in summary
 
 
-@needs_fashion
 @pytest.mark.slow
 def test_figure_redraws_from_metrics_alone(ioffe_run):
     (ioffe_run / "figure.png").unlink()
@@ -60,22 +55,22 @@ def test_figure_redraws_from_metrics_alone(ioffe_run):
     assert (ioffe_run / "figure.png").read_bytes()[:8] == PNG_MAGIC
 
 
-@needs_fashion
 @pytest.mark.slow
-def test_ioffe_reproducible_under_seed(tmp_path):
+def test_ioffe_reproducible_under_seed(tmp_path, fixture_data_dir):
     def run(out):
         assert main(["ioffe-fig1", "--dataset", "fashion-mnist", "--steps", "150", "--eval-every", "50",
-                     "--variants", "bn", "--out", str(out), "--no-progress", "--no-parallel"]) == 0
+                     "--variants", "bn", "--data-dir", str(fixture_data_dir), "--out", str(out),
+                     "--no-progress", "--no-parallel"]) == 0
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(out / "bn" / "metrics.jsonl")]
     assert run(tmp_path / "a") == run(tmp_path / "b")
 
 
-@needs_fashion
 @pytest.mark.slow
-def test_classifier_smoke(tmp_path):
+def test_classifier_smoke(tmp_path, fixture_data_dir):
     out = tmp_path / "clf"
     assert main(["classifier", "--model", "vgg11", "--width", "0.125", "--steps", "20", "--eval-every", "10",
-                 "--batch-size", "32", "--out", str(out), "--no-progress"]) == 0
+                 "--batch-size", "32", "--data-dir", str(fixture_data_dir), "--out", str(out),
+                 "--no-progress"]) == 0
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [10, 20]
     model, ckpt = load_checkpoint(out / "checkpoint.pt")

@@ -38,11 +38,25 @@ def main(argv: list[str] | None = None) -> int:
         add_config_args(p, cls, presets)
     p = sub.add_parser("plot", help="redraw a run's figure from its metrics files")
     p.add_argument("run_dir")
+    p = sub.add_parser("report", help="report.md + report.html of every run under RUNS_DIR (metrics only)")
+    p.add_argument("runs_dir")
+    p.add_argument("--out", default=None, help="where to write the report (default: RUNS_DIR)")
+    p.add_argument("--figures-dir", default=None, help="copy the figures here and link to the copies")
+    from . import reproduce
+    p = sub.add_parser("reproduce", help="run every experiment of both papers in a preset, then the report")
+    reproduce.add_args(p)
     args = parser.parse_args(argv)
     if args.command == "plot":
         from .figures import replot
         print(replot(args.run_dir))
         return 0
+    if args.command == "report":
+        from .report import write_report
+        md, page = write_report(args.runs_dir, args.out, args.figures_dir)
+        print(f"report: {md} and {page}")
+        return 0
+    if args.command == "reproduce":
+        return reproduce.main(args)
     cls, presets, run, _ = experiments[args.command]
     try:
         cfg, preset = resolve_config(cls, args, presets)

@@ -11,6 +11,12 @@ Look-up order for a dataset's files (the first place holding valid files wins):
 For 1 and 2 both ``DIR`` and ``DIR/<name>`` are looked at. Missing or corrupt files raise one
 ``DatasetNotFoundError`` that lists every place tried and why it was rejected.
 
+Which files are accepted: the official files by their md5, faithful re-packs (re-gzipped, as
+Debian's Fashion-MNIST) by the sha256 of the decompressed payload, and a registered
+``Subset`` (the real-image test fixtures under tests/data/: the first 2,000 train and 1,000 test
+images) by the sha256 of each of its payloads. All files of a directory must belong to the same
+set; a subset is reported as ``Dataset.subset`` and never passes for the full dataset.
+
 Whole splits load as uint8 tensors (N, C, H, W) plus int64 labels; normalisation happens on the
 device, per batch (``normalize``), so a whole dataset can sit on a GPU as bytes.
 """
@@ -27,7 +33,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +54,22 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class Subset:
+    """A documented selection from a dataset: the first ``train`` training and the first ``test``
+    test images, in the official order (written by scripts/make_test_data.py). Accepted by the
+    sha256 of each decompressed payload, ``content_sha256``, one per ``DatasetSpec.files``."""
+
+    name: str
+    train: int
+    test: int
+    content_sha256: tuple[str, ...] = ()
+
+
+# The real-image fixtures committed under tests/data/<dataset>/.
+FIXTURE_SUBSET = Subset("first-2000-train-1000-test", train=2000, test=1000)
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     classes: tuple[str, ...]
@@ -60,6 +82,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     citation: str = ""
     debian_package: str | None = None
+    subsets: tuple[Subset, ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
@@ -87,13 +110,23 @@ DATASETS: dict[str, DatasetSpec] = {
         classes=tuple(str(i) for i in range(10)),
         channels=1, image_size=28, mean=(0.1307,), std=(0.3081,),
         format="idx",
-        files=tuple(FileSpec(n, m) for n, m in zip(_IDX_FILES, (
+        # content sha256 of the official payloads: accepts re-gzipped copies (gzip -9 -n etc.)
+        files=tuple(FileSpec(n, m, s) for n, m, s in zip(_IDX_FILES, (
             "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
-            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), strict=True)),
+            "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"), (
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"), strict=True)),
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
                  "http://yann.lecun.com/exdb/mnist/"),
         citation="LeCun et al., MNIST handwritten digit database",
         debian_package=None,
+        subsets=(replace(FIXTURE_SUBSET, content_sha256=(
+            "729d340c0177402770b27c04f817dfb40ed8844459b35a9f11ae21067b05cf19",
+            "90795ea2219655a7281c0d6756d0ae8a33bebac7ec84bac89bbdcc5e3baa9f8c",
+            "de7c252b04f05e1f8309634180ccdf286dc6dbac8c579b74e76e02ae0331ca52",
+            "832c0d20f0dc42e575488c75a83a970787d4c8d4d05831b2ef03701b4a478a90")),),
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -111,6 +144,11 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         citation="Xiao, Rasul, Vollgraf 2017, Fashion-MNIST (zalandoresearch)",
         debian_package="dataset-fashion-mnist",
+        subsets=(replace(FIXTURE_SUBSET, content_sha256=(
+            "71a9f8cec24060d6752b3e4940ce6d6fd729334afa47b735dd553481aa83b53e",
+            "8983259dfbc9f185f92698916f7daf361704b43ba7d19568cc7bcdeefdc1bece",
+            "7a6d8e07ea021ec5bc73135ebd0a5770799557ec6f8242d8749c4f32a3cf4643",
+            "b40abac7ec8228f434940f579deb7cf7b6e3103b5274cb91d1545771f5ef1c8b")),),
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
@@ -158,6 +196,11 @@ class Dataset:
     train: Split
     test: Split
     source: Path  # the directory the files were read from
+    subset: str | None = None  # a registered Subset's name, None for the full dataset
+
+    def describe(self) -> str:
+        """``fashion-mnist`` or ``fashion-mnist (subset first-2000-train-1000-test)``."""
+        return self.spec.name + (f" (subset {self.subset})" if self.subset else "")
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -218,12 +261,41 @@ def verify_file(path: Path, spec: FileSpec) -> bytes | None:
                            + ")")
 
 
-def _load_idx_dir(directory: Path, spec: DatasetSpec) -> tuple[Split, Split]:
-    arrays = []
-    for fs in spec.files:
+def identify_files(directory: Path, spec: DatasetSpec) -> tuple[list[bytes | None], Subset | None]:
+    """Check every file of ``spec`` in ``directory`` as the full dataset or one registered subset
+    (all files from the same one). Returns the payloads read while checking (None where the md5
+    sufficed) and the subset, None for the full dataset. Raises CorruptFileError otherwise."""
+    payloads: list[bytes | None] = []
+    found: list[Subset | None] = []
+    for i, fs in enumerate(spec.files):
         path = directory / fs.name
-        payload = verify_file(path, fs)
-        arrays.append(parse_idx(payload if payload is not None else _read_gz(path)))
+        try:
+            payloads.append(verify_file(path, fs))
+            found.append(None)
+            continue
+        except CorruptFileError as e:
+            if not spec.subsets or not fs.name.endswith(".gz"):
+                raise
+            full_error = e
+        payload = _read_gz(path)
+        digest = hashlib.sha256(payload).hexdigest()
+        subset = next((s for s in spec.subsets if s.content_sha256[i] == digest), None)
+        if subset is None:
+            raise CorruptFileError(f"{full_error}; nor is it the payload of a registered subset "
+                                   f"({', '.join(s.name for s in spec.subsets)}): sha256 {digest}")
+        payloads.append(payload)
+        found.append(subset)
+    if len({s.name if s else None for s in found}) > 1:
+        mix = ", ".join(f"{fs.name}: {s.name if s else 'full dataset'}"
+                        for fs, s in zip(spec.files, found, strict=True))
+        raise CorruptFileError(f"files from different sets in one directory ({mix})")
+    return payloads, found[0]
+
+
+def _load_idx_dir(directory: Path, spec: DatasetSpec) -> tuple[Split, Split, Subset | None]:
+    payloads, subset = identify_files(directory, spec)
+    arrays = [parse_idx(payload if payload is not None else _read_gz(directory / fs.name))
+              for fs, payload in zip(spec.files, payloads, strict=True)]
     train_x, train_y, test_x, test_y = arrays
     splits = []
     for x, y, which in ((train_x, train_y, "train"), (test_x, test_y, "test")):
@@ -234,9 +306,12 @@ def _load_idx_dir(directory: Path, spec: DatasetSpec) -> tuple[Split, Split]:
                                    f"{spec.image_size}x{spec.image_size}")
         if y.size and int(y.max()) >= len(spec.classes):
             raise CorruptFileError(f"{which}: label {int(y.max())} out of range")
+        if subset is not None and y.shape[0] != {"train": subset.train, "test": subset.test}[which]:
+            raise CorruptFileError(f"{which}: {y.shape[0]} images, subset {subset.name} has "
+                                   f"{subset.train} train / {subset.test} test")
         splits.append(Split(torch.from_numpy(x.copy()).unsqueeze(1),
                             torch.from_numpy(y.astype(np.int64))))
-    return splits[0], splits[1]
+    return splits[0], splits[1], subset
 
 
 def parse_cifar10_tar(fileobj: io.BufferedIOBase | bytes) -> tuple[Split, Split]:
@@ -268,11 +343,11 @@ def parse_cifar10_tar(fileobj: io.BufferedIOBase | bytes) -> tuple[Split, Split]
     return to_split([f"data_batch_{i}" for i in range(1, 6)]), to_split(["test_batch"])
 
 
-def _load_cifar_dir(directory: Path, spec: DatasetSpec) -> tuple[Split, Split]:
+def _load_cifar_dir(directory: Path, spec: DatasetSpec) -> tuple[Split, Split, Subset | None]:
     path = directory / spec.files[0].name
     verify_file(path, spec.files[0])
     with open(path, "rb") as f:
-        return parse_cifar10_tar(f)
+        return (*parse_cifar10_tar(f), None)
 
 
 _LOADERS = {"idx": _load_idx_dir, "cifar10-python": _load_cifar_dir}
@@ -368,16 +443,16 @@ def load_dataset(name: str | DatasetSpec, data_dir: str | os.PathLike | None = N
             tried.append(f"{directory}: missing {', '.join(missing)}")
             continue
         try:
-            train, test = loader(directory, spec)
-            return Dataset(spec, train, test, directory)
+            train, test, subset = loader(directory, spec)
+            return Dataset(spec, train, test, directory, subset.name if subset else None)
         except CorruptFileError as e:
             tried.append(f"{directory}: {e}")
     if download:
         target = download_dir(spec, data_dir)
         if _try_download(spec, target, tried, progress):
             try:
-                train, test = loader(target, spec)
-                return Dataset(spec, train, test, target)
+                train, test, subset = loader(target, spec)
+                return Dataset(spec, train, test, target, subset.name if subset else None)
             except CorruptFileError as e:
                 tried.append(f"{target} (after download): {e}")
     else:

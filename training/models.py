@@ -349,3 +349,20 @@ def model_from_config(config: ModelConfig | dict) -> _PaperModel:
 
 def count_bn(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters, as a trained
+    model has (a fresh BN is the identity, which would hide a wrong fold). For tests and
+    benchmarks; the training mode is left as it was."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2.5 + 0.3)
+            if m.affine:
+                m.weight.copy_(1 + 0.5 * torch.randn(c, generator=g))
+                m.bias.copy_(0.5 * torch.randn(c, generator=g))
+    return model

@@ -1,0 +1,147 @@
+"""The ONNX file contract (docs/ARTIFACTS.md), written once: the exporter checks what it writes
+with it, the service checks what it loads with it, so "exported" and "servable" are the same
+set of files. Torch-free (onnx protobufs + the standard library), so serving can import it.
+
+A file is servable when:
+- the graph has an input named ``input`` and an output named ``logits``;
+- no ``BatchNormalization`` node is left anywhere: main graph, If/Loop/Scan subgraphs, and the
+  model's local functions (``model.functions``, which torch.onnx's dynamo exporter can emit);
+- ``metadata_props[METADATA_KEY]`` is a JSON object with ``format == FORMAT``,
+  ``parity.passed is true``, an image input spec (channels 1 or 3, height, width, dtype),
+  ``normalization`` mean/std with one value per channel, and at least one class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+FORMAT = "bnserve-onnx/1"
+METADATA_KEY = "bnserve"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCHNORM = "BatchNormalization"
+INPUT_DTYPES = ("float32", "float16")
+
+
+class ContractError(ValueError):
+    """The file (or metadata) breaks the contract; the message says which part."""
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """What the service needs from a checked metadata object."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    dtype: str  # of the input: "float32" or "float16"
+
+
+# --- the node walk --------------------------------------------------------------------------
+
+
+def iter_graph_nodes(graph) -> Iterator:
+    """Every node of a GraphProto, including those in subgraphs (If/Loop/Scan bodies)."""
+    for node in graph.node:
+        yield node
+        yield from _subgraph_nodes(node)
+
+
+def _subgraph_nodes(node) -> Iterator:
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield from iter_graph_nodes(attr.g)
+        for g in attr.graphs:
+            yield from iter_graph_nodes(g)
+
+
+def iter_nodes(model) -> Iterator:
+    """Every node of a ModelProto: main graph, subgraphs, and every local function's body."""
+    yield from iter_graph_nodes(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            yield node
+            yield from _subgraph_nodes(node)
+
+
+def op_counts(model) -> Counter:
+    return Counter(n.op_type for n in iter_nodes(model))
+
+
+def batchnorm_nodes(model) -> list[str]:
+    """Names of the BatchNormalization nodes anywhere in the model ("(unnamed)" when blank)."""
+    return [n.name or "(unnamed)" for n in iter_nodes(model) if n.op_type == BATCHNORM]
+
+
+# --- the checks -----------------------------------------------------------------------------
+
+
+def check_metadata(meta) -> ServingSpec:
+    """Check the ``bnserve`` metadata object; return what serving needs. Raises ContractError."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ContractError(f"metadata format is {got!r}, expected {FORMAT!r}")
+    parity = meta.get("parity")
+    if not isinstance(parity, dict) or parity.get("passed") is not True:
+        raise ContractError(f"the exporter's parity check did not pass (parity = {parity!r}): "
+                            "the file may not answer as the PyTorch model does")
+    try:
+        spec, norm = meta["input"], meta["normalization"]
+        channels, height, width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
+        mean, std = tuple(map(float, norm["mean"])), tuple(map(float, norm["std"]))
+        classes = tuple(map(str, meta["classes"]))
+        dtype = str(spec.get("dtype", "float32"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ContractError(f"metadata lacks or mangles a required field ({e!r}); the service "
+                            "needs an image input spec (input.channels/height/width), "
+                            "normalization.mean/std and classes") from e
+    if channels not in (1, 3) or len(mean) != channels or len(std) != channels or not classes:
+        raise ContractError(f"inconsistent metadata (channels={channels}, mean={mean}, std={std}, "
+                            f"{len(classes)} classes)")
+    if height < 1 or width < 1 or not all(s > 0 for s in std):
+        raise ContractError(f"inconsistent metadata (height={height}, width={width}, std={std})")
+    if dtype not in INPUT_DTYPES:
+        raise ContractError(f"input dtype {dtype!r}, expected one of {', '.join(INPUT_DTYPES)}")
+    return ServingSpec(channels, height, width, mean, std, classes, dtype)
+
+
+def check_graph(model) -> None:
+    """Input/output names and no BatchNormalization node anywhere. Raises ContractError."""
+    if len(model.graph.node) == 0:
+        raise ContractError("empty graph")
+    bn = batchnorm_nodes(model)
+    if bn:
+        raise ContractError(f"{len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
+                            f"{', ...' if len(bn) > 3 else ''}); the service serves only models "
+                            "with BN folded into the preceding conv/linear weights")
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs[:1] != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAME]:
+        raise ContractError(f"graph inputs {inputs} / outputs {outputs}, expected "
+                            f"{INPUT_NAME!r} / {OUTPUT_NAME!r}")
+
+
+def read_metadata(model) -> dict:
+    """The parsed ``bnserve`` metadata object of a ModelProto. Raises ContractError."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ContractError(f"the file lacks the {METADATA_KEY!r} metadata (keys present: "
+                            f"{sorted(props) or 'none'}): it was not written by our exporter")
+    try:
+        return json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ContractError(f"the {METADATA_KEY!r} metadata is not valid JSON ({e})") from e
+
+
+def check_model(model) -> tuple[dict, ServingSpec]:
+    """The whole contract on a ModelProto: metadata present and valid, graph servable."""
+    meta = read_metadata(model)
+    spec = check_metadata(meta)
+    check_graph(model)
+    return meta, spec

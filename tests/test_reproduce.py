@@ -1,0 +1,89 @@
+"""training/reproduce.py: which jobs run, which are skipped, and what a failure blocks. The
+experiments are replaced by a fake interpreter that only writes a run record."""
+
+import io
+import os
+import stat
+from pathlib import Path
+
+from training.reproduce import Job, Progress, is_current, plan, run_jobs
+
+FAKE = """#!/bin/sh
+# called as: FAKE -m training <experiment> ... --out DIR ...
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out="$a"; prev="$a"; done
+echo "$3" >> "$(dirname "$0")/calls.txt"
+case "$*" in *--boom*) echo boom; exit 3;; esac
+mkdir -p "$out" && echo '{"experiment": "'"$3"'"}' > "$out/config.json"
+"""
+
+JOBS = [Job("a", ("exp-a", "--out", "{out}")),
+        Job("b", ("exp-b", "--out", "{out}", "--from", "{runs}/a"), after=("a",)),
+        Job("c", ("exp-c", "--out", "{out}"))]
+
+
+def fake_python(tmp_path: Path) -> str:
+    exe = tmp_path / "fakepython"
+    exe.write_text(FAKE)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return str(exe)
+
+
+def calls(tmp_path: Path) -> list[str]:
+    f = tmp_path / "calls.txt"
+    return f.read_text().split() if f.exists() else []
+
+
+def quiet() -> Progress:
+    return Progress(3, stream=io.StringIO())
+
+
+def test_runs_then_skips_then_redoes_only_the_deleted_run_and_its_dependents(tmp_path):
+    py, runs = fake_python(tmp_path), tmp_path / "runs"
+    assert run_jobs(JOBS, runs, python=py, revision="r1", progress=quiet(), poll_s=0.01) == \
+        {"a": "ran", "b": "ran", "c": "ran"}
+    assert (runs / "b" / "log.txt").read_text().startswith("$ ")
+    assert run_jobs(JOBS, runs, python=py, revision="r1", progress=quiet(), poll_s=0.01) == \
+        {"a": "skipped", "b": "skipped", "c": "skipped"}
+    assert calls(tmp_path) == ["exp-a", "exp-b", "exp-c"]
+
+    import shutil
+    shutil.rmtree(runs / "a")  # b reads a: both are redone, c is not
+    assert run_jobs(JOBS, runs, python=py, revision="r1", progress=quiet(), poll_s=0.01) == \
+        {"a": "ran", "b": "ran", "c": "skipped"}
+    # A new code revision redoes everything.
+    assert all(not is_current(j, runs, "r2") for j in JOBS)
+    assert all(is_current(j, runs, "r1") for j in JOBS)
+
+
+def test_a_failure_blocks_its_dependents_but_not_the_others(tmp_path):
+    py, runs = fake_python(tmp_path), tmp_path / "runs"
+    jobs = [Job("a", ("exp-a", "--out", "{out}", "--boom")), *JOBS[1:]]
+    status = run_jobs(jobs, runs, python=py, revision="r1", progress=quiet(), poll_s=0.01)
+    assert status == {"a": "failed", "b": "blocked", "c": "ran"}
+    assert "boom" in (runs / "a" / "log.txt").read_text()
+    assert not (runs / "a" / "reproduce.json").exists()
+
+
+def test_progress_is_one_line_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    s = Tty()
+    p = Progress(2, stream=s)
+    p.show(0, "a: running")
+    p.show(1, "a: done")
+    assert s.getvalue().count("\n") == 0 and s.getvalue().count("\r") == 2
+    p.show(2, "finished", final=True)
+    assert s.getvalue().endswith("\n")
+
+
+def test_plan_names_every_job_once_with_its_run_directory():
+    jobs = plan("cpu", 3)
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names)) and "ioffe-fig1" in names
+    for j in jobs:
+        cmd = j.command(Path("R"))
+        assert cmd[cmd.index("--out") + 1] == os.path.join("R", j.name)
+        assert cmd[cmd.index("--preset") + 1] == "cpu"
+        assert set(j.after) <= set(names[:names.index(j.name)])  # inputs run first

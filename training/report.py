@@ -1,0 +1,292 @@
+"""One report for every reproduced figure: ``python -m training report RUNS_DIR``.
+
+Each figure is explained in the four parts a reader (a course, a reading group) asks for:
+**context** (what was run, what problem it addresses), **what is plotted**, **what we observe**
+(our numbers, mean +- std over seeds) and the **interpretation**, followed by each of the paper's
+claims marked PASS or DIFFERS with the paper's own number or statement beside ours.
+
+Everything is read from the run directories (``config.json``, metrics files, figures): nothing is
+retrained, so the report can be regenerated and diffed. The experiments supply their sections
+through ``SECTION_BUILDERS`` (experiment name -> function of a run directory), so this module only
+assembles and renders: Markdown, and a self-contained HTML page (figures embedded as data URIs,
+no external resources).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PASS, DIFFERS = "PASS", "DIFFERS"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims, checked against our numbers."""
+
+    statement: str  # the claim, in the paper's terms
+    paper: str  # what the paper reports or states
+    ours: str  # what we measured
+    passed: bool
+
+    @property
+    def verdict(self) -> str:
+        return PASS if self.passed else DIFFERS
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where a section's numbers come from: read from the run's ``config.json``."""
+
+    run_dir: Path
+    experiment: str
+    preset: str | None
+    dataset: str | None
+    seeds: list[int]
+    git_revision: str
+    started_at: str
+    machine: str
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunInfo:
+        run_dir = Path(run_dir)
+        record = json.loads((run_dir / "config.json").read_text())
+        cfg = record.get("config", {})
+        env = record.get("environment", {})
+        seeds = record.get("seeds") or cfg.get("seeds_list")
+        if not seeds:
+            seed = record.get("seed", cfg.get("seed"))
+            seeds = [] if seed is None else [seed]
+        machine = ", ".join(str(x) for x in (
+            env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} torch threads)",
+            env.get("platform"), f"torch {env.get('torch')}" if env.get("torch") else None) if x)
+        return cls(run_dir=run_dir, experiment=record.get("experiment", run_dir.name),
+                   preset=record.get("preset"), dataset=cfg.get("dataset"), seeds=list(seeds),
+                   git_revision=record.get("git_revision", "unknown"),
+                   started_at=record.get("started_at", "unknown"), machine=machine)
+
+    def provenance(self) -> str:
+        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})" \
+            if self.seeds else "seed not recorded"
+        return (f"Run `{self.run_dir.name}`: preset **{self.preset or 'defaults'}**, dataset "
+                f"**{self.dataset or 'n/a'}**, {seeds}; {self.machine}; started {self.started_at}; "
+                f"git {self.git_revision}.")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One figure (or one experiment) of the report."""
+
+    key: str  # the experiment's name, e.g. "ioffe-fig1"
+    title: str
+    context: str
+    plotted: str
+    observed: list[str]  # bullet points with our numbers
+    interpretation: str
+    claims: list[Claim]
+    figures: list[Path]  # PNG files inside the run directory
+    run: RunInfo
+
+
+@dataclass(frozen=True)
+class Question:
+    """A conceptual question answered with this repository's own measurements."""
+
+    title: str
+    answer: str
+    evidence: list[str] = field(default_factory=list)
+
+
+SectionBuilder = Callable[[Path], Section]
+QuestionBuilder = Callable[[dict[str, Path]], Question | None]
+
+# Experiment name -> builder, and the conceptual questions (given every run found, by experiment
+# name). The experiments register theirs in ``builders()``: imported lazily so that this module
+# stays importable (and testable) without them.
+SECTION_BUILDERS: dict[str, SectionBuilder] = {}
+QUESTION_BUILDERS: list[QuestionBuilder] = []
+
+
+def find_runs(runs_dir: str | Path) -> dict[str, Path]:
+    """Experiment name -> run directory, for every directory under ``runs_dir`` (itself
+    included) that holds a ``config.json`` naming an experiment. Sorted by path."""
+    runs: dict[str, Path] = {}
+    for cfg in sorted(Path(runs_dir).rglob("config.json")):
+        try:
+            experiment = json.loads(cfg.read_text()).get("experiment")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if experiment and experiment not in runs:
+            runs[experiment] = cfg.parent
+    return runs
+
+
+@dataclass(frozen=True)
+class Report:
+    sections: list[Section]
+    questions: list[Question]
+    missing: list[str]  # experiments with a builder but no run directory
+    generated_by: str
+
+
+def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | None = None,
+                 questions: list[QuestionBuilder] | None = None) -> Report:
+    builders = SECTION_BUILDERS if builders is None else builders
+    questions = QUESTION_BUILDERS if questions is None else questions
+    runs = find_runs(runs_dir)
+    sections = [builders[name](runs[name]) for name in builders if name in runs]
+    answered = [q for q in (qb(runs) for qb in questions) if q is not None]
+    missing = [name for name in builders if name not in runs]
+    return Report(sections=sections, questions=answered, missing=missing,
+                  generated_by=f"python -m training report {runs_dir}")
+
+
+def _figure_name(section: Section, fig: Path) -> str:
+    return f"{section.key}.png" if len(section.figures) == 1 else f"{section.key}-{fig.stem}.png"
+
+
+def render_markdown(report: Report, figure_links: dict[Path, str] | None = None) -> str:
+    """The report as Markdown; ``figure_links`` maps a figure file to the link to write
+    (default: its path as given)."""
+    links = figure_links or {}
+    out = ["# Reproduced figures: Ioffe & Szegedy 2015 and Santurkar et al. 2018", "",
+           f"Generated from the run directories' metrics alone by `{report.generated_by}`.", ""]
+    verdicts = [c.verdict for s in report.sections for c in s.claims]
+    out += [f"Claims checked: {len(verdicts)}; PASS {verdicts.count(PASS)}, DIFFERS {verdicts.count(DIFFERS)}.", ""]
+    if report.missing:
+        out += [f"Not run (no run directory found): {', '.join(report.missing)}.", ""]
+    out += ["## Contents", ""]
+    out += [f"- [{s.title}](#{_anchor(s.title)})" for s in report.sections]
+    out += [f"- [{q.title}](#{_anchor(q.title)})" for q in report.questions]
+    out.append("")
+    for s in report.sections:
+        out += [f"## {s.title}", "", s.run.provenance(), ""]
+        for fig in s.figures:
+            out += [f"![{s.title}]({links.get(fig, str(fig))})", ""]
+        out += ["**Context.** " + s.context, "", "**What is plotted.** " + s.plotted, "",
+                "**What we observe.**", ""]
+        out += [f"- {o}" for o in s.observed]
+        out += ["", "**Interpretation.** " + s.interpretation, ""]
+        if s.claims:
+            out += ["| claim | paper | ours | verdict |", "|---|---|---|---|"]
+            out += [f"| {_cell(c.statement)} | {_cell(c.paper)} | {_cell(c.ours)} | **{c.verdict}** |"
+                    for c in s.claims]
+            out.append("")
+    for q in report.questions:
+        out += [f"## {q.title}", "", q.answer, ""]
+        out += [f"- {e}" for e in q.evidence]
+        out.append("")
+    return "\n".join(out)
+
+
+def render_html(report: Report) -> str:
+    """A self-contained page: figures as data URIs, inline CSS, no scripts, fonts or links out."""
+    e = html.escape
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>bnserve: reproduced figures</title><style>",
+             "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+             "line-height:1.45;color:#222}img{max-width:100%;border:1px solid #ddd}"
+             "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .5rem;"
+             "vertical-align:top}.PASS{color:#075e07;font-weight:bold}.DIFFERS{color:#a33;font-weight:bold}"
+             ".prov{color:#555;font-size:.9rem}</style></head><body>",
+             "<h1>Reproduced figures: Ioffe &amp; Szegedy 2015 and Santurkar et al. 2018</h1>",
+             f"<p>Generated from the run directories' metrics alone by <code>{e(report.generated_by)}</code>.</p>"]
+    verdicts = [c.verdict for s in report.sections for c in s.claims]
+    parts.append(f"<p>Claims checked: {len(verdicts)}; PASS {verdicts.count(PASS)}, "
+                 f"DIFFERS {verdicts.count(DIFFERS)}.</p>")
+    if report.missing:
+        parts.append(f"<p>Not run (no run directory found): {e(', '.join(report.missing))}.</p>")
+    parts.append("<ul>" + "".join(f"<li><a href='#{_anchor(x)}'>{e(x)}</a></li>"
+                                  for x in [s.title for s in report.sections] + [q.title for q in report.questions])
+                 + "</ul>")
+    for s in report.sections:
+        parts.append(f"<section><h2 id='{_anchor(s.title)}'>{e(s.title)}</h2>")
+        parts.append(f"<p class='prov'>{_md_inline(s.run.provenance())}</p>")
+        for fig in s.figures:
+            data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+            parts.append(f"<img alt='{e(s.title)}' src='data:image/png;base64,{data}'>")
+        parts.append(f"<h3>Context</h3><p>{_md_inline(s.context)}</p>")
+        parts.append(f"<h3>What is plotted</h3><p>{_md_inline(s.plotted)}</p>")
+        parts.append("<h3>What we observe</h3><ul>" + "".join(f"<li>{_md_inline(o)}</li>" for o in s.observed) + "</ul>")
+        parts.append(f"<h3>Interpretation</h3><p>{_md_inline(s.interpretation)}</p>")
+        if s.claims:
+            parts.append("<table><tr><th>claim</th><th>paper</th><th>ours</th><th>verdict</th></tr>")
+            parts += [f"<tr><td>{_md_inline(c.statement)}</td><td>{_md_inline(c.paper)}</td>"
+                      f"<td>{_md_inline(c.ours)}</td><td class='{c.verdict}'>{c.verdict}</td></tr>"
+                      for c in s.claims]
+            parts.append("</table>")
+        parts.append("</section>")
+    for q in report.questions:
+        parts.append(f"<section><h2 id='{_anchor(q.title)}'>{e(q.title)}</h2><p>{_md_inline(q.answer)}</p>")
+        if q.evidence:
+            parts.append("<ul>" + "".join(f"<li>{_md_inline(x)}</li>" for x in q.evidence) + "</ul>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path | None = None,
+                 figures_dir: str | Path | None = None, report: Report | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` into ``out_dir`` (default: ``runs_dir``). With
+    ``figures_dir``, each section's figure is copied there as ``<experiment>.png`` and the
+    Markdown links to that copy (how docs/report.md uses docs/figures/)."""
+    out_dir = Path(out_dir or runs_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = report or build_report(runs_dir)
+    links: dict[Path, str] = {}
+    for s in report.sections:
+        for fig in s.figures:
+            if figures_dir is not None:
+                dest = Path(figures_dir) / _figure_name(s, fig)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if Path(fig).resolve() != dest.resolve():
+                    shutil.copyfile(fig, dest)
+                target = dest
+            else:
+                target = Path(fig)
+            links[fig] = _relative(target, out_dir)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(render_markdown(report, links))
+    page.write_text(render_html(report))
+    return md, page
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+def _anchor(title: str) -> str:
+    keep = "".join(ch.lower() if ch.isalnum() else "-" if ch in " -_" else "" for ch in title)
+    return "-".join(p for p in keep.split("-") if p)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_inline(text: str) -> str:
+    """The little Markdown the sections use (``**bold**``, ```code```), as escaped HTML."""
+    out, bold, code = [], False, False
+    i = 0
+    text = html.escape(text)
+    while i < len(text):
+        if text.startswith("**", i) and not code:
+            out.append("</b>" if bold else "<b>")
+            bold, i = not bold, i + 2
+        elif text[i] == "`":
+            out.append("</code>" if code else "<code>")
+            code, i = not code, i + 1
+        else:
+            out.append(text[i])
+            i += 1
+    if code:
+        out.append("</code>")
+    if bold:
+        out.append("</b>")
+    return "".join(out)

@@ -1,0 +1,159 @@
+"""``python -m training reproduce --preset cpu|paper [--seeds N]`` (``make reproduce``): run every
+experiment of both papers in one preset, then write the report (training/report.py).
+
+Each experiment is one job: a ``python -m training ...`` command run as a child process, its
+output in ``<runs>/<job>/log.txt``. When a job succeeds, ``<runs>/<job>/reproduce.json`` records
+its command, the code revision and the jobs it read from; a later ``reproduce`` skips a job whose
+record matches (same command, same revision, inputs unchanged), so deleting one run directory
+redoes that run and the runs that read it, nothing else. One overall progress line is printed
+(rewritten in place on a terminal, one line per event otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runs import REPO_ROOT, git_revision, write_json
+
+RECORD = "reproduce.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # its run directory under the runs root
+    argv: tuple[str, ...]  # after ``python -m training``; ``{out}`` and ``{runs}`` are filled in
+    after: tuple[str, ...] = field(default=())  # jobs whose outputs this one reads
+
+    def command(self, runs: Path) -> list[str]:
+        return [a.format(out=runs / self.name, runs=runs) for a in self.argv]
+
+
+def plan(preset: str, seeds: int | None) -> list[Job]:
+    """Every experiment of both papers, in the order they run."""
+    seed_args = ("--seeds", str(seeds)) if seeds else ()
+    common = ("--preset", preset, "--no-progress", "--out", "{out}")
+    return [
+        Job("ioffe-fig1", ("ioffe-fig1", *common, *seed_args)),
+        Job("santurkar-fig1", ("santurkar-fig1", *common, *seed_args)),
+        Job("santurkar-fig2", ("santurkar-fig2", *common, *seed_args)),
+        Job("santurkar-fig3", ("santurkar-fig3", *common)),
+        Job("santurkar-fig4", ("santurkar-fig4", *common)),
+        Job("santurkar-fig5", ("santurkar-fig5", *common, *seed_args)),
+    ]
+
+
+def record_for(job: Job, runs: Path, revision: str, inputs: dict[str, str]) -> dict:
+    return {"command": job.command(runs), "git_revision": revision, "inputs": inputs}
+
+
+def current_inputs(job: Job, runs: Path) -> dict[str, str]:
+    """The run id of each job this one reads, as they stand now."""
+    return {dep: (read_record(runs, dep) or {}).get("run_id", "") for dep in job.after}
+
+
+def read_record(runs: Path, name: str) -> dict | None:
+    try:
+        return json.loads((runs / name / RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_current(job: Job, runs: Path, revision: str) -> bool:
+    """The job's outputs exist for this command, this code revision and its inputs' current runs."""
+    rec = read_record(runs, job.name)
+    if rec is None or not (runs / job.name / "config.json").is_file():
+        return False
+    expected = record_for(job, runs, revision, current_inputs(job, runs))
+    return all(rec.get(k) == v for k, v in expected.items())
+
+
+class Progress:
+    """One overall progress line."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream, self.t0 = total, stream, time.monotonic()
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def show(self, done: int, text: str, final: bool = False) -> None:
+        elapsed = time.monotonic() - self.t0
+        line = f"reproduce [{done}/{self.total}] {_clock(elapsed)} {text}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def run_jobs(jobs: list[Job], runs: Path, python: str = sys.executable, revision: str | None = None,
+             progress: Progress | None = None, poll_s: float = 1.0) -> dict[str, str]:
+    """Run the jobs that are not current, in order; returns job -> "skipped" | "ran" | "failed"
+    (a failed job's dependents are "blocked"). Stops nothing on a failure: the others still run."""
+    revision = revision or git_revision()
+    runs.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress(len(jobs))
+    status: dict[str, str] = {}
+    for i, job in enumerate(jobs):
+        if any(status.get(d) in ("failed", "blocked") for d in job.after):
+            status[job.name] = "blocked"
+            progress.show(i + 1, f"{job.name}: blocked (an input failed)")
+            continue
+        if is_current(job, runs, revision):
+            status[job.name] = "skipped"
+            progress.show(i + 1, f"{job.name}: up to date, skipped")
+            continue
+        out = runs / job.name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RECORD).unlink(missing_ok=True)
+        cmd = [python, "-m", "training", *job.command(runs)]
+        started = time.monotonic()
+        with open(out / "log.txt", "w") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            while proc.poll() is None:
+                progress.show(i, f"{job.name}: running {_clock(time.monotonic() - started)}")
+                time.sleep(poll_s)
+        if proc.returncode != 0:
+            status[job.name] = "failed"
+            progress.show(i + 1, f"{job.name}: FAILED (exit {proc.returncode}), see {out / 'log.txt'}")
+            continue
+        write_json(out / RECORD, {**record_for(job, runs, revision, current_inputs(job, runs)), "run_id": uuid.uuid4().hex,
+                                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "seconds": round(time.monotonic() - started, 1)})
+        status[job.name] = "ran"
+        progress.show(i + 1, f"{job.name}: done in {_clock(time.monotonic() - started)}")
+    progress.show(len(jobs), "finished: " + ", ".join(f"{k} {v}" for k, v in status.items()), final=True)
+    return status
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per experiment (default: the preset's)")
+    p.add_argument("--runs", default=None, help="runs root (default: runs/reproduce-<preset>)")
+    p.add_argument("--docs", default=None,
+                   help="also write the report here, figures copied to DOCS/figures (e.g. docs)")
+
+
+def main(args: argparse.Namespace) -> int:
+    runs = Path(args.runs or f"runs/reproduce-{args.preset}")
+    status = run_jobs(plan(args.preset, args.seeds), runs)
+    from .report import write_report
+    md, page = write_report(runs)
+    print(f"report: {md} and {page}")
+    if args.docs:
+        md, page = write_report(runs, args.docs, figures_dir=Path(args.docs) / "figures")
+        print(f"report: {md} and {page}")
+    return 0 if all(v in ("ran", "skipped") for v in status.values()) else 1
