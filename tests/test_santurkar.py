@@ -222,9 +222,9 @@ def test_fig1_claims_pass_only_when_every_seed_agrees():
             ("standard", 0.1): [r for s, a in ((0, 0.5), (1, 0.6), (2, 0.85)) for r in _evals(s, {0: 0.1, mid: a, end: 0.88})]}
     got = claims.fig1_claims(jobs, mid, end, {"bn": 0.83, "standard": 0.80}, True)
     first = got[0]
-    assert first.ok is False and "2 of 3 seeds" in first.detail and first.verdict == "DIFFERS"
+    assert first.passed is False and "2 of 3 seeds" in first.ours and first.verdict == "DIFFERS"
     jobs[("standard", 0.1)] = [r for s in (0, 1, 2) for r in _evals(s, {0: 0.1, mid: 0.5, end: 0.88})]
-    assert claims.fig1_claims(jobs, mid, end, {"bn": 0.83, "standard": 0.80}, True)[0].ok
+    assert claims.fig1_claims(jobs, mid, end, {"bn": 0.83, "standard": 0.80}, True)[0].passed
 
 
 def test_fig1_claims_count_a_diverged_standard_run_as_unstable():
@@ -234,9 +234,9 @@ def test_fig1_claims_count_a_diverged_standard_run_as_unstable():
             ("bn", 0.5): _evals(0, {0: 0.1, mid: 0.8, end: 0.9}),
             # stopped at mid: its last value is carried to the end
             ("standard", 0.5): _evals(0, {0: 0.1, mid: float("nan")}, diverged_at=mid)}
-    got = {c.text.split(":")[0] + ":" + c.text.split(":")[1][:9]: c for c in claims.fig1_claims(jobs, mid, end, {"bn": 0.83, "standard": 0.8}, False)}
-    unstable = next(c for c in got.values() if "unstable" in c.text)
-    assert unstable.ok and "1 diverged" in unstable.detail
+    got = {c.statement.split(":")[0] + ":" + c.statement.split(":")[1][:9]: c for c in claims.fig1_claims(jobs, mid, end, {"bn": 0.83, "standard": 0.8}, False)}
+    unstable = next(c for c in got.values() if "unstable" in c.statement)
+    assert unstable.passed and "1 diverged" in unstable.ours
 
 
 def test_instability_is_scale_free_and_ranks_a_jumping_unit_higher():
@@ -258,16 +258,16 @@ def test_ics_and_landscape_claims_from_fixture_metrics():
                  "grad_norm": [2.0, 2.0], "seed": 0} for s in (0, 100)]
     dln = {("standard", 1e-7): ics_rows(0.999), ("bn", 1e-7): ics_rows(0.4)}
     got = claims.fig3_claims({}, dln)
-    assert [c.ok for c in got] == [True, True] and "0.4000" in got[1].detail
+    assert [c.passed for c in got] == [True, True] and "0.4000" in got[1].ours
     assert claims.ics_stats(ics_rows(0.5))["ics_rel"] == 0.5
 
     def land(scale):
         return [{"kind": "landscape", "step": s, "seed": 0, "loss_range": scale, "grad_diff_max": 2 * scale,
                  "beta": 3 * scale} for s in (0, 10, 20)]
     got = claims.fig4_claims({("standard", 0.1): land(10.0), ("bn", 0.1): land(1.0)}, "VGG")
-    assert len(got) == 3 and all(c.ok for c in got)
+    assert len(got) == 3 and all(c.passed for c in got)
     got = claims.fig4_claims({("standard", 0.1): land(1.0), ("bn", 0.1): land(10.0)}, "VGG")
-    assert not any(c.ok for c in got) and "BN 30 vs Standard 3" in got[2].detail
+    assert not any(c.passed for c in got) and "BN 30 vs Standard 3" in got[2].ours
 
 
 def test_fig5_claims_dln_final_loss_and_a_diverged_run():
@@ -278,10 +278,10 @@ def test_fig5_claims_dln_final_loss_and_a_diverged_run():
         return rows
     dln = {("standard", 1e-6): loss(0, [100, 50]), ("bn", 1e-6): loss(0, [100, 20]),
            ("l1", 1e-6): loss(0, [100, 10]), ("l2", 1e-6): loss(0, [100, float("nan")], diverged=True)}
-    got = {c.text: c for c in claims.fig5_claims({}, dln, 50, 100)}
-    assert got["DLN lr 1e-06: l1 ends with a lower training loss than Standard"].ok
-    assert not got["DLN lr 1e-06: l2 ends with a lower training loss than Standard"].ok
-    assert got["DLN lr 1e-06: l1 even better than BN (lower final loss)"].ok
+    got = {c.statement: c for c in claims.fig5_claims({}, dln, 50, 100)}
+    assert got["DLN lr 1e-06: l1 ends with a lower training loss than Standard"].passed
+    assert not got["DLN lr 1e-06: l2 ends with a lower training loss than Standard"].passed
+    assert got["DLN lr 1e-06: l1 even better than BN (lower final loss)"].passed
 
 
 # --- smoke runs of the five figures, on the real-image fixtures ------------------------------------

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from ..report import Claim
 from ..seeds import ahead, at_step, by_seed, common_steps
 
 Rows = Sequence[Mapping]
 Jobs = Mapping[tuple[str, float], Rows]
 
 
-@dataclass(frozen=True)
-class Claim:
-    text: str
-    ok: bool
-    detail: str
+def claim(statement: str, passed: bool, ours: str, paper: str = "") -> Claim:
+    """A ``training.report.Claim`` (the one claim contract of every experiment)."""
+    return Claim(statement=statement, paper=paper, ours=ours, passed=bool(passed))
 
-    @property
-    def verdict(self) -> str:
-        return "PASS" if self.ok else "DIFFERS"
 
-    def line(self) -> str:
-        return f"- **{self.verdict}**: {self.text} ({self.detail})"
+def claim_line(c: Claim) -> str:
+    """The claim as a summary.md bullet: ``- **PASS**: statement (ours[; paper: ...])``."""
+    return f"- **{c.verdict}**: {c.statement} ({c.ours}" + (f"; paper: {c.paper})" if c.paper else ")")
 
 
 def median(values) -> float:
@@ -72,7 +68,7 @@ def fig1_claims(jobs: Jobs, mid: int, end: int, paper_test: Mapping[str, float],
             b = eval_series(jobs[("bn", lr)], "train_eval_accuracy", (mid, end))
             s = eval_series(jobs[("standard", lr)], "train_eval_accuracy", (mid, end))
             a = ahead(b, s, mid)
-            claims.append(Claim(f"lr {lr:g}: BN ahead of Standard in training accuracy at step {mid:,}",
+            claims.append(claim(f"lr {lr:g}: BN ahead of Standard in training accuracy at step {mid:,}",
                                 a.all, f"BN ahead in {a.fmt()}; mean {_mean_at(b, mid):.4f} vs {_mean_at(s, mid):.4f}"))
     hi, lo = max(lrs), min(lrs)
     if hi > lo and ("bn", hi) in jobs and ("standard", hi) in jobs:
@@ -80,7 +76,7 @@ def fig1_claims(jobs: Jobs, mid: int, end: int, paper_test: Mapping[str, float],
         s = eval_series(jobs[("standard", hi)], "train_eval_accuracy", (mid, end))
         diverged = {r["seed"] for r in kind(jobs[("standard", hi)], "eval") if r.get("diverged")}
         k = sum(1 for seed in s if (seed in diverged or s[seed][end] < b[seed][end] - 0.05) and b[seed][end] > 0.5)
-        claims.append(Claim(f"lr {hi:g}: Standard unstable or clearly worse (>5 points) while BN trains",
+        claims.append(claim(f"lr {hi:g}: Standard unstable or clearly worse (>5 points) while BN trains",
                             k == len(s), f"{k} of {len(s)} seeds; final training accuracy Standard "
                             f"{_mean_at(s, end):.4f} ({len(diverged)} diverged), BN {_mean_at(b, end):.4f}"))
     b = eval_series(jobs.get(("bn", lo), []), "test_accuracy", (mid, end))
@@ -88,7 +84,7 @@ def fig1_claims(jobs: Jobs, mid: int, end: int, paper_test: Mapping[str, float],
     if b and s:
         a = ahead(b, s, end)
         note = "" if same_data else "; not the paper's data set, so not comparable with its numbers"
-        claims.append(Claim(f"lr {lo:g}: BN's final test accuracy above Standard's (paper, CIFAR-10: "
+        claims.append(claim(f"lr {lo:g}: BN's final test accuracy above Standard's (paper, CIFAR-10: "
                             f"{paper_test['bn']:.0%} vs {paper_test['standard']:.0%})", a.all,
                             f"BN ahead in {a.fmt()}; mean {_mean_at(b, end):.4f} vs {_mean_at(s, end):.4f}{note}"))
     return claims
@@ -128,16 +124,16 @@ def fig2_claims(jobs: Jobs, lr: float, mid: int, end: int, layers: Sequence[int]
         n, b, s = (eval_series(jobs[(v, lr)], key, (mid, end)) for v in ("noisy_bn", "bn", "standard"))
         for step in (mid, end):
             close = sum(abs(n[seed][step] - b[seed][step]) <= 0.03 for seed in n if seed in b)
-            claims.append(Claim(f"step {step:,}, {what}: noisy BN tracks BN (within 3 points)",
+            claims.append(claim(f"step {step:,}, {what}: noisy BN tracks BN (within 3 points)",
                                 close == len(n), f"{close} of {len(n)} seeds; mean noisy "
                                 f"{_mean_at(n, step):.4f} vs BN {_mean_at(b, step):.4f}"))
             a = ahead(n, s, step)
-            claims.append(Claim(f"step {step:,}, {what}: noisy BN beats Standard", a.all,
+            claims.append(claim(f"step {step:,}, {what}: noisy BN beats Standard", a.all,
                                 f"noisy ahead in {a.fmt()}; mean {_mean_at(n, step):.4f} vs {_mean_at(s, step):.4f}"))
     for j, layer in enumerate(layers):
         ni, si = instability(jobs[("noisy_bn", lr)], j), instability(jobs[("standard", lr)], j)
         k = sum(ni[seed] > si[seed] for seed in ni if seed in si)
-        claims.append(Claim(f"layer #{layer}: noisy BN's distribution less stable than Standard's",
+        claims.append(claim(f"layer #{layer}: noisy BN's distribution less stable than Standard's",
                             k == len(ni) and k > 0, f"{k} of {len(ni)} seeds; mean step-to-step move of "
                             f"the median / 5-95 spread: noisy {median(ni.values()):.3f}, "
                             f"Standard {median(si.values()):.3f}"))
@@ -164,11 +160,11 @@ def fig3_claims(vgg: Jobs, dln: Jobs) -> list[Claim]:
         s, b = dln.get(("standard", lr)), dln.get(("bn", lr))
         if s:
             c = ics_stats(s)["ics_cosine"]
-            claims.append(Claim(f"DLN lr {lr:g} without BN: near-zero ICS (median cosine > 0.99)",
+            claims.append(claim(f"DLN lr {lr:g} without BN: near-zero ICS (median cosine > 0.99)",
                                 c > 0.99, f"median cosine {c:.4f}"))
         if s and b:
             cs, cb = ics_stats(s), ics_stats(b)
-            claims.append(Claim(f"DLN lr {lr:g}: BN increases ICS (median cosine below Standard's)",
+            claims.append(claim(f"DLN lr {lr:g}: BN increases ICS (median cosine below Standard's)",
                                 cb["ics_cosine"] < cs["ics_cosine"],
                                 f"BN {cb['ics_cosine']:.4f} vs Standard {cs['ics_cosine']:.4f}; "
                                 f"l2/||G|| BN {cb['ics_rel']:.4g} vs Standard {cs['ics_rel']:.4g}"))
@@ -176,7 +172,7 @@ def fig3_claims(vgg: Jobs, dln: Jobs) -> list[Claim]:
         s, b = vgg.get(("standard", lr)), vgg.get(("bn", lr))
         if s and b:
             cs, cb = ics_stats(s), ics_stats(b)
-            claims.append(Claim(f"VGG lr {lr:g}: BN does not reduce ICS (BN's median cosine not above "
+            claims.append(claim(f"VGG lr {lr:g}: BN does not reduce ICS (BN's median cosine not above "
                                 "Standard's by more than 0.02)", cb["ics_cosine"] <= cs["ics_cosine"] + 0.02,
                                 f"BN {cb['ics_cosine']:.4f} vs Standard {cs['ics_cosine']:.4f}; "
                                 f"l2/||G|| BN {cb['ics_rel']:.4g} vs Standard {cs['ics_rel']:.4g}"))
@@ -202,7 +198,7 @@ def fig4_claims(jobs: Jobs, net: str) -> list[Claim]:
             continue
         ss, sb = landscape_stats(s), landscape_stats(b)
         for key, what in LANDSCAPE_MEASURES:
-            claims.append(Claim(f"{net} lr {lr:g}: BN smoother, lower {what} (median over training)",
+            claims.append(claim(f"{net} lr {lr:g}: BN smoother, lower {what} (median over training)",
                                 sb[key] < ss[key], f"BN {sb[key]:.4g} vs Standard {ss[key]:.4g}"))
     return claims
 
@@ -229,10 +225,10 @@ def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int) -> list[Claim]:
                 continue
             v = eval_series(vgg[(p, lr)], "train_eval_accuracy", (mid, end))
             a = ahead(v, s, mid)
-            claims.append(Claim(f"VGG lr {lr:g}: {p} ahead of Standard in training accuracy at step {mid:,}",
+            claims.append(claim(f"VGG lr {lr:g}: {p} ahead of Standard in training accuracy at step {mid:,}",
                                 a.all, f"{p} ahead in {a.fmt()}; mean {_mean_at(v, mid):.4f} vs {_mean_at(s, mid):.4f}"))
             close = sum(v[seed][end] >= b[seed][end] - 0.03 for seed in v if seed in b)
-            claims.append(Claim(f"VGG lr {lr:g}: {p} comparable to BN at step {end:,} (not more than 3 points below)",
+            claims.append(claim(f"VGG lr {lr:g}: {p} comparable to BN at step {end:,} (not more than 3 points below)",
                                 close == len(v), f"{close} of {len(v)} seeds; mean {_mean_at(v, end):.4f} vs BN "
                                 f"{_mean_at(b, end):.4f}"))
     for lr in sorted({lr for _, lr in dln}):
@@ -244,16 +240,16 @@ def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int) -> list[Claim]:
                 continue
             v = final_loss(dln[(p, lr)])
             k = sum(v[seed] < s[seed] for seed in v if seed in s)
-            claims.append(Claim(f"DLN lr {lr:g}: {p} ends with a lower training loss than Standard",
+            claims.append(claim(f"DLN lr {lr:g}: {p} ends with a lower training loss than Standard",
                                 k == len(v), f"{k} of {len(v)} seeds; median {median(v.values()):.4g} vs "
                                 f"{median(s.values()):.4g}"))
         if ("l1", lr) in dln and ("bn", lr) in dln:
             v, b = final_loss(dln[("l1", lr)]), final_loss(dln[("bn", lr)])
             k = sum(v[seed] < b[seed] for seed in v if seed in b)
-            claims.append(Claim(f"DLN lr {lr:g}: l1 even better than BN (lower final loss)", k == len(v),
+            claims.append(claim(f"DLN lr {lr:g}: l1 even better than BN (lower final loss)", k == len(v),
                                 f"{k} of {len(v)} seeds; median {median(v.values()):.4g} vs BN {median(b.values()):.4g}"))
     return claims
 
 
-__all__ = ["Claim", "common_steps", "eval_series", "fig1_claims", "fig2_claims", "fig3_claims",
+__all__ = ["Claim", "claim", "claim_line", "common_steps", "eval_series", "fig1_claims", "fig2_claims", "fig3_claims",
            "fig4_claims", "fig5_claims", "final_loss", "ics_stats", "instability", "landscape_stats"]

@@ -151,7 +151,7 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
                   "over the batch (and positions), divide by the batch average of each sample's "
                   "power-mean l_p norm over the layer's units, (mean_j |c_j|^p)^(1/p) (max for "
                   "p = inf); one scale per layer, learnable gamma and beta per unit (training.models.LpNorm).", ""]
-    lines += ["## The paper's claims, checked", ""] + [c.line() for c in claims]
+    lines += ["## The paper's claims, checked", ""] + [C.claim_line(c) for c in claims]
     lines += ["", f"figure.png redraws from the metrics alone: `python -m training plot {run_dir}`.", ""]
     (Path(run_dir) / "summary.md").write_text("\n".join(lines))
 
