@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     reproduce.add_args(p)
     args = parser.parse_args(argv)
     if args.command == "plot":
-        from .figures import replot
+        from .figures import replot, replot_summary
         print(replot(args.run_dir))
+        summary = replot_summary(args.run_dir)
+        if summary:
+            print(summary)
         return 0
     if args.command == "report":
         from .report import write_report

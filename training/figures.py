@@ -9,6 +9,7 @@ from pathlib import Path
 from .plotting import COLORS, dataset_title, plt, run_record, save
 from .runs import read_metrics
 from .santurkar import figures as santurkar_figures
+from .santurkar.experiments import refresh_claims
 
 LABELS = {"standard": "Without BN", "bn": "With BN"}  # Ioffe Fig. 1's own legend
 
@@ -63,3 +64,11 @@ def replot(run_dir: str | Path) -> Path:
     if exp not in PLOTTERS:
         raise ValueError(f"{run_dir}: unknown experiment {exp!r} in config.json; known: {', '.join(PLOTTERS)}")
     return PLOTTERS[exp](run_dir)
+
+
+def replot_summary(run_dir: str | Path) -> Path | None:
+    """Recompute the claims of a run's summary.md where its experiment can (Santurkar's figures:
+    the claims are pure functions of the metrics); None otherwise."""
+    if str(run_record(Path(run_dir)).get("experiment", "")).startswith("santurkar-"):
+        return refresh_claims(run_dir)
+    return None

@@ -184,22 +184,29 @@ LANDSCAPE_MEASURES = (("loss_range", "loss range along the gradient (max - min)"
                       ("beta", "effective beta-smoothness: max ||g - g'|| / distance"))
 
 
-def landscape_stats(rows: Rows) -> dict[str, float]:
-    """Medians over the probes of a run (all seeds) of each Figure 4 measure."""
-    land = kind(rows, "landscape")
+def landscape_stats(rows: Rows, until: int | None = None) -> dict[str, float]:
+    """Medians over the probes of a run (all seeds; those at steps <= ``until`` if given) of
+    each Figure 4 measure."""
+    land = [r for r in kind(rows, "landscape") if until is None or r["step"] <= until]
     return {k: median(r[k] for r in land) for k, _ in LANDSCAPE_MEASURES}
 
 
-def fig4_claims(jobs: Jobs, net: str) -> list[Claim]:
+def fig4_claims(jobs: Jobs, net: str, steps: int | None = None) -> list[Claim]:
+    """BN smoother than Standard on each measure, over all of training and (the paper: "especially
+    in the initial phases of training") over its first quarter, when ``steps`` is given."""
     claims = []
+    windows = [(None, "median over training")]
+    if steps:
+        windows.append((steps // 4, f"median over the first quarter, steps <= {steps // 4:,}"))
     for lr in sorted({lr for _, lr in jobs}):
         s, b = jobs.get(("standard", lr)), jobs.get(("bn", lr))
         if not (s and b):
             continue
-        ss, sb = landscape_stats(s), landscape_stats(b)
-        for key, what in LANDSCAPE_MEASURES:
-            claims.append(claim(f"{net} lr {lr:g}: BN smoother, lower {what} (median over training)",
-                                sb[key] < ss[key], f"BN {sb[key]:.4g} vs Standard {ss[key]:.4g}"))
+        for until, where in windows:
+            ss, sb = landscape_stats(s, until), landscape_stats(b, until)
+            for key, what in LANDSCAPE_MEASURES:
+                claims.append(claim(f"{net} lr {lr:g}: BN smoother, lower {what} ({where})",
+                                    sb[key] < ss[key], f"BN {sb[key]:.4g} vs Standard {ss[key]:.4g}"))
     return claims
 
 

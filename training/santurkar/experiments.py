@@ -134,26 +134,57 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
         lines.append("")
     lines += [f"Wall time for the whole figure (all runs side by side, data, figure): **{wall:.0f} s** "
               f"({os.cpu_count()} cores; load average at the end: {_loadavg()}).", ""]
-    claims: list[C.Claim] = []
-    if experiment == "santurkar-fig1":
-        claims = C.fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, spec.name == "cifar10")
-    elif experiment == "santurkar-fig2":
-        claims = C.fig2_claims(vgg, min(cfg.lrs), mid, end, cfg.probe_layers)
-    elif experiment == "santurkar-fig3":
+    claims = claims_for(experiment, cfg, vgg, dln)
+    if experiment == "santurkar-fig3":
         lines += _ics_table(vgg, "VGG") + _ics_table(dln, "DLN")
-        claims = C.fig3_claims(vgg, dln)
     elif experiment == "santurkar-fig4":
         lines += _landscape_table(vgg, "VGG") + _landscape_table(dln, "DLN")
-        claims = C.fig4_claims(vgg, "VGG") + C.fig4_claims(dln, "DLN")
     elif experiment == "santurkar-fig5":
-        claims = C.fig5_claims(vgg, dln, mid, end)
         lines += ["l_p normalisation (Sec. 3.3), ours where the paper is silent: centre each unit "
                   "over the batch (and positions), divide by the batch average of each sample's "
                   "power-mean l_p norm over the layer's units, (mean_j |c_j|^p)^(1/p) (max for "
                   "p = inf); one scale per layer, learnable gamma and beta per unit (training.models.LpNorm).", ""]
-    lines += ["## The paper's claims, checked", ""] + [C.claim_line(c) for c in claims]
-    lines += ["", f"figure.png redraws from the metrics alone: `python -m training plot {run_dir}`.", ""]
+    lines += [CLAIMS_HEADING, ""] + [C.claim_line(c) for c in claims]
+    lines += ["", f"figure.png redraws and these claims recompute from the metrics alone: "
+              f"`python -m training plot {run_dir}`.", ""]
     (Path(run_dir) / "summary.md").write_text("\n".join(lines))
+
+
+CLAIMS_HEADING = "## The paper's claims, checked"
+
+
+def claims_for(experiment: str, cfg, vgg: dict, dln: dict) -> list:
+    """The paper's claims of ``experiment``, checked over the run's metrics (``cfg``: the config
+    dataclass or its ``config.json`` dict)."""
+    c = cfg if isinstance(cfg, dict) else _as_dict(cfg)
+    mid, end = c["steps"] // 2, c["steps"]
+    if experiment == "santurkar-fig1":
+        return C.fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10")
+    if experiment == "santurkar-fig2":
+        return C.fig2_claims(vgg, min(c["lrs"]), mid, end, c["probe_layers"])
+    if experiment == "santurkar-fig3":
+        return C.fig3_claims(vgg, dln)
+    if experiment == "santurkar-fig4":
+        return C.fig4_claims(vgg, "VGG", c["steps"]) + C.fig4_claims(dln, "DLN", c["dln_steps"])
+    if experiment == "santurkar-fig5":
+        return C.fig5_claims(vgg, dln, mid, end)
+    raise ValueError(f"no claims for {experiment!r}")
+
+
+def refresh_claims(run_dir: str | Path) -> Path:
+    """Recompute the claims section of a run's ``summary.md`` from its metrics (the claims are
+    pure functions of them): ``python -m training plot RUN_DIR`` calls this."""
+    import json
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "config.json").read_text())
+    vgg, dln = load_jobs(run_dir, record["config"])
+    claims = claims_for(record["experiment"], record["config"], vgg, dln)
+    path = run_dir / "summary.md"
+    head = path.read_text().split(CLAIMS_HEADING, 1)[0] if path.exists() else ""
+    path.write_text(head + "\n".join([CLAIMS_HEADING, ""] + [C.claim_line(c) for c in claims] + [
+        "", f"figure.png redraws and these claims recompute from the metrics alone: "
+        f"`python -m training plot {run_dir}`.", ""]))
+    return path
 
 
 def _as_dict(cfg) -> dict:

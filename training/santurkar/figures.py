@@ -193,7 +193,7 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
         rng = "[1/2, 4]" if net == "VGG" else "[1/100, 30]"
         for ax, title in zip(row, ("(a) loss landscape", "(b) gradient predictiveness",
                                    "(c) \u201ceffective\u201d \u03b2-smoothness"), strict=True):
-            ax.set(title=f"{net}, LR={lr:g}, steps {rng} x LR: {title}", xlabel="Steps")
+            ax.set(title=f"{net} {title}", xlabel=f"Steps (LR={lr:g}; probes: {rng} x LR)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         row[0].set(yscale="log", ylabel="loss along the gradient")
