@@ -210,13 +210,23 @@ def fig4_claims(jobs: Jobs, net: str, steps: int | None = None) -> list[Claim]:
     return claims
 
 
-def final_loss(rows: Rows) -> dict[int, float]:
-    """Per seed, the DLN's last recorded loss (inf for a run that diverged)."""
+def final_loss(rows: Rows, until: int | None = None) -> dict[int, float]:
+    """Per seed, the DLN's last recorded loss (at steps <= ``until`` if given; inf for a run
+    that diverged)."""
     out = {}
     for seed, rs in _by_seed_rows(kind(rows, "loss")).items():
+        rs = [r for r in rs if until is None or r["step"] <= until]
+        if not rs:
+            continue
         last = max(rs, key=lambda r: r["step"])
         out[seed] = float("inf") if last.get("diverged") or not math.isfinite(last["loss"]) else last["loss"]
     return out
+
+
+def _last_common_step(*runs: Rows) -> int:
+    """The last step every run recorded a loss at (runs stopped early compare fairly)."""
+    ends = [max((r["step"] for r in kind(rows, "loss")), default=0) for rows in runs]
+    return min(ends)
 
 
 def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int) -> list[Claim]:
@@ -241,20 +251,22 @@ def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int) -> list[Claim]:
     for lr in sorted({lr for _, lr in dln}):
         if ("standard", lr) not in dln:
             continue
-        s = final_loss(dln[("standard", lr)])
         for p in lps:
             if (p, lr) not in dln:
                 continue
-            v = final_loss(dln[(p, lr)])
+            at = _last_common_step(dln[(p, lr)], dln[("standard", lr)])
+            v, s = final_loss(dln[(p, lr)], at), final_loss(dln[("standard", lr)], at)
             k = sum(v[seed] < s[seed] for seed in v if seed in s)
             claims.append(claim(f"DLN lr {lr:g}: {p} ends with a lower training loss than Standard",
-                                k == len(v), f"{k} of {len(v)} seeds; median {median(v.values()):.4g} vs "
-                                f"{median(s.values()):.4g}"))
+                                k == len(v), f"{k} of {len(v)} seeds; at step {at:,}: median "
+                                f"{median(v.values()):.4g} vs {median(s.values()):.4g}"))
         if ("l1", lr) in dln and ("bn", lr) in dln:
-            v, b = final_loss(dln[("l1", lr)]), final_loss(dln[("bn", lr)])
+            at = _last_common_step(dln[("l1", lr)], dln[("bn", lr)])
+            v, b = final_loss(dln[("l1", lr)], at), final_loss(dln[("bn", lr)], at)
             k = sum(v[seed] < b[seed] for seed in v if seed in b)
             claims.append(claim(f"DLN lr {lr:g}: l1 even better than BN (lower final loss)", k == len(v),
-                                f"{k} of {len(v)} seeds; median {median(v.values()):.4g} vs BN {median(b.values()):.4g}"))
+                                f"{k} of {len(v)} seeds; at step {at:,}: median {median(v.values()):.4g} "
+                                f"vs BN {median(b.values()):.4g}"))
     return claims
 
 
