@@ -142,16 +142,20 @@ def fig2_claims(jobs: Jobs, lr: float, mid: int, end: int, layers: Sequence[int]
 
 def ics_stats(rows: Rows) -> dict[str, float]:
     """Medians over measurements and the measured layers: ics_l2, ics_cosine, ics_l2 / ||G||."""
-    l2, cos, rel = [], [], []
+    l2, cos, rel, dead = [], [], [], 0
     for r in kind(rows, "ics"):
         for layer, a, c, g in zip(r["layers"], r["ics_l2"], r["ics_cosine"], r["grad_norm"], strict=True):
             if layer == 1:
                 continue  # G' = G by definition
+            if g == 0:
+                dead += 1  # G = 0 (dead ReLUs): the angle is undefined, the measurement is left out
+                continue
             l2.append(a)
             cos.append(c)
             rel.append(a / g if g > 0 else float("nan"))
     return {"ics_l2": median(l2), "ics_cosine": median(cos), "ics_rel": median(rel),
-            "min_cosine": min((c for c in cos if math.isfinite(c)), default=float("nan"))}
+            "min_cosine": min((c for c in cos if math.isfinite(c)), default=float("nan")),
+            "zero_grad": dead}
 
 
 def fig3_claims(vgg: Jobs, dln: Jobs) -> list[Claim]:
@@ -172,10 +176,12 @@ def fig3_claims(vgg: Jobs, dln: Jobs) -> list[Claim]:
         s, b = vgg.get(("standard", lr)), vgg.get(("bn", lr))
         if s and b:
             cs, cb = ics_stats(s), ics_stats(b)
+            dead = (f"; Standard's gradient was exactly 0 (dead ReLUs) at {cs['zero_grad']} layer "
+                    "measurements, left out" if cs["zero_grad"] else "")
             claims.append(claim(f"VGG lr {lr:g}: BN does not reduce ICS (BN's median cosine not above "
                                 "Standard's by more than 0.02)", cb["ics_cosine"] <= cs["ics_cosine"] + 0.02,
                                 f"BN {cb['ics_cosine']:.4f} vs Standard {cs['ics_cosine']:.4f}; "
-                                f"l2/||G|| BN {cb['ics_rel']:.4g} vs Standard {cs['ics_rel']:.4g}"))
+                                f"l2/||G|| BN {cb['ics_rel']:.4g} vs Standard {cs['ics_rel']:.4g}{dead}"))
     return claims
 
 
