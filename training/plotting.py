@@ -24,7 +24,7 @@ def run_record(run_dir: Path) -> dict:
 
 
 def save(fig, run_dir: Path, out: str | Path | None, dpi: int = 100) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
     out = Path(out) if out else Path(run_dir) / "figure.png"
     fig.savefig(out, dpi=dpi)
     plt.close(fig)

@@ -157,7 +157,7 @@ def plot_fig3(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     ax.set_yscale("log")
                     ax.set_title(f"{net}, LR = {lr:g}: Layer #{layer}")
                 else:
-                    ax.set_ylim(-0.05, 1.05)
+                    ax.set_ylim(-1.05, 1.05)
                 ax.set(ylabel=ylabel, xlabel="Steps")
                 ax.grid(alpha=0.3)
     fig.suptitle(_title("3", "internal covariate shift (Def. 2.1)", record)
