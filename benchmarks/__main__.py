@@ -43,7 +43,40 @@ def render(results: list[dict], command: str, targets: str = "") -> str:
         out += [f"## {TITLES[r['name']]}", "", r.get("intro", "").strip(), "", r["table"], ""]
         if r.get("note"):
             out += [r["note"], ""]
+        for title, body in r.get("sections", []):
+            out += [f"### {title}", "", body.strip(), ""]
     return "\n".join(line for line in out) + "\n"
+
+
+def _sections(page: str) -> list[tuple[str, str]]:
+    """(heading, text) of each "## " section, in order; the preamble has heading ""."""
+    out, head, lines = [], "", []
+    for line in page.splitlines(keepends=True):
+        if line.startswith("## "):
+            out.append((head, "".join(lines)))
+            head, lines = line[3:].strip(), []
+        lines.append(line)
+    out.append((head, "".join(lines)))
+    return out
+
+
+def merge_page(old: str, new: str, titles: list[str]) -> str:
+    """``old`` with the sections named ``titles`` taken from ``new``, and the Targets table's
+    rows that ``new`` measured replaced (rows of suites not run stay, with their numbers)."""
+    new_sections = dict(_sections(new))
+    out = []
+    for head, text in _sections(old):
+        if head in titles and head in new_sections:
+            text = new_sections[head]
+        elif head == "Targets" and "Targets" in new_sections:
+            fresh = [ln for ln in new_sections["Targets"].splitlines() if ln.startswith("| ") and "---" not in ln]
+            keys = {ln.split("|")[1].strip(): ln for ln in fresh}
+            kept = [ln for ln in text.splitlines() if not (ln.startswith("| ") and ln.split("|")[1].strip() in keys)]
+            header_end = next(i for i, ln in enumerate(kept) if ln.startswith("|---"))
+            rows = [ln for ln in kept[header_end + 1:] if ln.startswith("| ")]
+            text = "\n".join(["## Targets", "", fresh[0], kept[header_end], *rows, *fresh[1:], "", ""])
+        out.append(text)
+    return "".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + targets, flush=True)
     if args.write:
         cmd = "python -m benchmarks " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(render(results, cmd, targets))
+        page = render(results, cmd, targets)
+        path = Path(args.write)
+        if args.suite != "all" and path.is_file():  # one suite: the rest of the page stays
+            page = merge_page(path.read_text(), page, [TITLES[n] for n in names])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page)
         print(f"\nwrote {args.write}")
     return 0
 

@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,15 +41,20 @@ def free_port() -> int:
 
 
 class Server:
-    """``bentoml serve`` in a subprocess of its own session; stopped with its whole tree."""
+    """``bentoml serve`` (or ``python -m <module> ... PORT``, a peer) in a subprocess of its own
+    session; stopped with its whole tree."""
 
-    def __init__(self, target: str, env: dict):
+    def __init__(self, target: str, env: dict, module: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        # its own BENTOML_HOME: a `bentoml serve` starting empties the Prometheus directory there,
+        # which would wipe the /metrics of a server already running (the peers run several)
+        self.home = tempfile.mkdtemp(prefix="bnserve-bench-home-")
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self.home, **env}
+        argv = ([sys.executable, "-m", module, target, str(self.port)] if module else
+                [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)])
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
         self._stderr_tail: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
         self.peak_rss = 0
@@ -95,6 +101,8 @@ class Server:
         threading.Thread(target=loop, daemon=True).start()
 
     def stop(self):
+        import shutil
+
         self._sampling = False
         try:
             os.killpg(self.proc.pid, 15)
@@ -104,6 +112,7 @@ class Server:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def batch_stats(metrics_text: str) -> tuple[float, float]:
@@ -270,6 +279,11 @@ def run(quick: bool = False) -> dict:
     for label, path, image in models:
         res, floors[label] = run_model(label, path, image, seconds)
         results += res
+    from . import serving_peers
+
+    print("  peers side by side on the default model, then open-loop overload ...", flush=True)
+    peers = serving_peers.run(default, models[0][2], seconds)
+    print(peers["table"] + "\n\n" + peers["overload_table"], flush=True)
     noop = Server("benchmarks.noop_service:Noop", {})
     try:  # what BentoML itself costs per request here: the same upload, no work at all
         floor_http = measure("BentoML no-op API", noop, models[0][2], seconds, levels=(1,))[0]
@@ -287,7 +301,9 @@ def run(quick: bool = False) -> dict:
                          round(r["peak_rss_mb"])])
     table = markdown_table(["model", "service", "concurrency", "req/s", "vs naive", "p50 ms", "p99 ms",
                             "errors / requests", "mean batch", "peak RSS MB"], rows)
-    notes = [f"{seconds:.0f} s per level; closed-loop asyncio (aiohttp) client in the benchmark process, "
+    notes = [f"Measured {time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.1f} at the end "
+             "(other jobs shared the 2 cores: compare rows of one table, not across pages).",
+             f"{seconds:.0f} s per level; closed-loop asyncio (aiohttp) client in the benchmark process, "
              "sharing the CPU with the server.",
              f"BentoML's floor for an ``@bentoml.api`` endpoint, a no-op API taking the same multipart upload "
              f"(benchmarks/noop_service.py), same client: p50 {floor_http['p50_ms']:.2f} ms, p99 "
@@ -299,5 +315,9 @@ def run(quick: bool = False) -> dict:
         notes.append(f"{label}: in-process ONNX Runtime p50 on the same prepared image, service's session settings, "
                      f"{floors[label]:.3f} ms; ours at concurrency 1 p50 {c1['p50_ms']:.2f} ms "
                      f"(+{c1['p50_ms'] - floors[label]:.2f} ms for HTTP, multipart, decoding and batching).")
+    sections = [("Peers, side by side (default model)", serving_peers.__doc__.strip() + "\n\n" + peers["table"]
+                 + "\n\n" + peers["note"]),
+                ("Open-loop overload at 2x capacity (ours, default model)", peers["overload_table"])]
     return {"name": "serving", "results": results, "table": table, "note": " ".join(notes),
-            "intro": __doc__, "inprocess_p50_ms": floors, "bentoml_noop": floor_http}
+            "intro": __doc__, "inprocess_p50_ms": floors, "bentoml_noop": floor_http, "peers": peers,
+            "sections": sections}

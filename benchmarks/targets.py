@@ -47,6 +47,26 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
                         c32["errors"] == 0))
             out.append(("Serving, concurrency 32: p99 under 150 ms", f"{c32['p99_ms']:.1f} ms",
                         c32["p99_ms"] < 150))
+    peers = (serving or {}).get("peers")
+    if peers:  # issue #14, on the default model
+        t = peers["totals"]
+        ours = next(k for k in t if k.startswith("ours, ") and "default" in k and k.endswith(" c=32"))
+        rps = {k: v["ok"] / v["wall"] for k, v in t.items()}
+        tuned = next((v for k, v in rps.items() if k.startswith("LitServe, tuned") and k.endswith(" c=32")), None)
+        floors = [(k, v) for k, v in rps.items() if k.startswith("bare uvicorn") and k.endswith(" c=32")]
+        if tuned:
+            out.append(("Peers, concurrency 32: ours at least 1.5x tuned LitServe",
+                        f"{rps[ours]:.0f} vs {tuned:.0f} req/s = {rps[ours] / tuned:.2f}x", rps[ours] >= 1.5 * tuned))
+        for k, v in floors:  # the same number of processes as ours: 1 worker vs 1, default vs default
+            mine = "ours, 1 worker c=32" if ", 1 process" in k else ours
+            if mine in rps:
+                out.append((f"Peers, concurrency 32: {mine[:-5]} at least 0.8x the floor, {k.split('), ')[1][:-5]}",
+                            f"{rps[mine]:.0f} vs {v:.0f} req/s = {rps[mine] / v:.2f}x", rps[mine] >= 0.8 * v))
+        o = peers["overload"]
+        lost = sum(v for k, v in o["kinds"].items() if k not in ("ok", "shed"))
+        out.append(("Overload at 2x capacity: admitted p99 under 500 ms, the rest 503, none reset or timed out",
+                     f"p99 {o['ok_p99_ms']:.0f} ms; {o['kinds'].get('shed', 0)} shed; {lost} other",
+                     o["ok_p99_ms"] < 500 and lost == 0))
     training = by_suite.get("training")
     if training:
         mlps = [r for r in training["results"] if r["case"].startswith("Ioffe MLP")]
@@ -60,4 +80,4 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
 
 def render(by_suite: dict[str, dict]) -> str:
     rows = [[t, m, "met" if ok else "**missed**"] for t, m, ok in check(by_suite)]
-    return markdown_table(["target (issue #6, full VGG-11 + BN at 32x32)", "measured in this run", ""], rows) if rows else ""
+    return markdown_table(["target (issue #6: full VGG-11 + BN at 32x32; #14: default model)", "measured in this run", ""], rows) if rows else ""

@@ -31,7 +31,7 @@ import torch
 from serving.contract import FORMAT, METADATA_KEY, ContractError, check_model
 from serving.contract import read_metadata as contract_metadata
 from training.checkpoint import file_sha256, load_checkpoint
-from training.data import DatasetNotFoundError, load_dataset
+from training.data import DatasetNotFoundError, get_spec, load_dataset
 from training.runs import git_revision, project_version
 
 from .errors import ExportError
@@ -80,6 +80,13 @@ def model_input_shape(config: dict, data: dict) -> tuple[int, ...]:
         raise ExportError(f"checkpoint is inconsistent: model expects {config.get('in_channels')}x"
                           f"{config.get('image_size')} px input, data facts say {c}x{s}; re-save it.")
     return (c, s, s)
+
+
+def input_convention(data: dict) -> dict:
+    """How the training images were made (training/data.py), for serving's conversion of photos
+    and scans. Checkpoints saved before the facts carried it get their dataset's current facts."""
+    convention = data.get("input_convention") or get_spec(data["dataset"]).input_convention
+    return dict(convention)
 
 
 def parity_inputs(data: dict, input_shape: tuple[int, ...], data_dir=None,
@@ -228,6 +235,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
                       "channels": shape[0], "height": shape[1], "width": shape[2],
                       "dtype": "float16" if fp16 else "float32", "layout": "NCHW"},
             "normalization": {"mean": list(data["mean"]), "std": list(data["std"])},
+            "input_convention": input_convention(data),
             "output": {"name": OUTPUT_NAME, "shape": [None, len(data["classes"])]},
             "test_accuracy": ckpt.get("test_accuracy"),
             "source_checkpoint": {"file": checkpoint.name, "sha256": file_sha256(checkpoint),

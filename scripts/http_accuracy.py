@@ -8,6 +8,16 @@ Each test image is sent as a PNG file (lossless, 28x28 L) to /classify; the same
 through the checkpoint's PyTorch model in eval mode via training's own normalisation (the
 training-evaluation path). Prints both accuracies, the number of images where they differ and
 the largest difference between the two top-1 probabilities.
+
+With ``--photos``, the same test images are also rendered as photos or scans
+(scripts/make_photos.py: light backgrounds, 100-1,000 px, non-square, JPEG and PNG) and sent
+as they are; the photo accuracy is printed next to the dataset-form accuracy:
+
+    .venv/bin/python -m scripts.http_accuracy --n 1000 --photos --photo-seed 1
+    .venv/bin/python -m scripts.http_accuracy --photos-dir DIR   # a set made elsewhere (labels.csv)
+
+The exit status is 1 when the dataset-form answers differ from PyTorch's, or the photo accuracy
+is more than ``--max-photo-gap`` (default 0.04) below the dataset-form accuracy.
 """
 
 from __future__ import annotations
@@ -60,12 +70,57 @@ def http_vs_torch(url: str, checkpoint: str, n: int = 1000, concurrency: int = 8
             "max_prob_diff": float(np.abs(http_prob - torch_prob[np.arange(len(labels)), http_pred]).max(initial=0))}
 
 
+def photo_accuracy(url: str, items: list[tuple[bytes, int]], concurrency: int = 8,
+                   convert: str = "auto") -> dict:
+    """HTTP accuracy on (file bytes, label) pairs, and how many the service converted."""
+    with httpx.Client(base_url=url, timeout=60) as client:
+        def classify(item: tuple[bytes, int]) -> tuple[int, str]:
+            r = client.post("/classify", params={"convert": convert}, files={"image": ("photo", item[0])})
+            r.raise_for_status()
+            return r.json()["index"], r.json()["converted"]
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            answers = list(pool.map(classify, items))
+    pred = np.array([a[0] for a in answers])
+    labels = np.array([label for _, label in items])
+    converted = [a[1] for a in answers]
+    return {"n": len(items), "photo_accuracy": float((pred == labels).mean()) if items else float("nan"),
+            "converted": {c: converted.count(c) for c in sorted(set(converted))}}
+
+
+def rendered_photos(checkpoint: str, n: int, seed: int, data_dir: str | None = None) -> list[tuple[bytes, int]]:
+    """The first ``n`` test images of the checkpoint's dataset rendered as photos (make_photos)."""
+    from scripts.make_photos import render_photo
+    from training.checkpoint import load_checkpoint
+    from training.data import load_dataset
+
+    _, ckpt = load_checkpoint(checkpoint)
+    ds = load_dataset(ckpt["data"]["dataset"], data_dir=data_dir, download=False, progress=False)
+    rng = np.random.default_rng(seed)
+    images, labels = ds.test.images[:n, 0].numpy(), ds.test.labels[:n].numpy()
+    return [(render_photo(image, rng)[0], int(label)) for image, label in zip(images, labels, strict=True)]
+
+
+def photos_from_dir(directory: str) -> list[tuple[bytes, int]]:
+    from pathlib import Path
+
+    from scripts.make_photos import read_labels
+
+    return [(path.read_bytes(), label) for path, label in read_labels(Path(directory))]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--checkpoint", default="models/default/checkpoint.pt")
     p.add_argument("--data-dir", default=None, help="where the test images are (see README)")
+    p.add_argument("--photos", action="store_true", help="also send the test images rendered as photos")
+    p.add_argument("--photo-seed", type=int, default=1, help="seed of the photo rendering")
+    p.add_argument("--photos-dir", default=None, help="send these photos (make_photos layout) instead")
+    p.add_argument("--convert", default="auto", choices=("auto", "dataset", "none"),
+                   help="the convert option sent with each photo")
+    p.add_argument("--max-photo-gap", type=float, default=0.04)
     args = p.parse_args(argv)
     if urlparse(args.url).hostname not in ("127.0.0.1", "localhost"):
         p.error("runs against 127.0.0.1 / localhost only")
@@ -74,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
           f"PyTorch eval-mode accuracy {r['torch_accuracy']:.4f}, "
           f"{r['disagreements']} images answered differently, max top-1 probability "
           f"difference {r['max_prob_diff']:.2g}")
-    return 0 if r["disagreements"] == 0 else 1
+    ok = r["disagreements"] == 0
+    if args.photos or args.photos_dir:
+        items = (photos_from_dir(args.photos_dir) if args.photos_dir
+                 else rendered_photos(args.checkpoint, args.n, args.photo_seed, args.data_dir))
+        ph = photo_accuracy(args.url, items, convert=args.convert)
+        where = args.photos_dir or f"the same test images rendered as photos (seed {args.photo_seed})"
+        gap = r["http_accuracy"] - ph["photo_accuracy"]
+        print(f"{ph['n']} photos, {where}: HTTP accuracy {ph['photo_accuracy']:.4f} "
+              f"(dataset form {r['http_accuracy']:.4f}, gap {gap:+.4f}; converted {ph['converted']}; "
+              f"convert={args.convert})")
+        ok = ok and gap <= args.max_photo_gap
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Write models/default/MODEL_CARD.md from a training run directory and the exported model.
+"""Write a model directory's MODEL_CARD.md from a training run directory and the exported model.
 
     .venv/bin/python -m scripts.model_card runs/default-model models/default
+    .venv/bin/python -m scripts.model_card runs/mnist-model models/mnist
 
 Everything in the card is read from files (the run's config.json, summary.md, metrics.jsonl and
 export.txt, the ONNX file's own metadata): nothing is typed by hand.
@@ -21,6 +22,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def intended_use(meta: dict) -> str:
+    """What the model takes, from its input_convention (serving/preprocess.py converts photos)."""
+    pipeline = (meta.get("input_convention") or {}).get("pipeline")
+    if pipeline == "fashion-mnist":
+        return ("One garment per image. Dataset-form images (light on black, 28x28) are used as they are;\n"
+                "a product photo on a light background is converted the way Fashion-MNIST was made\n"
+                "(Xiao et al. 2017, Sec. 2: trim, fit, sharpen, centre, negate; serving/preprocess.py).")
+    if pipeline == "mnist":
+        return ("One handwritten digit per image. Dataset-form images (white on black, 28x28) are used as\n"
+                "they are; a scan or photo of dark ink on light paper is converted the way MNIST was made\n"
+                "(negate, 20x20 box, centre of mass at the centre; serving/preprocess.py).")
+    return "Images like the training set's; see serving/preprocess.py for how uploads are converted."
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
@@ -37,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parity = meta["parity"]
     env = cfg.get("environment", {})
     curve = "\n".join(f"| {m['step']} | {m.get('test_accuracy')} | {m.get('elapsed_s')} |" for m in metrics)
-    card = f"""# Default model: {meta['model']['name']} + BN (width {meta['model']['config']['width']}) on {meta['dataset']}
+    default = out.resolve() == (Path(__file__).resolve().parent.parent / "models" / "default")
+    intro = ("The model `make serve` serves when `BNSERVE_MODEL` is not set. Regenerate with "
+             "`make default-model`\n(train, export, this card).") if default else (
+             f"Serve it with `BNSERVE_MODEL={onnx_path} make serve`.")
+    card = f"""# {'Default model' if default else 'Model'}: {meta['model']['name']} + BN (width {meta['model']['config']['width']}) on {meta['dataset']}
 
-The model `make serve` serves when `BNSERVE_MODEL` is not set. Regenerate with `make default-model`
-(train, export, this card). Written by `python -m scripts.model_card`; every number below is read
+{intro} Written by `python -m scripts.model_card`; every number below is read
 from the run's files and the ONNX file's metadata.
 
 ## How it was made
@@ -69,9 +87,7 @@ from the run's files and the ONNX file's metadata.
   ONNX Runtime {parity['ort_graph_optimization']} on {parity.get('ort_provider')}, batch sizes {parity['batch_sizes']}
 
 ## Intended use and limits
-Images like Fashion-MNIST's: one garment, light on a black background, centred. The service
-converts any image to 28x28 grayscale (alpha onto black, letterboxed, bilinear), but a photo of a
-dark object on a white background is the negative of what this model saw and will be misread.
+{intended_use(meta)}
 """
     if export_txt:
         card += f"\n## Exporter report\n```\n{export_txt}\n```\n"

@@ -8,7 +8,10 @@ A file is servable when:
   model's local functions (``model.functions``, which torch.onnx's dynamo exporter can emit);
 - ``metadata_props[METADATA_KEY]`` is a JSON object with ``format == FORMAT``,
   ``parity.passed is true``, an image input spec (channels 1 or 3, height, width, dtype),
-  ``normalization`` mean/std with one value per channel, and at least one class.
+  ``normalization`` mean/std with one value per channel, and at least one class;
+  ``input_convention`` (how the training images were made, for converting photos and scans),
+  when present, is an object whose ``pipeline`` is one of PIPELINES. Files exported before it
+  existed have none: the service then converts nothing (``"converted": "none"``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCHNORM = "BatchNormalization"
 INPUT_DTYPES = ("float32", "float16")
+# The dataset conversions serving/preprocess.py knows (training/data.py's input_convention facts).
+PIPELINES = ("fashion-mnist", "mnist", "cifar10")
 
 
 class ContractError(ValueError):
@@ -41,6 +46,7 @@ class ServingSpec:
     std: tuple[float, ...]
     classes: tuple[str, ...]
     dtype: str  # of the input: "float32" or "float16"
+    input_convention: dict | None = None  # {"pipeline", "background"}; None: files before it
 
 
 # --- the node walk --------------------------------------------------------------------------
@@ -108,7 +114,13 @@ def check_metadata(meta) -> ServingSpec:
         raise ContractError(f"inconsistent metadata (height={height}, width={width}, std={std})")
     if dtype not in INPUT_DTYPES:
         raise ContractError(f"input dtype {dtype!r}, expected one of {', '.join(INPUT_DTYPES)}")
-    return ServingSpec(channels, height, width, mean, std, classes, dtype)
+    convention = meta.get("input_convention")
+    if convention is not None and (not isinstance(convention, dict)
+                                   or convention.get("pipeline") not in PIPELINES):
+        raise ContractError(f"input_convention must be an object whose pipeline is one of "
+                            f"{', '.join(PIPELINES)}, got {convention!r}")
+    return ServingSpec(channels, height, width, mean, std, classes, dtype,
+                       dict(convention) if convention is not None else None)
 
 
 def check_graph(model) -> None:

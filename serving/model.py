@@ -47,6 +47,7 @@ class ModelInfo:
     std: tuple[float, ...]
     classes: tuple[str, ...]
     dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
+    input_convention: dict | None = None  # how the training images were made (contract.py)
 
 
 def read_model(path: str | os.PathLike) -> ModelInfo:
@@ -71,7 +72,7 @@ def read_model(path: str | os.PathLike) -> ModelInfo:
     except ContractError as e:
         raise ModelError(f"{path}: {e} (contract: docs/ARTIFACTS.md); {hint}") from e
     return ModelInfo(path, meta, spec.channels, spec.height, spec.width, spec.mean, spec.std,
-                     spec.classes, np.dtype(spec.dtype))
+                     spec.classes, np.dtype(spec.dtype), spec.input_convention)
 
 
 # --- execution provider ---------------------------------------------------------------------------
@@ -93,11 +94,16 @@ def choose_providers(available: list[str], want: str = "auto") -> list[str]:
 
 
 def default_threads() -> int:
-    """Cores this process may use (the affinity mask, so containers and taskset are respected)."""
+    """Cores this process may use (affinity mask and cgroup CPU quota), divided among the
+    BNSERVE_WORKERS worker processes: more threads than cores would only make the workers'
+    ONNX Runtime runs preempt one another."""
+    from .lifecycle import available_cores, workers_from_env
+
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        workers = workers_from_env()
+    except ValueError:
+        workers = 1  # the service refuses a bad BNSERVE_WORKERS itself
+    return max(1, available_cores() // workers)
 
 
 class OnnxClassifier:

@@ -1,6 +1,6 @@
 """The BentoML service: ``bentoml serve`` (bentofile.yaml) or ``bentoml serve serving.service:BnServe``.
 
-One service, one process: ``POST /classify`` reads the upload itself (multipart field
+One service, one process per worker: ``POST /classify`` reads the upload itself (multipart field
 ``image``, or a raw ``image/*`` body) with a byte limit, decodes and checks the image with
 Pillow (on the event loop when it is small, else in a worker thread), and answers every bad
 input with a 4xx JSON body
@@ -18,7 +18,11 @@ Settings (environment): BNSERVE_MODEL (default models/default/model.onnx), BNSER
 process may use), BNSERVE_MAX_BYTES (request body limit, default 8 MiB), BNSERVE_MAX_PIXELS
 (default 25 000 000), BNSERVE_MAX_BATCH_SIZE (default 64; 1 turns batching off),
 BNSERVE_ORT_SPIN (0: ONNX Runtime's threads do not spin-wait; default 1), BNSERVE_TRACE (1: let
-BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them).
+BentoML's OpenTelemetry middleware make spans for /classify; by default it skips them), and for
+traffic (serving/admission.py, serving/lifecycle.py): BNSERVE_WORKERS (worker processes, default
+one per available core), BNSERVE_MAX_WAIT_MS and BNSERVE_MAX_INFLIGHT (load shedding: 503 +
+Retry-After), BNSERVE_BODY_TIMEOUT (408 for a silent upload), BNSERVE_DRAIN_TIMEOUT (SIGTERM ->
+exit bound).
 
 Over HTTP, ``ClassifyRoute`` (an ASGI middleware at the end of this file) answers
 ``POST /classify`` ahead of BentoML's router and API dispatch; the ``@bentoml.api`` declaration
@@ -30,25 +34,51 @@ stops walking the ~100,000 objects of the imports and the model.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import gc
+import io
 import logging
 import os
+import time
 import typing as t
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import bentoml
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from .admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_WAIT_MS, Admission
 from .batching import MicroBatcher
 from .bentoml_fixes import fix_timeout_timer_leak
+from .lifecycle import (
+    Drain,
+    IdleTimer,
+    SettingError,
+    Traffic,
+    body_timeout_s,
+    drain_timeout_s,
+    env_seconds,
+    open_front_door,
+    workers_from_env,
+)
 from .model import ModelError, OnnxClassifier, answer, model_path_from_env
-from .preprocess import DEFAULT_MAX_PIXELS, InputError, prepare_image
+from .page import page_html
+from .preprocess import (
+    CONVERT_MODES,
+    DEFAULT_MAX_PIXELS,
+    InputError,
+    convert_image,
+    decode_image,
+    normalize_uint8,
+)
 
 logger = logging.getLogger("bentoml.bnserve")
 
@@ -68,6 +98,8 @@ RAW_TYPES = ("image/", "application/octet-stream")
 HOW_TO_SEND = ("send multipart/form-data with one file field 'image' (curl -F image=@photo.png) "
                "or the image itself as the body with Content-Type image/* "
                "(curl --data-binary @photo.png -H 'Content-Type: image/png')")
+ConvertMode = t.Literal["auto", "dataset", "none"]
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -110,7 +142,9 @@ def refuse_to_start(service: str, error: Exception) -> t.NoReturn:
 
 
 def error_response(e: InputError) -> JSONResponse:
-    return JSONResponse(e.to_json(), status_code=e.status)
+    # 408: the rest of a stalled body may still come; closing the connection discards it
+    headers = {"Connection": "close"} if e.status == 408 else None
+    return JSONResponse(e.to_json(), status_code=e.status, headers=headers)
 
 
 # --- reading the upload ---------------------------------------------------------------------------
@@ -128,25 +162,64 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared_size > limit:
             raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    silence = IdleTimer(body_timeout_s())  # an upload silent that long gets 408, not a held slot
+    try:
+        async for chunk in request.stream():
+            silence.restart()
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if not silence.fired():
+            raise
+        raise InputError(408, "body_timeout", f"the upload sent nothing for {silence.seconds:g} s after {size} "
+                                              "bytes (BNSERVE_BODY_TIMEOUT); send the whole image without pausing") from None
+    finally:
+        silence.stop()
     return b"".join(chunks)
 
 
-async def read_image_upload(request: Request, limit: int) -> bytes:
-    """The image file bytes of a /classify request: multipart field ``image`` or a raw body."""
+@dataclass(frozen=True)
+class Upload:
+    """One /classify request as read by read_image_upload: the image file's bytes and the options
+    (query parameters or form fields ``convert`` and ``show_input``)."""
+
+    image: bytes
+    convert: str = "auto"  # one of CONVERT_MODES (serving/preprocess.py)
+    show_input: bool = False  # also answer with the model's input as a PNG data URL
+
+
+def parse_options(values: t.Mapping[str, str]) -> dict:
+    """``convert`` and ``show_input`` from query parameters or form fields, checked (400)."""
+    options = {}
+    if "convert" in values:
+        convert = str(values["convert"]).strip().lower()
+        if convert not in CONVERT_MODES:
+            raise InputError(400, "bad_convert", f"convert must be one of {', '.join(CONVERT_MODES)}, "
+                                                 f"got {values['convert']!r}")
+        options["convert"] = convert
+    if "show_input" in values:
+        word = str(values["show_input"]).strip().lower()
+        if word not in TRUE_WORDS + FALSE_WORDS:
+            raise InputError(400, "bad_show_input", f"show_input must be true or false, got {values['show_input']!r}")
+        options["show_input"] = word in TRUE_WORDS
+    return options
+
+
+async def read_image_upload(request: Request, limit: int) -> Upload:
+    """A /classify request: the image (multipart field ``image`` or a raw body) and its options
+    (query parameters; in a form, fields of the same names win)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "multipart/form-data" and not media_type.startswith(RAW_TYPES):
         got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
         raise InputError(415, "unsupported_media_type", f"got {got}; {HOW_TO_SEND}")
+    options = parse_options(request.query_params)
     body = await read_body(request, limit)
     if media_type != "multipart/form-data":
         if not body:
             raise InputError(400, "empty_image", f"the request body is empty; {HOW_TO_SEND}")
-        return body
+        return Upload(body, **options)
 
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -171,12 +244,13 @@ async def read_image_upload(request: Request, limit: int) -> bytes:
         data = await value.read()
         if not data:
             raise InputError(400, "empty_image", "the uploaded file 'image' is empty (0 bytes)")
-        return data
+        fields = {k: v for k in ("convert", "show_input") if isinstance(v := form.get(k), str)}
+        return Upload(data, **{**options, **parse_options(fields)})
     finally:
         await form.close()
 
 
-async def upload_or_error(request: Request) -> bytes | InputError:
+async def upload_or_error(request: Request) -> Upload | InputError:
     """read_image_upload with the body limit of BNSERVE_MAX_BYTES; a bad upload comes back as
     its InputError, for ``BnServe.respond`` to answer."""
     try:
@@ -185,21 +259,20 @@ async def upload_or_error(request: Request) -> bytes | InputError:
         return e
 
 
-# /classify's input. The schema (OpenAPI, BentoML clients) is a multipart file field `image`; the
-# parsing is ours (read_image_upload): BentoML's own multipart parsing answers 500 for a text value
-# in a file field (it fetches it as a URL), has no size limit and accepts no raw body.
-class ClassifyInput(bentoml.IODescriptor):
-    """One image file: multipart field `image`, or the raw body with Content-Type image/*."""
-
-    image: t.Annotated[Path, bentoml.validators.ContentType("image/*")] = Field(
-        description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM)")
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: t.Any) -> ClassifyInput:
-        # an InputError is answered as JSON by respond(); raising here would give BentoML's format
-        return cls.model_construct(image=await upload_or_error(request))
+# /classify's request as the OpenAPI schema and BentoML clients see it (ClassifyRoute parses it).
+ImageFile = t.Annotated[Path, bentoml.validators.ContentType("image/*"), Field(
+    description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM); over HTTP also the raw "
+                "body with Content-Type image/*")]
+ConvertOption = t.Annotated[ConvertMode, Field(description=(
+    "auto: convert a light-background photo or scan the way the model's dataset was made, leave "
+    "dataset-like images as they are; dataset: always convert; none: never. Also accepted as the "
+    "query parameter ?convert="))]
+ShowInputOption = t.Annotated[bool, Field(description=(
+    "also answer with the model's input after conversion (input_image). Also accepted as the "
+    "query parameter ?show_input=true"))]
 
 
+# /classify's answer, as JSON; the OpenAPI schema shows these models.
 class Choice(BaseModel):
     label: str
     index: int
@@ -207,7 +280,24 @@ class Choice(BaseModel):
 
 
 class Prediction(Choice):
-    top: list[Choice]
+    """The top class (label, index, probability), the top 5, and how the upload was converted."""
+
+    top: list[Choice] = Field(description="the 5 most probable classes, most probable first")
+    converted: t.Literal["photo", "none"] = Field(
+        description="'photo': the dataset's own conversion was applied (a light-background photo "
+                    "or scan: trimmed, fitted, centred, negated; serving/preprocess.py); 'none': "
+                    "the image was only resized to the model's input, as a dataset image is")
+    input_image: str | None = Field(
+        None, description="with show_input=true: the model's input (after conversion) as a "
+                          "data:image/png;base64 URL")
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    """uint8 (C, H, W) -> a data:image/png;base64 URL (gray for 1 channel, RGB for 3)."""
+    img = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -224,12 +314,28 @@ def _batch_size_histogram():
                      buckets=BATCH_BUCKETS)
 
 
+def current_service() -> BnServe | None:
+    """The BnServe instance BentoML created in this process (None before it exists): BentoML's
+    own handle (set when its app starts), so this module keeps none of its own."""
+    try:
+        return bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:
+        return None
+
+
 async def _model_view(request: Request) -> JSONResponse:
-    service: BnServe = request.app.state.service
+    service = current_service()
+    if service is None:
+        return JSONResponse({"error": "not_ready", "detail": "the model is still loading"}, status_code=503)
     return JSONResponse(service.describe())
 
 
-_extra_routes = Starlette(routes=[Route("/model", _model_view, methods=["GET"])])
+async def _test_page(request: Request) -> HTMLResponse:
+    return HTMLResponse(page_html())
+
+
+_extra_routes = Starlette(routes=[Route("/model", _model_view, methods=["GET"]),
+                                  Route("/ui", _test_page, methods=["GET"])])
 
 
 def tracing_config() -> dict:
@@ -239,7 +345,25 @@ def tracing_config() -> dict:
     return {} if os.environ.get("BNSERVE_TRACE") == "1" else {"excluded_urls": ["/classify"]}
 
 
-@bentoml.service(name="bnserve", workers=1, traffic={"timeout": 60}, tracing=tracing_config())
+def _traffic_counters():
+    """Prometheus counters for what the traffic handling refused or dropped (serving/lifecycle.py)."""
+    from prometheus_client import Counter
+
+    counters = {"shed": Counter("bnserve_shed", "Requests refused with 503 because the server was at capacity"),
+                "client_gone": Counter("bnserve_client_gone", "Requests dropped because the client disconnected")}
+    return lambda name: counters[name].inc()
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return env_seconds(name, default)
+    except SettingError as e:
+        raise ModelError(str(e)) from None
+
+
+# BentoML's traffic timeout stays as a last resort; BNSERVE_BODY_TIMEOUT, the admission limit and
+# the drain bound (serving/lifecycle.py) answer long before it.
+@bentoml.service(name="bnserve", workers=workers_from_env(), traffic={"timeout": 60}, tracing=tracing_config())
 @bentoml.asgi_app(_extra_routes, path="/", name="bnserve-model-info")
 class BnServe:
     """POST /classify one image -> {label, index, probability, top}; GET /model.
@@ -251,67 +375,104 @@ class BnServe:
         try:
             self.max_pixels = max_pixels()
             max_bytes()  # a bad BNSERVE_MAX_BYTES fails now, not at the first request
+            body_timeout_s()  # likewise BNSERVE_BODY_TIMEOUT
+            drain_s = drain_timeout_s()
+            max_wait_s = _env_float("BNSERVE_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS) / 1e3
+            max_inflight = _env_int("BNSERVE_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT)
             batch = _env_int("BNSERVE_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
             self.model = OnnxClassifier(model_path_from_env())  # checks the file (read_model)
             self.info = self.model.info
-        except ModelError as e:
+        except (ModelError, SettingError) as e:
             refuse_to_start("bnserve", e)
         self.model.warm_up((1, batch))  # before /readyz says ready
+        # the admission's first service-time estimate, until requests measure it: one image's run
+        one = np.zeros((1, self.info.channels, self.info.height, self.info.width), self.info.dtype)
+        t0 = time.perf_counter()
+        self.model(one)
+        # at least one full batch may wait: a closed loop of up to that many clients is never shed
+        admission = Admission(max(time.perf_counter() - t0, 1e-4), max_wait_s, cap=max_inflight,
+                              floor=min(batch, max_inflight))
+        self.traffic = Traffic(admission, on_event=_traffic_counters())
+        self.drain = Drain(self.traffic, drain_s)
+        if self.drain.install():  # run by uvicorn (`bentoml serve`): SIGTERM drains
+            open_front_door(self.drain.server, self.traffic)  # and overload is refused up front
         histogram = _batch_size_histogram()
         self.batcher = MicroBatcher(self.model, batch, on_batch=histogram.observe)
         self._decoders: anyio.CapacityLimiter | None = None
-        _extra_routes.state.service = self
         # What exists now (imports, model, session) lives as long as the process: keep the cyclic
         # collector from walking it on every full collection (stalls of 40-90 ms under load).
         gc.collect()
         gc.freeze()
 
-    def _prepare(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
-        i = self.info
-        x = prepare_image(data, i.channels, i.height, i.width, i.mean, i.std, max_pixels or self.max_pixels)
-        return x[None].astype(i.dtype, copy=False)
+    async def __is_ready__(self) -> bool:
+        """/readyz: 503 from the moment SIGTERM arrives (a load balancer stops sending)."""
+        return not self.traffic.draining
 
-    def _prepare_inline(self, data: bytes) -> np.ndarray | None:
+    def _prepare(self, upload: Upload, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """-> (model input (1, C, H, W), uint8 pixels (C, H, W), converted)."""
+        i = self.info
+        img = decode_image(upload.image, max_pixels or self.max_pixels)
+        pixels, converted = convert_image(img, i.channels, i.height, i.width, i.input_convention, upload.convert)
+        x = normalize_uint8(pixels, i.mean, i.std)[None].astype(i.dtype, copy=False)
+        return x, pixels, converted
+
+    def _prepare_inline(self, upload: Upload) -> tuple[np.ndarray, np.ndarray, str] | None:
         """A small image prepared right here, or None when it has more than INLINE_PIXELS."""
-        if len(data) > INLINE_BYTES:
+        if len(upload.image) > INLINE_BYTES:
             return None
         try:
-            return self._prepare(data, min(INLINE_PIXELS, self.max_pixels))
+            return self._prepare(upload, min(INLINE_PIXELS, self.max_pixels))
         except InputError as e:
             if e.error == "too_many_pixels" and INLINE_PIXELS < self.max_pixels:
                 return None  # within the real limit: decode it in a worker thread
             raise
 
-    @bentoml.api(route="/classify", input_spec=ClassifyInput)
-    async def classify(self, image: bytes) -> Prediction:
-        """Over HTTP, ClassifyRoute answers POST /classify with ``respond`` before BentoML's
-        router is reached; this declaration gives /classify its OpenAPI schema, BentoML clients
-        their ``classify`` method, and in-process callers the same answer."""
-        return await self.respond(image)
+    @bentoml.api(route="/classify")
+    async def classify(self, image: ImageFile, convert: ConvertOption = "auto",
+                       show_input: ShowInputOption = False) -> Prediction:
+        """Classify one image. Over HTTP, ClassifyRoute answers POST /classify before BentoML's
+        router is reached (same answer, JSON errors with 4xx); this declaration gives /classify
+        its OpenAPI schema and BentoML clients and in-process callers their ``classify``.
+        Raises InputError for an image that cannot be used."""
+        upload = Upload(Path(image).read_bytes(), convert, show_input)
+        return Prediction.model_validate(await self.predict(upload))
 
-    async def respond(self, image: bytes | InputError) -> JSONResponse:
-        """The /classify answer for an upload read by read_image_upload (or its error)."""
-        if isinstance(image, InputError):
-            return error_response(image)
+    async def predict(self, upload: Upload) -> dict:
+        """The /classify answer (a Prediction as a dict) for a read upload. Raises InputError
+        (bad image: 4xx) or ModelFailure (ONNX Runtime failed on a valid input: 500)."""
         if self._decoders is None:  # created on the event loop
             self._decoders = anyio.CapacityLimiter(DECODE_THREADS)
         try:  # Pillow decoding blocks: a worker thread keeps /readyz and other requests live
-            x = self._prepare_inline(image)
-            if x is None:
-                x = await anyio.to_thread.run_sync(self._prepare, image, limiter=self._decoders)
-        except InputError as e:
-            return error_response(e)
+            prepared = self._prepare_inline(upload)
+            if prepared is None:
+                prepared = await anyio.to_thread.run_sync(self._prepare, upload, limiter=self._decoders)
+        except InputError:
+            raise
         except Exception as e:  # noqa: BLE001 - a decoder failing in a way we did not foresee
             logger.exception("unexpected error preparing an image")
-            return error_response(InputError(422, "corrupt_image", f"cannot decode the image: {e}"))
+            raise InputError(422, "corrupt_image", f"cannot decode the image: {e}") from e
+        x, pixels, converted = prepared
         try:
             logits = await self.batcher.submit(x)
-        except Exception:  # noqa: BLE001 - ONNX Runtime failing on a valid input: our fault
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime failing on a valid input: our fault
             logger.exception("the model failed on a valid image")
-            return JSONResponse({"error": "model_failure",
-                                 "detail": "the model failed on this image; see the server log"},
-                                status_code=500)
-        return JSONResponse(answer(logits, self.info.classes))
+            raise ModelFailure("the model failed on this image; see the server log") from e
+        result = {**answer(logits, self.info.classes), "converted": converted}
+        if upload.show_input:
+            result["input_image"] = png_data_url(pixels)
+        return result
+
+    async def respond(self, upload: Upload | InputError) -> JSONResponse:
+        """The HTTP answer for an upload read by read_image_upload (or its error): the
+        Prediction, or ``{"error", "detail"}`` with its status."""
+        try:
+            if isinstance(upload, InputError):
+                raise upload
+            return JSONResponse(await self.predict(upload))
+        except InputError as e:
+            return error_response(e)
+        except ModelFailure as e:
+            return JSONResponse({"error": "model_failure", "detail": str(e)}, status_code=500)
 
     def describe(self) -> dict:
         m = self.model
@@ -323,6 +484,10 @@ class BnServe:
                 "max_batch_size": self.batcher.max_batch_size}
 
 
+class ModelFailure(RuntimeError):
+    """ONNX Runtime failed on a valid input: the server's fault (500)."""
+
+
 class ClassifyRoute:
     """ASGI middleware: answers ``POST /classify`` with ``BnServe.respond`` itself, inside
     BentoML's access-log, metrics and timeout middlewares but before its router and API
@@ -330,20 +495,20 @@ class ClassifyRoute:
     cores, docs/BENCHMARKS.md): that dispatch cost 0.23 ms per request at concurrency 1 and 10%
     of the throughput at concurrency 32. Every other request passes through untouched."""
 
-    def __init__(self, app: t.Any) -> None:
+    def __init__(self, app: t.Any, service: t.Callable[[], BnServe | None] = current_service) -> None:
         self.app = app
+        self.service = service  # how to find the BnServe instance (tests pass a stand-in)
 
     async def __call__(self, scope: dict, receive: t.Callable, send: t.Callable) -> None:
-        service: BnServe | None = getattr(_extra_routes.state, "service", None)
+        service = self.service()
         if (service is None or scope["type"] != "http" or scope["path"] != "/classify"
                 or scope["method"] != "POST"):
             return await self.app(scope, receive, send)
-        try:
-            data = await upload_or_error(Request(scope, receive))
+        try:  # admission, Connection: close while draining, clients that leave (lifecycle.py)
+            await service.traffic.handle(scope, receive, send, lambda: upload_or_error(Request(scope, receive)),
+                                         service.respond)
         except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
-            return
-        response = await service.respond(data)
-        await response(scope, receive, send)
+            service.traffic.on_event("client_gone")
 
 
 BnServe.add_asgi_middleware(ClassifyRoute)

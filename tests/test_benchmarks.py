@@ -63,3 +63,15 @@ def test_targets_are_checked_against_the_runs_own_numbers():
     met = [ok for _, _, ok in check({"serving": serving(3.1, 150, 100, 1, 150)})]
     assert met == [False, False, False, False]
     assert "**missed**" in render({"inference": inference}) and render({}) == ""
+
+
+def test_one_suite_rewrites_its_section_and_its_target_rows_only():
+    from benchmarks.__main__ import merge_page
+
+    old = ("# B\n\npre\n\n## Targets\n\n| target | m |  |\n|---|---|---|\n| A | 1 | met |\n| S | 2 | met |\n\n"
+           "## Inference\n\ninf\n\n## Serving\n\nold serving\n")
+    new = ("# B\n\nnew pre\n\n## Targets\n\n| target | m |  |\n|---|---|---|\n| S | 3 | met |\n| P | 4 | met |\n\n"
+           "## Serving\n\nnew serving\n")
+    page = merge_page(old, new, ["Serving"])
+    assert "| A | 1 | met |" in page and "| S | 3 | met |" in page and "| P | 4 | met |" in page
+    assert "| S | 2 |" not in page and "inf" in page and "new serving" in page and "old serving" not in page

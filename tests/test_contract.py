@@ -65,6 +65,9 @@ def test_a_contract_file_passes_and_yields_the_serving_spec(tmp_path):
     assert meta["format"] == contract.FORMAT
     assert (spec.channels, spec.height, spec.width, spec.classes) == (1, 4, 4, ("a", "b", "c"))
     assert (spec.mean, spec.std, spec.dtype) == ((0.5,), (0.25,), "float32")
+    assert spec.input_convention is None  # a file from before input_convention: served, not converted
+    meta["input_convention"] = {"pipeline": "mnist", "background": "dark"}
+    assert check_metadata(meta).input_convention == {"pipeline": "mnist", "background": "dark"}
 
 
 @pytest.mark.parametrize("changes, needle", [
@@ -77,6 +80,8 @@ def test_a_contract_file_passes_and_yields_the_serving_spec(tmp_path):
     ({"classes": []}, "inconsistent metadata"),
     ({"normalization": {"mean": [0.5], "std": [0.0]}}, r"std=\(0.0,\)"),
     ({"input": {"name": "input", "channels": 1, "height": 4, "width": 4, "dtype": "int8"}}, "input dtype 'int8'"),
+    ({"input_convention": {"pipeline": "imagenet"}}, "input_convention must be an object whose pipeline"),
+    ({"input_convention": "fashion-mnist"}, "input_convention must be"),
 ])
 def test_metadata_check_refuses_with_the_reason(tmp_path, changes, needle):
     meta = contract.read_metadata(onnx.load(str(tiny_model(tmp_path))))

@@ -149,6 +149,7 @@ def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path, fixture_
                                "height": 28, "width": 28, "dtype": "float32", "layout": "NCHW"}
     assert stored["output"] == {"name": "logits", "shape": [None, 10]}
     assert stored["normalization"] == {"mean": [0.286], "std": [0.353]}
+    assert stored["input_convention"] == {"pipeline": "fashion-mnist", "background": "dark"}
     assert stored["test_accuracy"] == 0.5 and stored["precision"] == "fp32"
     assert stored["source_checkpoint"]["sha256"] == file_sha256(ckpt)
     assert len(stored["fold_report"]["folded"]) == 3
@@ -165,6 +166,7 @@ def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path, fixture_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "model.onnx"]  # no temp files
     info = read_model(out)  # what the exporter writes, the service takes
     assert (info.channels, info.height, info.width, len(info.classes)) == (1, 28, 28, 10)
+    assert info.input_convention == stored["input_convention"]
 
 
 def test_export_refuses_a_file_failing_the_serving_contract(tmp_path):

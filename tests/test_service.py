@@ -4,6 +4,7 @@ every kind of bad input, a burst of concurrent requests, and a refusal to start.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 
-from serving.preprocess import decode_image, normalize_uint8, to_model_pixels
+from serving.model import read_model
+from serving.preprocess import convert_image, decode_image, normalize_uint8
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -116,7 +118,10 @@ def torch_answer(model, ckpt, path: Path) -> np.ndarray:
 
     data = ckpt["data"]
     size = data["image_size"]
-    px = to_model_pixels(decode_image(path.read_bytes()), data["channels"], size, size)
+    # the service's own conversion (photos: the dataset's way; dataset images: untouched), by the
+    # served file's input_convention (this checkpoint predates the key)
+    convention = read_model(MODEL).input_convention
+    px, _ = convert_image(decode_image(path.read_bytes()), data["channels"], size, size, convention, "auto")
     x = torch.from_numpy(normalize_uint8(px, data["mean"], data["std"]))[None]
     with torch.no_grad():
         return torch.softmax(model(x).double(), dim=1)[0].numpy()
@@ -160,9 +165,10 @@ def test_png_and_jpeg_answers_equal_pytorch_eval_mode(client, torch_model):
 
 
 def test_samples_are_classified_as_their_true_class_mostly(client):
-    """The sample PNGs are real test images with the true class in the name; the default model
-    (~0.9 accuracy) should get nearly all of them right."""
-    pngs = [p for p in SAMPLES if p.suffix == ".png" and "rgba" not in p.name]
+    """The sample PNGs are real test images with the true class in the name, the shop photos
+    are some of them rendered as photos; the default model (~0.9 accuracy) should get nearly
+    all of them right."""
+    pngs = [p for p in SAMPLES if (p.suffix == ".png" and "rgba" not in p.name) or "shop-photo" in p.name]
     right = 0
     for path in pngs:
         label = classify_file(client, path).json()["label"]
@@ -175,6 +181,130 @@ def test_raw_body_equals_multipart(client):
     a = classify_file(client, path).json()
     b = client.post("/classify", content=path.read_bytes(), headers={"Content-Type": "image/png"})
     assert b.status_code == 200 and b.json() == a
+
+
+
+# --- photos and scans: the dataset's own conversion ---------------------------------------------------
+
+def photo_of(index: int, fixture_data_dir: Path, seed: int = 3) -> tuple[bytes, int, np.ndarray]:
+    """Fixture test image ``index`` rendered as a photo (scripts/make_photos), its label, and
+    the dataset image itself."""
+    from scripts.make_photos import render_photo
+    from training.data import load_dataset
+
+    test = load_dataset("fashion-mnist", data_dir=fixture_data_dir, download=False, progress=False).test
+    image = test.images[index, 0].numpy()
+    data, _ = render_photo(image, np.random.default_rng(seed))
+    return data, int(test.labels[index]), image
+
+
+def test_photo_is_converted_and_classified_like_its_dataset_image(client, fixture_data_dir):
+    from serving.preprocess import convert_image
+
+    data, label, image = photo_of(0, fixture_data_dir)
+    r = client.post("/classify", params={"show_input": "true"}, files={"image": ("photo", data)})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["converted"] == "photo" and got["index"] == label
+    # the input shown is exactly what the conversion gives, and close to the dataset image
+    shown = np.asarray(decode_image(base64.b64decode(got["input_image"].split(",", 1)[1])))
+    want, _ = convert_image(decode_image(data), 1, 28, 28, {"pipeline": "fashion-mnist"}, "auto")
+    np.testing.assert_array_equal(shown, want[0])
+    assert np.abs(shown.astype(float) - image).mean() < 25
+    dataset_form = classify_file(client, REPO / "samples" / "fmnist-test-0000-ankle-boot.png")
+    assert dataset_form.json()["converted"] == "none" and "input_image" not in dataset_form.json()
+
+
+def test_convert_override_by_query_or_form_field(client, fixture_data_dir):
+    data, _, _ = photo_of(1, fixture_data_dir)
+    as_is = client.post("/classify", params={"convert": "none"}, files={"image": ("p", data)}).json()
+    by_form = client.post("/classify", data={"convert": "none"}, files={"image": ("p", data)}).json()
+    assert as_is["converted"] == by_form["converted"] == "none" and as_is == by_form
+    raw = client.post("/classify?convert=dataset", content=(REPO / "samples" / "fmnist-test-0000-ankle-boot.png").read_bytes(),
+                      headers={"Content-Type": "image/png"}).json()
+    assert raw["converted"] == "photo"
+    for params in ({"convert": "sometimes"}, {"show_input": "maybe"}):
+        r = client.post("/classify", params=params, files={"image": ("p", data)})
+        assert r.status_code == 400 and set(r.json()) == {"error", "detail"}, r.text
+
+
+def test_openapi_describes_the_real_request_and_answer(client):
+    spec = json.dumps(client.get("/docs.json").json())
+    for word in ("convert", "show_input", "converted", "input_image", '"image"'):
+        assert word in spec, word
+
+
+# --- the test page ------------------------------------------------------------------------------------
+
+def test_page_is_self_contained(client):
+    r = client.get("/ui")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "<script>" in html and "/classify" in html and "/model" in html
+    # nothing fetched from elsewhere: no external scripts, styles, fonts or images
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), html
+    assert "@import" not in html and "url(" not in html
+    assert client.get("/").status_code == 200 and client.get("/docs.json").status_code == 200
+
+
+def chromium_driver():
+    """A headless Chromium (Debian's chromium + chromium-driver). Skipped when they are missing
+    outside CI (.ci/run installs them); a failure under CI=true."""
+    import shutil
+
+    from conftest import in_ci
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    why = None
+    if not (browser and driver):
+        why = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+    else:
+        try:
+            from selenium import webdriver
+        except ImportError:
+            why = "selenium is not installed (pip install -r requirements/dev.txt)"
+    if why:
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1000,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_page_in_headless_chromium_classifies_an_upload(client, server, tmp_path, fixture_data_dir):
+    """The real page in a real browser: upload a photo, read the top class and the model line."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    data, _, _ = photo_of(2, fixture_data_dir)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(data)
+    expected = client.post("/classify", files={"image": ("photo.jpg", data)}).json()
+    browser = chromium_driver()
+    try:
+        browser.get(server + "/ui")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "fashion-mnist" in b.find_element(By.ID, "model").text)
+        model_line = browser.find_element(By.ID, "model").text
+        assert "vgg11" in model_line and ("CPUExecutionProvider" in model_line or "CUDA" in model_line)
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        wait.until(lambda b: b.find_element(By.ID, "top").text)
+        assert browser.find_element(By.ID, "top").text == expected["label"]
+        assert "converted as a photo" in browser.find_element(By.ID, "converted").text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 5
+        seen = browser.find_element(By.ID, "seen")
+        assert seen.get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
+    finally:
+        browser.quit()
 
 
 # --- bad input: 4xx JSON, never 5xx, and the server stays healthy --------------------------------------

@@ -454,14 +454,20 @@ def test_bentoml_timeout_middleware_still_times_out():
 
 # --- ClassifyRoute: POST /classify answered ahead of BentoML's router ------------------------------
 
-def _asgi_call(middleware, scope: dict, messages: list[dict]) -> list[dict]:
+def _asgi_call(middleware, scope: dict, messages: list[dict], then_disconnect: bool = True) -> list[dict]:
+    """``messages``, then http.disconnect (a client gone) or, as uvicorn does while the client
+    stays, nothing until the answer is sent."""
     import asyncio
 
     async def main():
         sent, queue = [], list(messages)
 
         async def receive():
-            return queue.pop(0) if queue else {"type": "http.disconnect"}
+            if queue:
+                return queue.pop(0)
+            if not then_disconnect:
+                await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
 
         async def send(message):
             sent.append(message)
@@ -477,14 +483,18 @@ def _http_scope(method: str, path: str, content_type: bytes) -> dict:
             "headers": [(b"content-type", content_type)]}
 
 
-def test_classify_route_answers_post_classify_and_passes_the_rest_on(monkeypatch):
+def test_classify_route_answers_post_classify_and_passes_the_rest_on():
     from starlette.responses import JSONResponse
 
     from serving import service
+    from serving.admission import Admission
+    from serving.lifecycle import Traffic
 
     seen, passed = [], []
 
-    class Stub:  # stands in for the BnServe instance: only respond() is used
+    class Stub:  # stands in for the BnServe instance: only respond() and traffic are used
+        traffic = Traffic(Admission(0.001))
+
         async def respond(self, data):
             seen.append(data)
             return JSONResponse({"ok": True})
@@ -492,26 +502,31 @@ def test_classify_route_answers_post_classify_and_passes_the_rest_on(monkeypatch
     async def app(scope, receive, send):
         passed.append(scope["path"])
 
-    monkeypatch.setattr(service._extra_routes.state, "service", Stub(), raising=False)
-    route = service.ClassifyRoute(app)
+    stub = Stub()
+    route = service.ClassifyRoute(app, service=lambda: stub)
     body = {"type": "http.request", "body": b"PNGDATA", "more_body": False}
-    sent = _asgi_call(route, _http_scope("POST", "/classify", b"image/png"), [body])
-    assert seen == [b"PNGDATA"] and sent[0]["status"] == 200 and not passed
-    sent = _asgi_call(route, _http_scope("POST", "/classify", b"application/json"), [body])
+    sent = _asgi_call(route, _http_scope("POST", "/classify", b"image/png"), [body], then_disconnect=False)
+    assert seen == [service.Upload(b"PNGDATA")] and sent[0]["status"] == 200 and not passed
+    sent = _asgi_call(route, _http_scope("POST", "/classify", b"application/json"), [body], then_disconnect=False)
     assert isinstance(seen[-1], service.InputError) and seen[-1].status == 415
     for method, path in (("GET", "/classify"), ("POST", "/model"), ("GET", "/readyz")):
         assert _asgi_call(route, _http_scope(method, path, b""), []) == []
     assert passed == ["/classify", "/model", "/readyz"]
 
 
-def test_classify_route_client_gone_mid_upload_is_dropped_quietly(monkeypatch):
+def test_classify_route_client_gone_mid_upload_is_dropped_quietly():
     from serving import service
+    from serving.admission import Admission
+    from serving.lifecycle import Traffic
 
     class Stub:
+        traffic = Traffic(Admission(0.001))
+
         async def respond(self, data):
             raise AssertionError("nothing to answer")
 
-    monkeypatch.setattr(service._extra_routes.state, "service", Stub(), raising=False)
+    stub = Stub()
     partial = {"type": "http.request", "body": b"PNG", "more_body": True}  # then: http.disconnect
-    sent = _asgi_call(service.ClassifyRoute(None), _http_scope("POST", "/classify", b"image/png"), [partial])
+    sent = _asgi_call(service.ClassifyRoute(None, service=lambda: stub), _http_scope("POST", "/classify", b"image/png"),
+                      [partial])
     assert sent == []

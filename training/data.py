@@ -82,6 +82,10 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     citation: str = ""
     debian_package: str | None = None
+    # How the dataset's images were made from real pictures, so that serving can convert a
+    # user's photo or scan the same way (serving/preprocess.py, docs/ARTIFACTS.md):
+    # "pipeline" names the recipe, "background" the background of the stored images.
+    input_convention: dict = field(default_factory=dict)
     subsets: tuple[Subset, ...] = ()
     extra: dict = field(default_factory=dict)
 
@@ -98,6 +102,7 @@ class DatasetSpec:
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "input_convention": dict(self.input_convention),
         }
 
 
@@ -122,6 +127,9 @@ DATASETS: dict[str, DatasetSpec] = {
                  "http://yann.lecun.com/exdb/mnist/"),
         citation="LeCun et al., MNIST handwritten digit database",
         debian_package=None,
+        # each digit fitted into a 20x20 box (aspect kept, anti-aliased), centred in 28x28 by its
+        # centre of mass; white ink on black
+        input_convention={"pipeline": "mnist", "background": "dark"},
         subsets=(replace(FIXTURE_SUBSET, content_sha256=(
             "729d340c0177402770b27c04f817dfb40ed8844459b35a9f11ae21067b05cf19",
             "90795ea2219655a7281c0d6756d0ae8a33bebac7ec84bac89bbdcc5e3baa9f8c",
@@ -144,6 +152,9 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         citation="Xiao, Rasul, Vollgraf 2017, Fashion-MNIST (zalandoresearch)",
         debian_package="dataset-fashion-mnist",
+        # Xiao et al. 2017, Sec. 2: Zalando's product photos (white background) trimmed, longest
+        # edge resized to 28, sharpened, shorter edge extended to 28 centred, negated, 8-bit gray
+        input_convention={"pipeline": "fashion-mnist", "background": "dark"},
         subsets=(replace(FIXTURE_SUBSET, content_sha256=(
             "71a9f8cec24060d6752b3e4940ce6d6fd729334afa47b735dd553481aa83b53e",
             "8983259dfbc9f185f92698916f7daf361704b43ba7d19568cc7bcdeefdc1bece",
@@ -161,6 +172,8 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("https://www.cs.toronto.edu/~kriz/",),
         citation="Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
         debian_package=None,
+        # natural photos downsampled to 32x32: nothing to trim or negate, a plain resize
+        input_convention={"pipeline": "cifar10", "background": "natural"},
     ),
 }
 

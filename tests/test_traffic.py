@@ -1,0 +1,418 @@
+"""Serving under real traffic (serving/admission.py, serving/lifecycle.py): the admission limit
+and its service-time estimate, 503 + Retry-After before the body is read, 408 for a silent
+upload, a request whose client left stops, drain on SIGTERM (Connection: close, refused new
+connections, bounded exit), BNSERVE_WORKERS. The last test runs a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.admission import Admission, admission_limit, retry_after_s
+from serving.lifecycle import (
+    Drain,
+    FrontDoor,
+    SettingError,
+    Traffic,
+    env_seconds,
+    stop_listening,
+    workers_from_env,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SCOPE = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+         "headers": [(b"content-type", b"image/png")]}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def headers_of(message: dict) -> dict:
+    return {k.decode(): v.decode() for k, v in message["headers"]}
+
+
+# --- admission ------------------------------------------------------------------------------------
+
+def test_admission_limit_is_littles_law_clamped():
+    assert admission_limit(0.002, 0.2) == 100
+    assert admission_limit(0.5, 0.2) == 4  # floor: a burst from idle is not shed
+    assert admission_limit(1e-6, 0.2, cap=512) == 512
+    assert admission_limit(0.0, 0.2, cap=64) == 64
+    assert retry_after_s(0.01, 250) == 3 and retry_after_s(0.001, 3) == 1
+
+
+def test_service_time_is_busy_time_per_answer():
+    clock = Clock()
+    a = Admission(initial_service_time_s=0.1, max_wait_s=0.2, clock=clock)
+    assert a.limit == 4
+    for _ in range(2000):  # one at a time, 10 ms each: service time -> 10 ms
+        assert a.try_enter()
+        clock.t += 0.01
+        a.leave()
+        clock.t += 0.05  # idle time does not count
+    assert a.service_time_s == pytest.approx(0.01, rel=0.02)
+    assert a.limit in (19, 20)  # 0.2 s / ~10 ms
+    for _ in range(400):  # 8 at a time answered together every 10 ms (batching): 1.25 ms each
+        for _ in range(8):
+            assert a.try_enter()
+        clock.t += 0.01
+        for _ in range(8):
+            a.leave()
+    assert a.service_time_s == pytest.approx(0.00125, rel=0.05)
+    assert a.limit in (159, 160)  # 0.2 s / ~1.25 ms
+
+
+def test_admission_refuses_at_the_limit_and_counts():
+    a = Admission(initial_service_time_s=0.05, max_wait_s=0.2, floor=1)
+    assert a.limit == 4
+    assert [a.try_enter() for _ in range(6)] == [True] * 4 + [False] * 2
+    assert a.full() and a.shed == 2 and a.in_progress == 4
+    a.leave()
+    assert not a.full() and a.try_enter()
+    a.ahead = lambda: 0  # what the server says is ahead decides
+    assert not a.full()
+
+
+def test_stalled_requests_do_not_inflate_the_service_time():
+    clock = Clock()
+    a = Admission(initial_service_time_s=0.01, max_wait_s=0.2, clock=clock)
+    assert a.try_enter()
+    clock.t += 30.0  # stalled for 30 s, then the client leaves
+    a.leave(answered=False)
+    assert a.service_time_s == 0.01
+
+
+# --- one request through Traffic.handle ------------------------------------------------------------
+
+def run_handle(traffic: Traffic, respond, messages=(), then_disconnect=False, read=None):
+    async def main():
+        sent, queue, reads = [], list(messages), []
+
+        async def receive():
+            if queue:
+                return queue.pop(0)
+            if not then_disconnect:
+                await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        async def default_read():
+            reads.append(True)
+            return b"IMG"
+
+        await traffic.handle(SCOPE, receive, send, read or default_read, respond)
+        return sent, reads
+    return asyncio.run(main())
+
+
+async def ok_response(upload):
+    from starlette.responses import JSONResponse
+    return JSONResponse({"got": upload.decode()})
+
+
+def test_over_the_limit_is_refused_with_503_retry_after_and_json_before_reading():
+    events = []
+    a = Admission(initial_service_time_s=0.05, max_wait_s=0.2, floor=1)
+    a.ahead = lambda: 4  # four requests ahead, limit 4
+    sent, reads = run_handle(Traffic(a, on_event=events.append), ok_response)
+    assert reads == [] and events == ["shed"] and a.shed == 1
+    assert sent[0]["status"] == 503
+    headers = headers_of(sent[0])
+    assert int(headers["retry-after"]) >= 1
+    assert json.loads(sent[1]["body"])["error"] == "overloaded"
+
+
+def test_admitted_request_is_answered_and_released():
+    a = Admission(initial_service_time_s=0.001)
+    sent, reads = run_handle(Traffic(a), ok_response)
+    assert reads == [True] and sent[0]["status"] == 200 and json.loads(sent[1]["body"]) == {"got": "IMG"}
+    assert a.in_progress == 0 and a.admitted == 1
+    assert "connection" not in headers_of(sent[0])
+
+
+def test_client_gone_while_waiting_stops_the_request():
+    events, finished = [], []
+
+    async def slow(upload):
+        await asyncio.sleep(5)  # as if queued behind a long batch
+        finished.append(True)
+
+    a = Admission(initial_service_time_s=0.001)
+    t0 = time.monotonic()
+    sent, _ = run_handle(Traffic(a, on_event=events.append), slow, then_disconnect=True)
+    assert time.monotonic() - t0 < 2  # not the 5 s of the work
+    assert sent == [] and finished == [] and events == ["client_gone"] and a.in_progress == 0
+
+
+def test_draining_answers_close_the_connection():
+    traffic = Traffic(Admission(initial_service_time_s=0.001))
+    traffic.draining = True
+    sent, _ = run_handle(traffic, ok_response)
+    assert sent[0]["status"] == 200 and headers_of(sent[0])["connection"] == "close"
+
+
+def test_front_door_refuses_before_the_app_and_passes_the_rest():
+    passed = []
+
+    async def app(scope, receive, send):
+        passed.append(scope["path"])
+
+    a = Admission(initial_service_time_s=0.05, max_wait_s=0.2, floor=1)
+    door = FrontDoor(app, Traffic(a))
+
+    async def call(scope):
+        sent = []
+
+        async def send(m):
+            sent.append(m)
+        await door(scope, None, send)
+        return sent
+
+    a.ahead = lambda: 10
+    assert asyncio.run(call(SCOPE))[0]["status"] == 503 and passed == []
+    assert asyncio.run(call({**SCOPE, "path": "/readyz", "method": "GET"})) == [] and passed == ["/readyz"]
+    a.ahead = lambda: 0
+    asyncio.run(call(SCOPE))
+    assert passed == ["/readyz", "/classify"]
+    assert door.traffic.finishing == 0  # counted from the answer's start to the task's end
+
+
+def test_requests_ahead_leave_out_uploads_arriving_and_requests_answered():
+    from types import SimpleNamespace
+
+    traffic = Traffic(Admission(initial_service_time_s=0.001))
+    tasks = {1, 2, 3, 4, 5}  # uvicorn's request tasks, the asking one included
+    traffic.count_ahead_in(SimpleNamespace(server_state=SimpleNamespace(tasks=tasks)))
+    traffic.reading, traffic.finishing = 1, 2
+    assert traffic.admission.ahead() == 1
+    tasks.update({6, 7})
+    assert traffic.admission.ahead() == 3
+
+
+# --- slow bodies ----------------------------------------------------------------------------------
+
+def test_silent_upload_gets_408_and_a_closed_connection(monkeypatch):
+    from starlette.requests import Request
+
+    from serving import service
+
+    monkeypatch.setenv("BNSERVE_BODY_TIMEOUT", "0.2")
+
+    async def main():
+        first = [{"type": "http.request", "body": b"\x89PNG", "more_body": True}]
+
+        async def receive():  # a part of the body, then silence
+            if first:
+                return first.pop(0)
+            await asyncio.Event().wait()
+        t0 = time.monotonic()
+        with pytest.raises(service.InputError) as e:
+            await service.read_body(Request(SCOPE, receive), 1000)
+        return e.value, time.monotonic() - t0
+
+    error, waited = asyncio.run(main())
+    assert error.status == 408 and error.error == "body_timeout" and "BNSERVE_BODY_TIMEOUT" in error.detail
+    assert 0.15 < waited < 2
+    assert service.error_response(error).headers["connection"] == "close"
+
+
+def test_settings_refuse_nonsense(monkeypatch):
+    monkeypatch.setenv("BNSERVE_DRAIN_TIMEOUT", "soon")
+    with pytest.raises(SettingError, match="BNSERVE_DRAIN_TIMEOUT"):
+        env_seconds("BNSERVE_DRAIN_TIMEOUT", 10.0)
+    monkeypatch.setenv("BNSERVE_DRAIN_TIMEOUT", "-1")
+    with pytest.raises(SettingError):
+        env_seconds("BNSERVE_DRAIN_TIMEOUT", 10.0)
+    monkeypatch.delenv("BNSERVE_DRAIN_TIMEOUT")
+    assert env_seconds("BNSERVE_DRAIN_TIMEOUT", 10.0) == 10.0
+    for bad in ("0", "two", "-3"):
+        monkeypatch.setenv("BNSERVE_WORKERS", bad)
+        with pytest.raises(SettingError, match="BNSERVE_WORKERS"):
+            workers_from_env()
+
+
+def test_onnx_runtime_threads_are_divided_among_workers(monkeypatch):
+    from serving import lifecycle, model
+
+    monkeypatch.setattr(lifecycle, "available_cores", lambda: 8)
+    monkeypatch.setenv("BNSERVE_WORKERS", "3")
+    assert model.default_threads() == 2
+    monkeypatch.setenv("BNSERVE_WORKERS", "16")
+    assert model.default_threads() == 1
+    monkeypatch.delenv("BNSERVE_WORKERS")  # default: a worker per core, one thread each
+    assert workers_from_env() == 8 and model.default_threads() == 1
+
+
+def test_cores_follow_the_cgroup_quota():
+    from serving.lifecycle import cpu_quota_cores
+
+    assert cpu_quota_cores("200000 100000\n") == 2
+    assert cpu_quota_cores("150000 100000") == 2  # 1.5 CPUs: two cores in use at times
+    assert cpu_quota_cores("max 100000") is None
+    assert cpu_quota_cores("") is None
+
+
+# --- drain ----------------------------------------------------------------------------------------
+
+class FakeProtocol(asyncio.Protocol):
+    """Stands in for uvicorn's HTTP protocol: answers every connection with one line."""
+
+    def __init__(self, config, server_state, app_state, _loop=None):
+        server_state.connections.add(self)
+        self.state = server_state
+
+    def connection_made(self, transport):
+        transport.write(b"served\n")
+        transport.close()
+        self.state.connections.discard(self)
+
+
+class FakeUvicorn:
+    """What Drain uses of uvicorn.Server: servers, config, server_state, lifespan, handle_exit."""
+
+    def __init__(self, servers):
+        from types import SimpleNamespace
+        self.servers = servers
+        self.config = SimpleNamespace(http_protocol_class=FakeProtocol, timeout_graceful_shutdown=None)
+        self.server_state = SimpleNamespace(connections=set(), tasks=set())
+        self.lifespan = SimpleNamespace(state={})
+        self.exits = []
+
+    def handle_exit(self, sig, frame):
+        self.exits.append(sig)
+
+
+def test_stop_listening_serves_the_queued_and_refuses_the_new():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        port = lsock.getsockname()[1]
+        other_holder = socket.socket(fileno=os.dup(lsock.fileno()))  # as BentoML's arbiter holds it
+        # not serving yet: the next connection waits in the kernel's queue
+        srv = await loop.create_server(asyncio.Protocol, sock=lsock, start_serving=False)
+        queued = socket.create_connection(("127.0.0.1", port))
+        taken = stop_listening(FakeUvicorn([srv]), loop)
+        await asyncio.sleep(0.1)
+        queued.settimeout(2)
+        answer = queued.recv(100)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        other_holder.close()
+        return taken, answer
+
+    taken, answer = asyncio.run(main())
+    assert taken == 1 and answer == b"served\n"
+
+
+def test_drain_waits_for_requests_in_progress_then_hands_over_to_uvicorn():
+    async def main():
+        a = Admission(initial_service_time_s=0.001)
+        traffic = Traffic(a)
+        uv = FakeUvicorn([])
+        uv.server_state.connections.add(object())  # a keep-alive connection stays open
+        drain = Drain(traffic, timeout_s=5.0, quiet_s=0.1)
+        drain.server, drain._uvicorn_handler, drain._loop = uv, uv.handle_exit, asyncio.get_running_loop()
+        assert a.try_enter()  # one request in progress
+        drain.begin(signal.SIGTERM)
+        assert traffic.draining
+        await asyncio.sleep(0.3)
+        assert uv.exits == []  # still answering it
+        a.leave()
+        t0 = time.monotonic()
+        await drain.task
+        return uv, time.monotonic() - t0
+
+    uv, after = asyncio.run(main())
+    assert uv.exits == [signal.SIGTERM] and 0.05 < after < 1.0
+    assert 3.5 < uv.config.timeout_graceful_shutdown <= 5.0  # what is left of the bound
+
+
+def test_drain_is_bounded_when_requests_never_finish():
+    async def main():
+        a = Admission(initial_service_time_s=0.001)
+        uv = FakeUvicorn([])
+        uv.server_state.connections.add(object())
+        drain = Drain(Traffic(a), timeout_s=0.3, quiet_s=0.1)
+        drain.server, drain._uvicorn_handler, drain._loop = uv, uv.handle_exit, asyncio.get_running_loop()
+        a.try_enter()  # never leaves
+        drain.begin(signal.SIGTERM)
+        await asyncio.wait_for(drain.task, 2)
+        return uv
+
+    uv = asyncio.run(main())
+    assert uv.exits == [signal.SIGTERM] and uv.config.timeout_graceful_shutdown == pytest.approx(0.5)
+
+
+# --- the real thing -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.service
+def test_bentoml_serve_sigterm_drains_answers_refuses_and_exits(tmp_path):
+    """SIGTERM to `bentoml serve`: /readyz 503 at once on an open connection, a stalled upload
+    answered 408, new connections refused, the process gone within the bound."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # its own BENTOML_HOME: a `bentoml serve` starting empties the Prometheus directory there
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "BNSERVE_BODY_TIMEOUT": "1.5", "BNSERVE_DRAIN_TIMEOUT": "4"}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = httpx.Client(base_url=url, timeout=10)
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+        image = sorted((REPO / "samples").glob("*.png"))[0].read_bytes()
+        assert client.post("/classify", files={"image": ("x.png", image, "image/png")}).status_code == 200
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                        b"Content-Length: 5000\r\n\r\n\x89PNG")
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert client.get("/readyz").status_code == 503  # the open keep-alive connection
+        r = client.post("/classify", files={"image": ("x.png", image, "image/png")})
+        assert r.status_code == 200 and r.headers["connection"] == "close"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        stalled.settimeout(10)
+        assert stalled.recv(100).startswith(b"HTTP/1.1 408")
+        proc.wait(timeout=15)
+        assert time.monotonic() - t0 < 4 + 3
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
