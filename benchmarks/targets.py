@@ -75,6 +75,10 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
             out.append(("Training: the Ioffe MLP at least 1,000 steps/s",
                         "; ".join(f"{r['case']}: {r['ours']:,.0f} steps/s" for r in mlps),
                         slowest["ours"] >= 1000))
+        seeds = training.get("seeds")
+        if seeds:  # issue #11
+            out.append((f"Training: {seeds['seeds']} seeds x 2 variants of ioffe-fig1 within 1.5x the wall time of 1 seed",
+                        f"{seeds['ratio']:.2f}x at {seeds['steps']:,} steps", seeds["ratio"] <= 1.5))
     return out
 
 

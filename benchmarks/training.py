@@ -96,6 +96,95 @@ def baseline_steps_per_s(name, kw, shape, batch, steps, device, data: Split) -> 
     return steps / (time.perf_counter() - t0)
 
 
+# --- many seeds at once (Ioffe Fig. 1, training/ioffe/stacked.py) --------------------------------
+
+SEEDS = 5
+SEED_STEPS = 50_000
+
+
+def ioffe_job_seconds(bn: bool, seeds: int, steps: int, eval_every: int = 500, threads: int = 1) -> float:
+    """Wall time of one ioffe-fig1 job: ``seeds`` stacked seeds of one variant, ``steps`` steps
+    with the full-test-set evaluation every ``eval_every`` steps, as the experiment runs them
+    (synthetic MNIST-sized data: 60,000 train, 10,000 test)."""
+    from training.ioffe.stacked import (
+        StackedMLP,
+        StackedSampler,
+        seed_model,
+        stacked_evaluate,
+        stacked_step,
+    )
+
+    torch.set_num_threads(threads)
+    train, test = _synthetic(60_000, (1, 28, 28), "cpu"), _synthetic(10_000, (1, 28, 28), "cpu", seed=1)
+    norm = Normalizer((0.1307,), (0.3081,))
+    ids = list(range(seeds))
+    net = StackedMLP([seed_model(s, bn) for s in ids])
+    opt, sampler = PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(train), 60, ids, "cpu")
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        images, labels = train.batch(sampler.next_indices())
+        stacked_step(net, opt, norm(images), labels)
+        if step % eval_every == 0 or step == steps:
+            stacked_evaluate(net, test, norm).tolist()
+    return time.perf_counter() - t0
+
+
+def step_cost_ratio(bn: bool, seeds: int = SEEDS, blocks: int = 20, block_steps: int = 50) -> float:
+    """Time per training step of ``seeds`` stacked seeds over one seed, in one process on one
+    thread, in alternating blocks: a change of machine load hits both alike."""
+    from training.ioffe.stacked import StackedMLP, StackedSampler, seed_model, stacked_step
+
+    torch.set_num_threads(1)
+    train = _synthetic(6_000, (1, 28, 28), "cpu")
+    norm = Normalizer((0.1307,), (0.3081,))
+    runs = []
+    for n in (1, seeds):
+        net = StackedMLP([seed_model(s, bn) for s in range(n)])
+        runs.append((net, PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(train), 60, list(range(n)), "cpu")))
+    spent = [0.0, 0.0]
+    for block in range(blocks + 1):
+        for i, (net, opt, sampler) in enumerate(runs):
+            t0 = time.perf_counter()
+            for _ in range(block_steps):
+                images, labels = train.batch(sampler.next_indices())
+                stacked_step(net, opt, norm(images), labels)
+            if block:  # the first block warms up
+                spent[i] += time.perf_counter() - t0
+    return spent[1] / spent[0]
+
+
+def seeds_wall_time(seeds: int, steps: int) -> float:
+    """Both variants side by side, one process each on one thread (as ioffe-fig1 runs on a
+    2-core CPU): the training wall time until both finish (the slower job's own clock, so
+    process start-up and imports, the same for any number of seeds, are not counted)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(ioffe_job_seconds, bn, seeds, steps) for bn in (False, True)]
+        return max(f.result() for f in futures)
+
+
+def seeds_benchmark(quick: bool = False, seeds: int = SEEDS, steps: int | None = None) -> dict:
+    """{seeds} seeds x 2 variants against 1 seed x 2 variants, measured back to back twice
+    (1, N, 1, N) so that a change of machine load shows as a spread; target ratio <= 1.5."""
+    steps = steps or (1_000 if quick else SEED_STEPS)
+    one, many = [], []
+    for _ in range(2):
+        one.append(seeds_wall_time(1, steps))
+        many.append(seeds_wall_time(seeds, steps))
+        print(f"  ioffe-fig1 {steps:,} steps x 2 variants: 1 seed {one[-1]:.1f} s, {seeds} seeds "
+              f"{many[-1]:.1f} s ({many[-1] / one[-1]:.2f}x)", flush=True)
+    step_ratios = {v: step_cost_ratio(v == "bn", seeds) for v in ("standard", "bn")}
+    print("  time per step, {} seeds over 1, same process, alternating blocks: {}".format(
+        seeds, ", ".join(f"{v} {r:.2f}x" for v, r in step_ratios.items())), flush=True)
+    ratios = [m / o for m, o in zip(many, one, strict=True)]
+    # total over total: a load change during one pair weighs in as much as it lasted
+    return {"seeds": seeds, "steps": steps, "one_seed_s": one, "many_seeds_s": many,
+            "ratio": sum(many) / sum(one), "ratios": ratios, "step_ratios": step_ratios,
+            "load": os.getloadavg()}
+
+
 def run(quick: bool = False, device: str = "auto") -> dict:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -114,11 +203,22 @@ def run(quick: bool = False, device: str = "auto") -> dict:
         rows.append([label, batch, torch.get_num_threads(), ours, base, f"{ours / base:.2f}x"])
         print(f"  {label}: ours {ours:,.1f} steps/s, baseline {base:,.1f} steps/s", flush=True)
     torch.set_num_threads(all_threads)
+    seeds = seeds_benchmark(quick) if dev.type == "cpu" else None
     table = markdown_table(["model", "batch", "threads", "ours steps/s", "DataLoader baseline steps/s",
                             "ratio"], rows)
     note = (f"device {dev}, {os.cpu_count()} cores; "
             "mixed precision bf16 + channels_last on CUDA only. " + paper_preset_time(results))
-    return {"name": "training", "results": results, "table": table, "note": note, "intro": __doc__}
+    if seeds:
+        note += (f" Seeds trained together (ioffe-fig1, stacked weights): {seeds['seeds']} seeds x 2 variants x "
+                 f"{seeds['steps']:,} steps took {', '.join(f'{t:.1f}' for t in seeds['many_seeds_s'])} s against "
+                 f"{', '.join(f'{t:.1f}' for t in seeds['one_seed_s'])} s for 1 seed x 2 variants, measured "
+                 f"alternately: ratio {seeds['ratio']:.2f}x (total over total; pairs "
+                 f"{', '.join(f'{r:.2f}x' for r in seeds['ratios'])}; target <= 1.5x); time per step of "
+                 f"{seeds['seeds']} seeds over 1 in one process, alternating blocks: "
+                 f"{', '.join(f'{v} {r:.2f}x' for v, r in seeds['step_ratios'].items())}; "
+                 f"load average {seeds['load'][0]:.1f} when done.")
+    return {"name": "training", "results": results, "table": table, "note": note, "intro": __doc__,
+            "seeds": seeds}
 
 
 def paper_preset_time(results: list[dict]) -> str:

@@ -240,6 +240,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
             "test_accuracy": ckpt.get("test_accuracy"),
             "source_checkpoint": {"file": checkpoint.name, "sha256": file_sha256(checkpoint),
                                   "step": ckpt.get("step")},
+            # which BN statistics were folded: the checkpoint's record (EMA or Algorithm 2);
+            # checkpoints older than the record hold PyTorch's moving averages
+            "bn_statistics": ckpt.get("bn_statistics") or (
+                {"estimate": "ema", "what": "not recorded by the checkpoint; PyTorch's running averages"}
+                if fold_report.get("batchnorms") else None),
             "fold_report": fold_report,
             "parity": parity,
             "precision": precision,

@@ -1,8 +1,6 @@
-"""Training smoke runs: every output file, reproducibility under a seed, the CLI's errors."""
+"""Training smoke runs and the CLI's errors (the Ioffe experiment's own tests: test_ioffe.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -12,57 +10,6 @@ from training.checkpoint import load_checkpoint
 from training.runs import read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def ioffe_run(tmp_path_factory, fixture_data_dir):
-    out = tmp_path_factory.mktemp("ioffe") / "run"
-    rc = main(["ioffe-fig1", "--dataset", "fashion-mnist", "--steps", "300", "--eval-every", "100",
-               "--data-dir", str(fixture_data_dir), "--out", str(out), "--no-progress"])
-    assert rc == 0
-    return out
-
-
-@pytest.mark.slow
-def test_ioffe_fig1_writes_every_output(ioffe_run):
-    out = ioffe_run
-    record = json.loads((out / "config.json").read_text())
-    assert record["experiment"] == "ioffe-fig1" and record["seed"] == 0
-    assert record["config"]["steps"] == 300 and record["config"]["dataset"] == "fashion-mnist"
-    assert record["git_revision"] and record["environment"]["torch"] == torch.__version__
-    for variant in ("standard", "bn"):
-        rows = read_metrics(out / variant / "metrics.jsonl")
-        assert [r["step"] for r in rows] == [0, 100, 200, 300]
-        for r in rows[1:]:
-            assert r["p15"] <= r["p50"] <= r["p85"]
-            assert 0.0 <= r["test_accuracy"] <= 1.0 and r["loss"] > 0
-        model, ckpt = load_checkpoint(out / variant / "checkpoint.pt")
-        assert ckpt["model_config"]["bn"] == (variant == "bn")
-        assert ckpt["data"]["dataset"] == "fashion-mnist" and len(ckpt["data"]["classes"]) == 10
-        assert ckpt["test_accuracy"] == rows[-1]["test_accuracy"]
-    bn_rows = read_metrics(out / "bn" / "metrics.jsonl")
-    assert bn_rows[-1]["test_accuracy"] > 0.6  # 300 BN steps already classify
-    assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
-    summary = (out / "summary.md").read_text()
-    assert "fashion-mnist" in summary and "the paper used MNIST" in summary
-    assert "acc @ 300" in summary and "train steps/s" in summary
-
-
-@pytest.mark.slow
-def test_figure_redraws_from_metrics_alone(ioffe_run):
-    (ioffe_run / "figure.png").unlink()
-    assert main(["plot", str(ioffe_run)]) == 0
-    assert (ioffe_run / "figure.png").read_bytes()[:8] == PNG_MAGIC
-
-
-@pytest.mark.slow
-def test_ioffe_reproducible_under_seed(tmp_path, fixture_data_dir):
-    def run(out):
-        assert main(["ioffe-fig1", "--dataset", "fashion-mnist", "--steps", "150", "--eval-every", "50",
-                     "--variants", "bn", "--data-dir", str(fixture_data_dir), "--out", str(out),
-                     "--no-progress", "--no-parallel"]) == 0
-        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(out / "bn" / "metrics.jsonl")]
-    assert run(tmp_path / "a") == run(tmp_path / "b")
 
 
 @pytest.mark.slow
@@ -126,21 +73,6 @@ def test_plain_sgd_matches_torch_sgd_exactly():
             opt.step()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
-
-
-def test_preset_label_names_the_flags_that_changed_the_experiment():
-    import argparse
-
-    from training.config import add_config_args, resolve_config
-    from training.ioffe import PRESETS, IoffeFig1Config
-
-    parser = argparse.ArgumentParser()
-    add_config_args(parser, IoffeFig1Config, PRESETS)
-    cfg, label = resolve_config(IoffeFig1Config, parser.parse_args(
-        ["--dataset", "fashion-mnist", "--out", "x", "--no-progress"]), PRESETS)
-    assert cfg.dataset == "fashion-mnist" and label == "paper + --dataset"
-    _, label = resolve_config(IoffeFig1Config, parser.parse_args(["--preset", "cpu", "--out", "y"]), PRESETS)
-    assert label == "cpu"
 
 
 def test_no_import_cycle_inside_training():

@@ -29,6 +29,17 @@ def _experiments() -> dict:
     }
 
 
+def _tools() -> dict:
+    """Commands that act on a trained checkpoint: {name: (module with add_arguments/main, help)}."""
+    from . import bn_test_time, recalibrate
+    return {
+        "recalibrate": (recalibrate, "Ioffe & Szegedy Algorithm 2: population BN statistics of the "
+                                     "final weights into a new checkpoint; test accuracy EMA vs population"),
+        "bn-test-time": (bn_test_time, "BN for one image at test time: accuracy vs test batch size with "
+                                       "the batch's own statistics, eval mode, the ONNX file; bit-identity"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     experiments = _experiments()
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -45,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import reproduce
     p = sub.add_parser("reproduce", help="run every experiment of both papers in a preset, then the report")
     reproduce.add_args(p)
+    tools = _tools()
+    for name, (module, help_text) in tools.items():
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "plot":
         from .figures import replot, replot_summary
@@ -60,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "reproduce":
         return reproduce.main(args)
+    if args.command in tools:
+        try:
+            return tools[args.command][0].main(args)
+        except (ValueError, FileNotFoundError, DatasetNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     cls, presets, run, _ = experiments[args.command]
     try:
         cfg, preset = resolve_config(cls, args, presets)

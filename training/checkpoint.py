@@ -16,9 +16,30 @@ from .runs import git_revision, to_jsonable
 
 FORMAT = "bnserve-checkpoint/1"
 
+# Which statistics the BN layers' running_mean / running_var hold (checkpoint field
+# ``bn_statistics.estimate``): PyTorch's exponential moving average gathered during training, or
+# Ioffe & Szegedy's Algorithm 2 population statistics of the final weights (training/recalibrate.py).
+EMA = "ema"
+POPULATION = "population"
+
+
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def ema_record(model: nn.Module) -> dict | None:
+    """The ``bn_statistics`` record of a model as training left it; None without BN."""
+    bns = batchnorms(model)
+    if not bns:
+        return None
+    return {"estimate": EMA, "momentum": bns[0].momentum,
+            "what": "exponential moving average of mini-batch statistics over training (PyTorch's)"}
+
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: DatasetSpec, *,
-                    test_accuracy: float | None, run: dict | None = None, step: int | None = None) -> Path:
+                    test_accuracy: float | None, run: dict | None = None, step: int | None = None,
+                    bn_statistics: dict | None = None) -> Path:
+    """``bn_statistics``: which estimate the BN buffers hold (``ema_record`` when not given)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
@@ -29,6 +50,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: DatasetSpec, *,
         "data": spec.facts(),
         "test_accuracy": None if test_accuracy is None else float(test_accuracy),
         "step": step,
+        "bn_statistics": to_jsonable(bn_statistics or ema_record(model)),
         # plain JSON types only, so that weights_only loading accepts the file
         "run": to_jsonable({"git_revision": git_revision(), **(run or {})}),
     }
