@@ -28,6 +28,9 @@ CASES = [
     ("Ioffe MLP 3x100 + BN", "mlp3x100", {"bn": True}, (1, 28, 28), 60, 3000, 1),
     ("VGG-11 + BN, width 0.25, 28 px", "vgg11", {"bn": True, "width": 0.25}, (1, 28, 28), 128, 40, None),
     ("VGG-11 + BN, full width, 32 px x3", "vgg11", {"bn": True}, (3, 32, 32), 128, 8, None),
+    # Santurkar's VGG-16: the cpu presets' network (one core per run) and the paper preset's.
+    ("VGG-16 + BN, width 0.125, 28 px", "vgg16", {"bn": True, "width": 0.125}, (1, 28, 28), 128, 40, 1),
+    ("VGG-16 + BN, full width, 32 px x3", "vgg16", {"bn": True}, (3, 32, 32), 128, 4, None),
 ]
 
 
@@ -219,14 +222,16 @@ def run(quick: bool = False, device: str = "auto") -> dict:
 
 
 def paper_preset_time(results: list[dict]) -> str:
-    """The Santurkar VGG paper preset's wall time at the full-width VGG-11 speed just measured."""
+    """The Santurkar VGG paper preset's wall time at the full-width VGG-16 speed just measured."""
     from training.santurkar import FIG1_PRESETS
 
     paper = FIG1_PRESETS["paper"]
-    vgg = next((r for r in results if r["case"].startswith("VGG-11 + BN, full width")), None)
+    vgg = next((r for r in results if r["case"].startswith("VGG-16 + BN, full width")), None)
     if vgg is None or vgg["batch"] != paper.batch_size:
         return ""
     seconds = paper.steps / vgg["ours"]
-    return (f"At that full-width VGG-11 speed, the Santurkar paper preset (batch {paper.batch_size}, "
+    runs = len(paper.lrs) * len(paper.variants) * paper.seeds
+    return (f"At that full-width VGG-16 speed, the Santurkar paper preset (batch {paper.batch_size}, "
             f"{paper.steps:,} steps) takes {seconds / 60:,.1f} min of training per run, "
-            f"{4 * seconds / 3600:,.2f} h for Figure 1's four runs one after another (evaluations not included).")
+            f"{runs * seconds / 3600:,.2f} h for Figure 1's {runs} runs (seeds included) one after another "
+            "(evaluations not included).")

@@ -45,14 +45,19 @@ def format_report(meta: dict) -> str:
     tol = par["tolerance"]
     pairs = [f"{f['bn']}->{f['into']}" for f in fold["folded"]]
     folded = ", ".join(pairs[:4]) + (f", ... ({len(pairs) - 4} more)" if len(pairs) > 4 else "") or "-"
+    lp = cfg.get("lp_norm") or ""
     lines = [
-        f"model      {cfg['name']} (bn={cfg['bn']}, noisy_bn={cfg['noisy_bn']}), dataset "
+        f"model      {cfg['name']} (bn={cfg['bn']}, noisy_bn={cfg['noisy_bn']}"
+        + (f", lp_norm={lp}" if lp else "") + f"), dataset "
         f"{meta['dataset']}, checkpoint test accuracy {meta['test_accuracy']}",
         f"checkpoint {meta['source_checkpoint']['file']} sha256 {meta['source_checkpoint']['sha256'][:16]}...",
         f"fold       {fold['batchnorms']} BatchNorm: {len(fold['folded'])} folded, "
         f"{len(fold['scale_shift'])} scale-shift, {len(fold['not_in_graph'])} not in graph",
         f"           folded: {folded}",
     ]
+    if lp:  # Santurkar Sec. 3.3: not a BatchNorm, so nothing of it is folded
+        lines.append(f"           l_p normalisation ({lp}) is not a BatchNorm: not folded; in eval mode it is "
+                     "(x - running_mean) / running_norm * gamma + beta, exported as Sub/Div/Mul/Add")
     lines += [f"           scale-shift {s['bn']}: {s['reason']}" for s in fold["scale_shift"][:5]]
     ops = ", ".join(f"{k} {v}" for k, v in rep["op_counts"].items())
     lines += [

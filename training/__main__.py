@@ -20,6 +20,10 @@ def _experiments() -> dict:
                            "Santurkar et al. 2018 Fig. 2: Standard, +BN, +noisy BN"),
         "santurkar-fig3": (santurkar.Fig3Config, santurkar.FIG3_PRESETS, santurkar.run_fig3,
                            "Santurkar et al. 2018 Fig. 3: internal covariate shift, VGG and 25-layer DLN"),
+        "santurkar-fig4": (santurkar.Fig4Config, santurkar.FIG4_PRESETS, santurkar.run_fig4,
+                           "Santurkar et al. 2018 Fig. 4: the loss landscape along the gradient, VGG and DLN"),
+        "santurkar-fig5": (santurkar.Fig5Config, santurkar.FIG5_PRESETS, santurkar.run_fig5,
+                           "Santurkar et al. 2018 Figs. 5, 6: l_p normalisation against Standard and BN"),
         "classifier": (classifier.ClassifierConfig, None, classifier.run,
                        "train any registry model as an image classifier (e.g. the default served model)"),
     }
@@ -58,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.command == "plot":
-        from .figures import replot
+        from .figures import replot, replot_summary
         print(replot(args.run_dir))
+        summary = replot_summary(args.run_dir)
+        if summary:
+            print(summary)
         return 0
     if args.command == "report":
         from .report import write_report

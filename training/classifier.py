@@ -12,7 +12,6 @@ evaluation interval.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,15 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
-from .config import require_positive
+from .config import RunOptions, require_positive
 from .data import BatchSampler, Normalizer, load_dataset
-from .loop import evaluate, prepare_model, sgd_step, step_bar
+from .loop import evaluate, interval_ends, prepare_model, run_steps, sgd_step, step_bar
 from .models import MODELS, create_model
 from .runs import MetricsWriter, pick_device, start_run
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(RunOptions):
     model: str = field(default="vgg11", metadata={"help": "registry model", "choices": sorted(MODELS)})
     bn: bool = field(default=True, metadata={"help": "BatchNorm after every conv / hidden linear"})
     noisy_bn: bool = field(default=False, metadata={"help": "vgg only: Santurkar's noisy BN"})
@@ -41,15 +40,14 @@ class ClassifierConfig:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
     lr_decay: bool = field(default=True, metadata={"help": "decay lr linearly to 0 over the last half"})
-    seed: int = field(default=0, metadata={"help": "seed for init and batch order"})
     eval_every: int = field(default=500, metadata={"help": "steps between test-set evaluations"})
     out: str = field(default="runs/classifier", metadata={"help": "run directory"})
-    data_dir: str | None = field(default=None, metadata={"help": "dataset directory"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def validate(self) -> None:
+        self.validate_run_options()
+        if self.seeds != 1:
+            raise ValueError("the classifier trains one model: --seeds must be 1 (use --seed)")
         require_positive(self, "steps", "batch_size", "eval_every", "lr")
 
 
@@ -77,38 +75,37 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
                           weight_decay=cfg.weight_decay, foreach=True)
     sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed, device)
     bar = step_bar(cfg.progress, cfg.steps, cfg.model)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    step, train_seconds, acc = 0, 0.0, float("nan")
+    state = {"acc": float("nan"), "train_seconds": 0.0}
+
+    def step_fn(step: int):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        images, labels = train.batch(sampler.next_indices())
+        loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp)
+        return loss, (logits.argmax(1) == labels).sum()
+
     with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
-        model.train()
-        while step < cfg.steps:
+        def on_interval(iv) -> None:
             t0 = time.perf_counter()
-            n = min(cfg.eval_every, cfg.steps - step)
-            for _ in range(n):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, cfg)
-                images, labels = train.batch(sampler.next_indices())
-                loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp)
-                loss_sum += loss
-                correct += (logits.argmax(1) == labels).sum()
-                step += 1
-                if bar is not None and step % 20 == 0:
-                    bar.update(20)
             acc = evaluate(model, test.images, test.labels, norm, amp=cfg.amp).item()
-            train_seconds += time.perf_counter() - t0
-            mean_loss = loss_sum.item() / n
-            train_acc = correct.item() / (n * cfg.batch_size)
-            loss_sum.zero_()
-            correct.zero_()
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower --lr")
-            metrics.write({"step": step, "loss": mean_loss, "train_accuracy": train_acc,
-                           "test_accuracy": acc, "lr": lr_at(step - 1, cfg),
-                           "elapsed_s": round(train_seconds, 3)})
+            state["acc"] = acc
+            state["train_seconds"] += iv.seconds + time.perf_counter() - t0
+            row = {"step": iv.step, "loss": iv.loss, "train_accuracy": iv.train_accuracy,
+                   "test_accuracy": acc, "lr": lr_at(iv.step - 1, cfg),
+                   "elapsed_s": round(state["train_seconds"], 3), "seed": cfg.seed}
+            if iv.diverged:
+                row["diverged"] = True
+            metrics.write(row)
             if bar is not None:
-                bar.update(step - bar.n)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", train=f"{train_acc:.3f}", test=f"{acc:.4f}")
+                bar.set_postfix(loss=f"{iv.loss:.3f}", train=f"{iv.train_accuracy:.3f}", test=f"{acc:.4f}")
+
+        model.train()
+        diverged_at = run_steps(step_fn, cfg.steps, interval_ends(cfg.steps, cfg.eval_every),
+                                on_interval, cfg.batch_size, bar)
+    if diverged_at is not None:  # no checkpoint of a diverged model: nothing would serve it
+        raise FloatingPointError(f"the training loss became inf/nan by step {diverged_at} "
+                                 f"(metrics: {run_dir / 'metrics.jsonl'}); lower --lr")
+    step, acc, train_seconds = cfg.steps, state["acc"], state["train_seconds"]
     if bar is not None:
         bar.close()
     save_checkpoint(run_dir / "checkpoint.pt", model.to(memory_format=torch.contiguous_format),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 def _field_type(cls, f: dataclasses.Field):
@@ -71,6 +71,25 @@ def resolve_config(cls, args: argparse.Namespace, presets: dict | None = None):
 
 # Flags that change where or how a run executes, not what it computes.
 RUN_MECHANICS = {"out", "progress", "device", "data_dir", "parallel"}
+
+
+@dataclass
+class RunOptions:
+    """The options every experiment shares, declared once: experiment configs subclass this
+    (and override ``out``'s default). ``seeds`` = N trains seeds ``seed .. seed+N-1``
+    (``training.seeds.seed_list``); every metrics row carries its ``seed``."""
+
+    seed: int = field(default=0, metadata={"help": "first seed (init, batch order, probed units)"})
+    seeds: int = field(default=1, metadata={"help": "number of seeds: seed, seed+1, ..."})
+    out: str = field(default="runs/experiment", metadata={"help": "run directory"})
+    data_dir: str | None = field(default=None, metadata={"help": "dataset directory (see README)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def validate_run_options(self) -> None:
+        require_positive(self, "seeds")
+        if self.seed < 0:
+            raise ValueError("--seed must be >= 0")
 
 
 def require_positive(cfg, *names: str) -> None:

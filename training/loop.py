@@ -1,10 +1,14 @@
 """Pieces every training loop shares: evaluation, mixed precision, device placement. The loops
 keep data on the device and never sync with the host inside a step; they read numbers back once
-per evaluation interval."""
+per evaluation interval. ``run_steps`` is the one loop driver the experiments share."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -80,3 +84,64 @@ class PlainSGD:
     def step(self) -> None:
         with_grad = [p for p in self.params if p.grad is not None]
         torch._foreach_add_(with_grad, [p.grad for p in with_grad], alpha=-self.param_groups[0]["lr"])
+
+
+# --- the one training-loop driver -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interval:
+    """What ``run_steps`` hands its caller at the end of each interval (one host sync)."""
+
+    step: int  # steps done so far
+    steps: int  # steps in this interval
+    loss: float  # mean training loss over the interval's steps
+    train_accuracy: float | None  # mean mini-batch accuracy (train mode); None if not counted
+    diverged: bool  # the mean loss is inf/nan: run_steps stops after this interval
+    seconds: float  # wall time of the interval's steps
+
+
+def interval_ends(steps: int, every: int, extra: Iterable[int] = ()) -> list[int]:
+    """Steps after which an interval ends: every ``every`` steps, ``steps`` itself, and ``extra``
+    (e.g. the midpoint a summary compares at), within 1..steps."""
+    ends = set(range(every, steps + 1, every)) | {steps} | {s for s in extra if 0 < s <= steps}
+    return sorted(ends)
+
+
+def run_steps(step_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]], steps: int,
+              ends: Sequence[int], on_interval: Callable[[Interval], None],
+              batch_size: int = 1, bar=None, start: int = 0) -> int | None:
+    """The training loop of every experiment (Santurkar's VGGs and DLN, the classifier).
+
+    ``step_fn(step)`` does one training step and returns ``(loss, n_correct)`` as device tensors
+    (``n_correct`` may be None). They are summed on the device and read back once at each step
+    in ``ends``, where ``on_interval(Interval)`` runs (evaluate, write metrics).
+
+    Divergence, one rule everywhere: an interval whose mean loss is not finite is reported with
+    ``diverged=True`` and ends training; ``run_steps`` returns that step (None if training
+    finished). What a diverged run means (a figure's cross, an error) is the caller's call.
+    """
+    step, loss_sum, correct, counted = start, None, None, False
+    for end in ends:
+        if end <= step:
+            continue
+        t0 = time.perf_counter()
+        n = end - step
+        for _ in range(n):
+            loss, n_correct = step_fn(step)
+            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
+            if n_correct is not None:
+                counted = True
+                correct = n_correct if correct is None else correct + n_correct
+            step += 1
+            if bar is not None and step % 20 == 0:
+                bar.update(20)
+        mean_loss = loss_sum.item() / n  # the interval's one host sync
+        acc = correct.item() / (n * batch_size) if counted else None
+        loss_sum, correct = None, None
+        diverged = not math.isfinite(mean_loss)
+        on_interval(Interval(step, n, mean_loss, acc, diverged, time.perf_counter() - t0))
+        if bar is not None:
+            bar.update(step - bar.n)
+        if diverged:
+            return step
+    return None

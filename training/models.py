@@ -9,10 +9,12 @@ Training, export, benchmarks and tests all build models here, and every checkpoi
 - ``vgg11`` / ``vgg16``: Santurkar et al. 2018. Convs 3x3 (+BN) + ReLU, max-pools, then three
   fully connected layers (512w, 512w, classes): 11 / 16 weight layers, so "layer 11" exists.
   ``bn`` puts a BatchNorm2d after every conv; ``noisy_bn`` makes it the "noisy" BN of Fig. 2
-  (noise in training only; in eval it is plain BN, so it exports as plain BN). ``width`` scales
+  (noise in training only; in eval it is plain BN, so it exports as plain BN); ``lp_norm``
+  (l1, l2, linf) puts Section 3.3's ``LpNorm`` there instead of a BN. ``width`` scales
   every channel count. Inputs of 28 px drop the last pool (28 -> 14 -> 7 -> 3 -> 1). Glorot init.
 - ``dln25``: the deep linear network of Santurkar Fig. 3: 25 bias-free linear layers of width
-  10; with ``bn`` a BatchNorm1d after each hidden layer (1..24), not after the output layer.
+  10; with ``bn`` (or ``lp_norm``) a BatchNorm1d (an ``LpNorm``) after each hidden layer (1..24),
+  not after the output layer.
 
 Every model exposes ``weight_layers()`` (the Conv/Linear modules, layer 1..k in order) and
 ``activation_sites()`` (for each layer, the module whose output is that layer's
@@ -37,6 +39,7 @@ class ModelConfig:
     image_size: int = 28
     bn: bool = False
     noisy_bn: bool = False  # vgg only: Santurkar Fig. 2 "noisy" BN (implies bn)
+    lp_norm: str = ""  # vgg, dln: Santurkar Sec. 3.3 l_p normalisation instead of BN: l1, l2, linf
     width: float = 1.0  # vgg only: channel multiplier
     hidden: int = 100  # mlp: hidden units; dln: layer width
     depth: int = 3  # mlp: hidden layers; dln: linear layers
@@ -46,30 +49,113 @@ class ModelConfig:
         return asdict(self)
 
 
-# --- noisy BN (Santurkar et al. 2018, Sec. 2.2 / Fig. 2) ------------------------------------
+# --- noisy BN (Santurkar et al. 2018, Sec. 2.2, Appendix A.2.1, Algorithm 1) ---------------
 
 class NoisyBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d followed, in training only, by a time-varying noise on every activation of
-    every sample: a <- s * a + m. Per forward pass (one training step) and per layer,
-    mu_t ~ U(-0.5, 0.5) and sigma_t ~ U(1, 1.25); then per element m ~ U(mu_t - 0.1, mu_t + 0.1)
-    and s ~ N(sigma_t, 0.1). Draws stay on the device (no host sync). In eval mode it is exactly
-    BatchNorm2d, which is why it folds and exports as plain BN."""
+    """BatchNorm2d followed, in training only, by Algorithm 1's time-varying noise:
+    at each forward pass (one training step), *for each unit j* (a channel: height and width
+    count as part of the batch), mu_t ~ U(-0.5, 0.5) and sigma_t ~ U(1, 1.25); then for each
+    sample and element m ~ U(mu_t - 0.1, mu_t + 0.1), s ~ N(sigma_t, 0.1) and a <- s * a + m.
+    Draws stay on the device (no host sync). In eval mode it is exactly BatchNorm2d, which is
+    why it folds and exports as plain BN."""
 
-    noise_mean_range = 0.5
-    noise_std_range = (1.0, 1.25)
-    elem_mean_halfwidth = 0.1
-    elem_std = 0.1
+    noise_mean_range = 0.5  # n_mu
+    noise_std_range = (1.0, 1.25)  # (1, n_sigma)
+    elem_mean_halfwidth = 0.1  # r_mu
+    elem_std = 0.1  # r_sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         if not self.training:
             return y
         lo, hi = self.noise_std_range
-        mu_t = (torch.rand((), device=y.device) * 2 - 1) * self.noise_mean_range
-        sigma_t = lo + torch.rand((), device=y.device) * (hi - lo)
+        unit = (1, y.shape[1]) + (1,) * (y.dim() - 2)  # one draw per channel
+        mu_t = (torch.rand(unit, device=y.device, dtype=y.dtype) * 2 - 1) * self.noise_mean_range
+        sigma_t = lo + torch.rand(unit, device=y.device, dtype=y.dtype) * (hi - lo)
         m = mu_t + (torch.rand_like(y) * 2 - 1) * self.elem_mean_halfwidth
         s = sigma_t + torch.randn_like(y) * self.elem_std
         return s * y + m
+
+
+# --- l_p normalisation (Santurkar et al. 2018, Sec. 3.3, Figures 5, 6) ----------------------
+
+LP_NORMS = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
+
+
+class LpNorm(nn.Module):
+    """Section 3.3's alternative to BatchNorm: fix the first moment as BN does (subtract each
+    unit's batch mean; conv: over batch, height and width), then divide by the batch average of
+    each sample's l_p norm of the centred activations, then gamma * . + beta per unit.
+
+    The paper says "normalizes them by the average of their l_p-norm"; ours (stated in the
+    summary): the norm of one sample is taken over all units of the layer (and positions), as
+    a power mean ``(mean_j |c_j|^p)^(1/p)`` (``max_j |c_j|`` for p = inf) so that its scale does
+    not grow with the layer's size, and it is one scalar per layer: unlike BN, no unit's
+    variance is fixed, which is the point of the experiment (Fig. 6: the distributions are no
+    longer Gaussian-like). For p = 2 this is not BN: BN divides each unit by its own std.
+
+    Like BN it keeps running estimates (momentum 0.1) of the means and of the norm for eval
+    mode, where it is the fixed map ``(x - running_mean) / running_norm * gamma + beta``. It is
+    not a BatchNorm: the exporter does not fold it; it exports as Sub/Div/Mul/Add (see
+    export/fold.py's report: no BN found, nothing folded)."""
+
+    def __init__(self, num_features: int, p: str, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        if p not in LP_NORMS:
+            raise ValueError(f"unknown l_p normalisation {p!r}; choose from {', '.join(LP_NORMS)}")
+        self.p_name, self.p = p, LP_NORMS[p]
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_norm", torch.ones(()))
+
+    def _shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (1, self.num_features) + (1,) * (x.dim() - 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = self._shape(x)
+        if not self.training:
+            return ((x - self.running_mean.view(shape)) / self.running_norm
+                    * self.weight.view(shape) + self.bias.view(shape))
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        c = x - mean
+        flat = c.flatten(1).abs()
+        if math.isinf(self.p):
+            per_sample = flat.amax(dim=1)
+        else:
+            per_sample = flat.pow(self.p).mean(dim=1).pow(1.0 / self.p)
+        norm = per_sample.mean() + self.eps
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.flatten(), self.momentum)
+            self.running_norm.lerp_(norm.detach(), self.momentum)
+        return c / norm * self.weight.view(shape) + self.bias.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, p={self.p_name}, eps={self.eps}, momentum={self.momentum}"
+
+
+# The experiments' variant names -> model config: which normalisation follows each weight layer.
+NORMALISATIONS: dict[str, dict] = {
+    "standard": {},
+    "bn": {"bn": True},
+    "noisy_bn": {"noisy_bn": True},
+    **{p: {"lp_norm": p} for p in LP_NORMS},
+}
+
+
+def norm_layer(cfg: ModelConfig, features: int, dims: int) -> nn.Module | None:
+    """The normalisation a model config asks for after a weight layer, or None."""
+    if cfg.lp_norm:
+        return LpNorm(features, cfg.lp_norm)
+    if cfg.noisy_bn:
+        if dims != 2:
+            raise ValueError("noisy_bn is defined for the VGG's convolutions only")
+        return NoisyBatchNorm2d(features)
+    if cfg.bn:
+        return nn.BatchNorm2d(features) if dims == 2 else nn.BatchNorm1d(features)
+    return None
 
 
 # --- the models -------------------------------------------------------------------------------
@@ -121,8 +207,7 @@ class VGG(_PaperModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         layout = VGG_LAYOUTS[cfg.name]
-        bn_cls = NoisyBatchNorm2d if cfg.noisy_bn else nn.BatchNorm2d
-        use_bn = cfg.bn or cfg.noisy_bn
+        normalised = bool(cfg.bn or cfg.noisy_bn or cfg.lp_norm)
         feats: list[nn.Module] = []
         self._sites = []
         c_in, size = cfg.in_channels, cfg.image_size
@@ -133,10 +218,10 @@ class VGG(_PaperModel):
                     size //= 2
                 continue
             c_out = max(1, round(int(v) * cfg.width))
-            conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not use_bn)
+            conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not normalised)
             feats.append(conv)
-            if use_bn:
-                bn = bn_cls(c_out)
+            if normalised:
+                bn = norm_layer(cfg, c_out, 2)
                 feats.append(bn)
                 self._sites.append(bn)
             else:
@@ -163,8 +248,8 @@ class DLN(_PaperModel):
         for i in range(cfg.depth):
             lin = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
             layers.append(lin)
-            if cfg.bn and i < cfg.depth - 1:
-                bn = nn.BatchNorm1d(cfg.hidden)
+            if (cfg.bn or cfg.lp_norm) and i < cfg.depth - 1:
+                bn = norm_layer(cfg, cfg.hidden, 1)
                 layers.append(bn)
                 self._sites.append(bn)
             else:

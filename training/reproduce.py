@@ -44,6 +44,8 @@ def plan(preset: str, seeds: int | None) -> list[Job]:
         Job("santurkar-fig1", ("santurkar-fig1", *common, *seed_args)),
         Job("santurkar-fig2", ("santurkar-fig2", *common, *seed_args)),
         Job("santurkar-fig3", ("santurkar-fig3", *common)),
+        Job("santurkar-fig4", ("santurkar-fig4", *common)),
+        Job("santurkar-fig5", ("santurkar-fig5", *common, *seed_args)),
     ]
 
 
