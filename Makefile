@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test lint serve serve-deps default-model samples bento figures clean-venv
+.PHONY: test browser lint serve serve-deps default-model samples bento figures clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,20 @@ $(VENV)/.dev-installed: requirements/dev.txt requirements/serving.txt | $(VENV)/
 	$(PY) -m pip install -q -r requirements/dev.txt
 	touch $@
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed browser
 	$(PY) -m pytest
+
+# The test page is checked in a real headless Chromium (tests/test_service.py): Debian's chromium
+# and chromium-driver, installed here when missing and this user may (root with apt-get);
+# elsewhere that one test says why it is skipped.
+browser:
+	@command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium + chromium-driver for the browser test (apt-get)"; \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: chromium + chromium-driver are missing: the browser test will be skipped"; \
+	  fi; }
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
