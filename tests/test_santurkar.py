@@ -329,6 +329,13 @@ def test_fig1_smoke(tmp_path):
     acts = [r for r in rows if r["kind"] == "activation"]
     assert [r["step"] for r in acts] == [0, 2, 3, 4, 5] and acts[0]["layers"] == [3, 11]
     assert "of 2 seeds" in (out / "summary.md").read_text()
+    # the report's section: the same claims as the summary, recomputed from the metrics
+    from training.santurkar.report import section
+    sec = section(out)
+    assert sec.run.seeds == [0, 1] and sec.figures == [out / "figure.png"]
+    summary = (out / "summary.md").read_text()
+    assert len(sec.claims) == 4 and all(f"**{c.verdict}**: {c.statement}" in summary for c in sec.claims)
+    assert len(sec.observed) == 4
 
 
 @pytest.mark.slow

@@ -58,10 +58,10 @@ class RunInfo:
         record = json.loads((run_dir / "config.json").read_text())
         cfg = record.get("config", {})
         env = record.get("environment", {})
-        seeds = record.get("seeds") or cfg.get("seeds_list")
-        if not seeds:
-            seed = record.get("seed", cfg.get("seed"))
-            seeds = [] if seed is None else [seed]
+        seeds = record.get("seeds")  # the list, where the run recorded it
+        if not isinstance(seeds, list):
+            first, n = record.get("seed", cfg.get("seed")), cfg.get("seeds", 1)
+            seeds = [] if first is None else list(range(first, first + (n if isinstance(n, int) else 1)))
         machine = ", ".join(str(x) for x in (
             env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} torch threads)",
             env.get("platform"), f"torch {env.get('torch')}" if env.get("torch") else None) if x)
@@ -110,7 +110,9 @@ def registered() -> tuple[dict[str, SectionBuilder], list[QuestionBuilder]]:
     """Experiment name -> section builder, and the conceptual questions (given every run found,
     by experiment name). Imported here, lazily: the experiments import this module's types."""
     from .ioffe.report import section as ioffe_fig1
-    return {"ioffe-fig1": ioffe_fig1}, []
+    from .santurkar.report import TEXT
+    from .santurkar.report import section as santurkar
+    return {"ioffe-fig1": ioffe_fig1, **{name: santurkar for name in TEXT}}, []
 
 
 def find_runs(runs_dir: str | Path) -> dict[str, Path]:

@@ -1,0 +1,90 @@
+"""Figures 1-6's sections of the report (training/report.py): the four parts per figure, with the
+claims of claims.py recomputed from the run's metrics (nothing is retrained)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..report import RunInfo, Section
+from .experiments import claims_for
+from .jobs import load_jobs
+
+# Per figure: title, context (what was run, what problem it addresses), what is plotted, and the
+# interpretation when every claim holds / when some differ.
+TEXT = {
+    "santurkar-fig1": (
+        "Santurkar et al. 2018, Figure 1: BN trains faster and tolerates a larger learning rate",
+        "A VGG trained with plain SGD with and without BN at two learning rates (0.1 and 0.5), as in "
+        "Appendix A.1. It sets up the paper's question: BN clearly helps optimisation, and the usual "
+        "explanation is that it reduces internal covariate shift (ICS).",
+        "Training and test accuracy against steps for Standard and Standard + BN at each learning rate "
+        "(mean over seeds, min-max band), and the distribution of one activation at layers #3 and #11 "
+        "over training.",
+        "BN trains faster and survives the larger learning rate, as the paper shows; the activation "
+        "distributions alone do not tell whether that is because of ICS.",
+        "Some of the paper's observations do not hold in this run (see the claims): read them with the "
+        "preset's dataset, depth and step count in mind."),
+    "santurkar-fig2": (
+        "Santurkar et al. 2018, Figure 2: BN with injected noise (noisy BN) still trains well",
+        "Algorithm 1: after each BN layer, every activation is scaled and shifted by noise whose mean and "
+        "scale change at every step, per unit; this creates severe covariate shift on purpose. If BN "
+        "worked by reducing ICS, noisy BN should lose its benefit.",
+        "Training accuracy of Standard, Standard + BN and Standard + noisy BN, and the distribution of one "
+        "activation at layers #2, #9 and #13 over training.",
+        "Noisy BN trains about as well as BN although its activations are at least as unstable as "
+        "Standard's: BN's benefit does not come from stabilising the input distributions.",
+        "Part of the picture differs here (see the claims); where noisy BN trains like BN, the paper's "
+        "conclusion that stability is not what BN provides still stands."),
+    "santurkar-fig3": (
+        "Santurkar et al. 2018, Figure 3: BN does not reduce internal covariate shift (Definition 2.1)",
+        "ICS measured the way the paper defines it: the change of a layer's gradient caused by updating "
+        "the layers before it (G vs G', same batch), for a VGG and a 25-layer deep linear network (DLN), "
+        "with and without BN, at two learning rates each.",
+        "Left: VGG training accuracy, DLN training loss. Right: per layer (VGG #5, #10; DLN #9, #17) over "
+        "training, the l2 distance ||G - G'|| (0 is no shift) and the cosine of G and G' (1 is no shift).",
+        "With BN the shift is not smaller (often larger) although BN trains better: reducing ICS, as "
+        "defined, is not how BN helps.",
+        "Some measurements differ from the paper's (see the claims and the summary for the DLN at the "
+        "paper's learning rate, which sits at the edge of stability)."),
+    "santurkar-fig4": (
+        "Santurkar et al. 2018, Figure 4: BN makes the loss landscape smoother (Section 3.1)",
+        "At regular steps of training, move along the gradient by several step lengths and measure how "
+        "the loss and the gradient change: the paper's proposed explanation of BN's effect.",
+        "For the VGG and the DLN, with and without BN: (a) the range of the loss along the gradient "
+        "direction, (b) gradient predictiveness (l2 change of the gradient along it), (c) effective "
+        "beta-smoothness (largest gradient change per distance moved).",
+        "With BN the loss and its gradient vary less along the step: a smoother, more predictable "
+        "landscape, which is what allows larger, faster steps.",
+        "The landscape is not smoother with BN on every measure in this run (see the claims); where it "
+        "differs, the network without BN is often on a flat plateau, where every measure is small."),
+    "santurkar-fig5": (
+        "Santurkar et al. 2018, Figures 5 and 6: l_p normalisation works like BN (Section 3.3)",
+        "Replace BN by normalisations that fix the mean and divide by an average l_p norm (p = 1, 2, inf): "
+        "they give no guarantee of stable distributions, yet if the smoothing view is right they should "
+        "help as BN does.",
+        "VGG training accuracy and DLN training loss for Standard, BN and l_1, l_2, l_inf normalisation; "
+        "activation histograms at VGG layer #11.",
+        "The l_p normalisations train like BN without BN's distributional control: what matters is the "
+        "normalisation's effect on the landscape, not Gaussian-like stable activations.",
+        "Not every l_p variant matches the paper here (see the claims)."),
+}
+
+
+def section(run_dir: Path) -> Section:
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "config.json").read_text())
+    experiment = record["experiment"]
+    title, context, plotted, if_pass, if_differs = TEXT[experiment]
+    vgg, dln = load_jobs(run_dir, record["config"])
+    claims = claims_for(experiment, record["config"], vgg, dln)
+    partial = (run_dir / "summary.md").exists() and "Partial run" in (run_dir / "summary.md").read_text()
+    observed = [f"{c.statement}: {c.ours}." for c in claims]
+    if partial:
+        observed.insert(0, "Partial run: some jobs stopped before their last step (summary.md says which).")
+    figure = run_dir / "figure.png"
+    if not figure.exists():
+        observed.insert(0, f"No figure.png in this run directory (`python -m training plot {run_dir}` draws it).")
+    return Section(key=experiment, title=title, context=context, plotted=plotted, observed=observed,
+                   interpretation=if_pass if all(c.passed for c in claims) else if_differs,
+                   claims=claims, figures=[figure] if figure.exists() else [], run=RunInfo.read(run_dir))
