@@ -158,3 +158,24 @@ def tiny_model(tmp_path, *, meta: dict | None | str = "ok", bn: bool = False, na
     path = tmp_path / name
     onnx.save(proto, str(path))
     return path
+
+
+class AsgiClient:
+    """A client's side of one ASGI request: ``receive`` hands out ``messages``, then an
+    http.disconnect (``then_disconnect``: the client left) or, as uvicorn does while the client
+    stays, nothing until the answer is sent; ``send`` collects the answer in ``sent``."""
+
+    def __init__(self, messages=(), then_disconnect: bool = True):
+        self.queue, self.then_disconnect, self.sent = list(messages), then_disconnect, []
+
+    async def receive(self) -> dict:
+        import asyncio
+        if self.queue:
+            return self.queue.pop(0)
+        if not self.then_disconnect:
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import AsgiClient, tiny_model
 from PIL import Image
 
 from serving import model as smodel
@@ -455,27 +455,12 @@ def test_bentoml_timeout_middleware_still_times_out():
 # --- ClassifyRoute: POST /classify answered ahead of BentoML's router ------------------------------
 
 def _asgi_call(middleware, scope: dict, messages: list[dict], then_disconnect: bool = True) -> list[dict]:
-    """``messages``, then http.disconnect (a client gone) or, as uvicorn does while the client
-    stays, nothing until the answer is sent."""
+    """``messages`` sent to ``middleware``, then the client leaves or stays (``AsgiClient``)."""
     import asyncio
 
-    async def main():
-        sent, queue = [], list(messages)
-
-        async def receive():
-            if queue:
-                return queue.pop(0)
-            if not then_disconnect:
-                await asyncio.Event().wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-
-        await middleware(scope, receive, send)
-        return sent
-
-    return asyncio.run(main())
+    client = AsgiClient(messages, then_disconnect)
+    asyncio.run(middleware(scope, client.receive, client.send))
+    return client.sent
 
 
 def _http_scope(method: str, path: str, content_type: bytes) -> dict:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import AsgiClient
 
 from serving.admission import Admission, admission_limit, retry_after_s
 from serving.lifecycle import (
@@ -99,26 +100,14 @@ def test_stalled_requests_do_not_inflate_the_service_time():
 # --- one request through Traffic.handle ------------------------------------------------------------
 
 def run_handle(traffic: Traffic, respond, messages=(), then_disconnect=False, read=None):
-    async def main():
-        sent, queue, reads = [], list(messages), []
+    client, reads = AsgiClient(messages, then_disconnect), []
 
-        async def receive():
-            if queue:
-                return queue.pop(0)
-            if not then_disconnect:
-                await asyncio.Event().wait()
-            return {"type": "http.disconnect"}
+    async def default_read():
+        reads.append(True)
+        return b"IMG"
 
-        async def send(message):
-            sent.append(message)
-
-        async def default_read():
-            reads.append(True)
-            return b"IMG"
-
-        await traffic.handle(SCOPE, receive, send, read or default_read, respond)
-        return sent, reads
-    return asyncio.run(main())
+    asyncio.run(traffic.handle(SCOPE, client.receive, client.send, read or default_read, respond))
+    return client.sent, reads
 
 
 async def ok_response(upload):
