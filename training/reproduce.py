@@ -41,6 +41,11 @@ def plan(preset: str, seeds: int | None) -> list[Job]:
     common = ("--preset", preset, "--no-progress", "--out", "{out}")
     return [
         Job("ioffe-fig1", ("ioffe-fig1", *common, *seed_args)),
+        # Algorithm 2's population statistics vs the EMA, and BN for one image at test time, on
+        # Figure 1's BN network (first seed); their numbers are in log.txt and summary.md.
+        Job("ioffe-recalibrate", ("recalibrate", "{runs}/ioffe-fig1/bn/checkpoint.pt",
+                                  "--out", "{out}/checkpoint-population.pt"), after=("ioffe-fig1",)),
+        Job("ioffe-bn-test-time", ("bn-test-time", "{runs}/ioffe-fig1", "--out", "{out}"), after=("ioffe-fig1",)),
         Job("santurkar-fig1", ("santurkar-fig1", *common, *seed_args)),
         Job("santurkar-fig2", ("santurkar-fig2", *common, *seed_args)),
         Job("santurkar-fig3", ("santurkar-fig3", *common)),
@@ -67,8 +72,8 @@ def read_record(runs: Path, name: str) -> dict | None:
 
 def is_current(job: Job, runs: Path, revision: str) -> bool:
     """The job's outputs exist for this command, this code revision and its inputs' current runs."""
-    rec = read_record(runs, job.name)
-    if rec is None or not (runs / job.name / "config.json").is_file():
+    rec = read_record(runs, job.name)  # written only when the job succeeded
+    if rec is None:
         return False
     expected = record_for(job, runs, revision, current_inputs(job, runs))
     return all(rec.get(k) == v for k, v in expected.items())
