@@ -38,6 +38,7 @@ import math
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import typing as t
@@ -137,6 +138,34 @@ def with_connection_close(send: Send) -> Send:
 
 # --- per request ----------------------------------------------------------------------------------
 
+class AcceptQueue:
+    """The length of the accept queue of a uvicorn server's listening sockets (Linux: TCP_INFO's
+    ``tcpi_unacked`` of a listening socket), found lazily once the server listens; 0 elsewhere."""
+
+    UNACKED = struct.Struct("=I")  # tcpi_unacked: offset 24 of struct tcp_info
+
+    def __init__(self, server: t.Any):
+        self.server = server
+        self.socks: list[socket.socket] | None = None
+
+    def length(self) -> int:
+        if self.socks is None:
+            servers = getattr(self.server, "servers", None)
+            if not servers:
+                return 0
+            self.socks = [socket.socket(fileno=os.dup(s.fileno())) for srv in servers for s in (srv.sockets or ())
+                          if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM]
+        n = 0
+        for sock in self.socks:
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+            except (OSError, AttributeError):
+                continue
+            if len(info) >= 28:
+                n += self.UNACKED.unpack_from(info, 24)[0]
+        return n
+
+
 class Traffic:
     """Admission, disconnects and drain for one worker's /classify. ``on_event(name)`` counts
     ``shed``, ``client_gone`` (the service feeds these to Prometheus counters)."""
@@ -151,9 +180,13 @@ class Traffic:
 
     def count_ahead_in(self, server: t.Any) -> None:
         """Requests ahead = uvicorn's request tasks, less the asking one, the uploads still
-        arriving and the requests already answered (see serving/admission.py)."""
+        arriving and the requests already answered (see serving/admission.py), plus the
+        connections the kernel has completed but no worker has accepted yet: under a burst of
+        new connections they are where the wait is, and only counting them lets the worker
+        refuse quickly enough to keep taking them in."""
         tasks = server.server_state.tasks
-        self.admission.ahead = lambda: len(tasks) - 1 - self.reading - self.finishing
+        queue = AcceptQueue(server)
+        self.admission.ahead = lambda: len(tasks) - 1 - self.reading - self.finishing + queue.length()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send,
                      read: Callable[[], Awaitable[t.Any]],

@@ -405,3 +405,32 @@ def test_bentoml_serve_sigterm_drains_answers_refuses_and_exits(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def test_accept_queue_counts_connections_the_kernel_completed_but_nobody_accepted():
+    import socket
+    import sys
+    from types import SimpleNamespace
+
+    from serving.lifecycle import AcceptQueue
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server = SimpleNamespace(servers=None)
+    queue = AcceptQueue(server)
+    assert queue.length() == 0  # not listening yet: nothing to read
+    server.servers = [SimpleNamespace(sockets=[listener])]
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    try:
+        expected = 3 if sys.platform == "linux" else 0  # TCP_INFO of a listener: Linux only
+        assert queue.length() == expected
+        conn, _ = listener.accept()
+        conn.close()
+        assert queue.length() == max(0, expected - 1)
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
+        for s in queue.socks or ():
+            s.close()
