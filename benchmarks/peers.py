@@ -29,11 +29,13 @@ def _classifier():
     return OnnxClassifier(model_path_from_env())
 
 
-def _prepare(clf, data: bytes) -> np.ndarray:
+def _prepare(clf, data: bytes, convert: str = "auto") -> np.ndarray:
+    """The service's own preprocessing, the dataset's conversion for photos included."""
     from serving.preprocess import prepare_image
 
     i = clf.info
-    return prepare_image(data, i.channels, i.height, i.width, i.mean, i.std)[None].astype(i.dtype, copy=False)
+    return prepare_image(data, i.channels, i.height, i.width, i.mean, i.std, convention=i.input_convention,
+                         convert=convert)[None].astype(i.dtype, copy=False)
 
 
 def bare_app():
@@ -54,7 +56,8 @@ def bare_app():
 
     async def classify(request: Request) -> JSONResponse:
         try:
-            x = _prepare(clf, await read_image_upload(request, DEFAULT_MAX_BYTES))
+            upload = await read_image_upload(request, DEFAULT_MAX_BYTES)
+            x = _prepare(clf, upload.image, upload.convert)
         except InputError as e:
             return JSONResponse(e.to_json(), status_code=e.status)
         return JSONResponse(answer(await batcher.submit(x), clf.info.classes))

@@ -75,3 +75,21 @@ def test_one_suite_rewrites_its_section_and_its_target_rows_only():
     page = merge_page(old, new, ["Serving"])
     assert "| A | 1 | met |" in page and "| S | 3 | met |" in page and "| P | 4 | met |" in page
     assert "| S | 2 |" not in page and "inf" in page and "new serving" in page and "old serving" not in page
+
+
+def test_the_bare_floor_peer_answers_with_the_services_preprocessing():
+    """The peers' floor app must answer what the service answers (a photo converted the
+    dataset's way too), or its row in docs/BENCHMARKS.md measures errors."""
+    from pathlib import Path
+
+    from starlette.testclient import TestClient
+
+    from benchmarks.peers import bare_app
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    with TestClient(bare_app()) as client:
+        for name, label in (("fmnist-test-0009-sneaker.png", "Sneaker"),
+                            ("fmnist-test-0000-ankle-boot-shop-photo.jpg", "Ankle boot")):
+            r = client.post("/classify", files={"image": (samples / name).read_bytes()})
+            assert r.status_code == 200 and r.json()["label"] == label
+        assert client.post("/classify", files={"image": ("x.txt", b"hello", "text/plain")}).status_code == 415
