@@ -130,13 +130,7 @@ def to_model_pixels(img: Image.Image, channels: int, height: int, width: int) ->
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    img = _to_8bit(img)
-    if img.mode in ("LA", "RGBA"):
-        base = "L" if img.mode == "LA" else "RGB"
-        background = Image.new(base, img.size, (BACKGROUND,) * len(base))
-        background.paste(img.convert(base), mask=img.getchannel("A"))
-        img = background
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = _flatten(img, "L" if channels == 1 else "RGB", BACKGROUND)
     w, h = img.size
     if (w, h) != (width, height) and w * height != h * width:  # aspect differs: letterbox
         side_w, side_h = (w, w * height // width) if w * height > h * width else (h * width // height, h)
