@@ -78,15 +78,20 @@ def plot_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
     gs = fig.add_gridspec(rows_n, 4)
     _accuracy(fig.add_subplot(gs[:, 0]), vgg, "train_eval_accuracy", "(a) Training Accuracy")
     _accuracy(fig.add_subplot(gs[:, 1]), vgg, "test_accuracy", "(b) Test Accuracy")
-    for j, layer in enumerate(layers):
-        axes = []
-        for c, v in enumerate(("standard", "bn")):
-            ax = fig.add_subplot(gs[j, 2 + c])
-            _quantiles(ax, vgg.get((v, lr0), []), j, COLORS[v], f"(c) {LABELS[v]}, LR={lr0:g}: Layer #{layer}")
-            axes.append(ax)
-        share_ylim(axes)
+    _quantile_rows(fig, gs, vgg, layers, ("standard", "bn"), lr0, 2,
+                   lambda v, layer: f"(c) {LABELS[v]}, LR={lr0:g}: Layer #{layer}")
     fig.suptitle(_title("1", "VGG with and without BN", record), fontsize=12)
     return save(fig, run_dir, out)
+
+
+def _quantile_rows(fig, gs, vgg, layers, variants, lr, first_col: int, title) -> None:
+    """One row per probed layer, one column per variant from ``first_col``: the activation's
+    quantiles over training (``title(variant, layer)``), the y-range shared along a row."""
+    for j, layer in enumerate(layers):
+        axes = [fig.add_subplot(gs[j, first_col + c]) for c in range(len(variants))]
+        for ax, v in zip(axes, variants, strict=True):
+            _quantiles(ax, vgg.get((v, lr), []), j, COLORS[v], title(v, layer))
+        share_ylim(axes)
 
 
 def plot_fig2(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -102,13 +107,7 @@ def plot_fig2(run_dir: str | Path, out: str | Path | None = None) -> Path:
     half = rows_n // 2 if rows_n > 2 else 1
     _accuracy(fig.add_subplot(gs[:half, 0]), vgg, "train_accuracy", "Training Accuracy (mini-batches, train mode)")
     _accuracy(fig.add_subplot(gs[half:, 0]), vgg, "train_eval_accuracy", "Training Accuracy (eval mode, noise off)")
-    for j, layer in enumerate(layers):
-        axes = []
-        for c, v in enumerate(variants):
-            ax = fig.add_subplot(gs[j, 1 + c])
-            _quantiles(ax, vgg.get((v, lr0), []), j, COLORS[v], f"{LABELS[v]}: Layer #{layer}")
-            axes.append(ax)
-        share_ylim(axes)
+    _quantile_rows(fig, gs, vgg, layers, variants, lr0, 1, lambda v, layer: f"{LABELS[v]}: Layer #{layer}")
     fig.suptitle(_title("2", "Standard, + BN, + noisy BN", record), fontsize=12)
     return save(fig, run_dir, out)
 
