@@ -14,6 +14,7 @@ from training.checkpoint import load_checkpoint
 from training.data import BatchSampler, Normalizer, Split
 from training.ioffe import PRESETS, IoffeFig1Config
 from training.ioffe.stacked import (
+    NormalizedSplit,
     StackedMLP,
     StackedSampler,
     seed_model,
@@ -45,10 +46,25 @@ def _one_seed_path(seed, bn, train, test, norm, steps, lr=0.1):
 def _stacked(seeds, bn, train, test, norm, steps, lr=0.1):
     net = StackedMLP([seed_model(s, bn) for s in seeds])
     opt, sampler = PlainSGD(net.parameters(), lr=lr), StackedSampler(len(train), 60, seeds, "cpu")
+    inputs = NormalizedSplit(train, norm)  # as train_job does: normalised once
     for _ in range(steps):
-        images, labels = train.batch(sampler.next_indices())
-        stacked_step(net, opt, norm(images), labels)
+        stacked_step(net, opt, *inputs.batch(sampler.next_indices()))
     return net, stacked_evaluate(net, test, norm).tolist()
+
+
+def test_normalized_split_rows_are_the_normalised_batch():
+    """Normalised once up front (in chunks) = normalised per batch, bit for bit: the step's
+    inputs do not change. 250 rows in chunks of 100: a partial last chunk too."""
+    train, norm = _synthetic(250, 5), Normalizer((0.13,), (0.31,))
+    inputs = NormalizedSplit(train, norm, chunk=100)
+    assert len(inputs) == 250 and inputs.inputs.shape == (250, 784) and inputs.inputs.dtype == torch.float32
+    idx = torch.tensor([249, 0, 99, 100, 7, 7])
+    x, labels = inputs.batch(idx)
+    images, ref_labels = train.batch(idx)
+    assert torch.equal(x, norm(images).flatten(1)) and torch.equal(labels, ref_labels)
+    # closed form for one pixel: (v / 255 - mean) / std, up to the two float32 roundings
+    v = int(train.images[249, 0, 3, 5])
+    assert x[0, 3 * 28 + 5].item() == pytest.approx((v / 255 - 0.13) / 0.31, abs=1e-6)
 
 
 @pytest.mark.parametrize("bn", [False, True], ids=["standard", "bn"])

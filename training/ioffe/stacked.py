@@ -36,6 +36,29 @@ class StackedSampler:
         return torch.cat([s.next_indices() for s in self.samplers])
 
 
+class NormalizedSplit:
+    """A split with its images normalised once, up front, as float32 rows (N, C*H*W).
+
+    Normalising each step's S*B gathered uint8 images cost more than gathering the same rows
+    already normalised (5 seeds: ~0.13 ms against ~0.04 ms of a ~2.3 ms step), and it grows with
+    the number of seeds. The normalisation is elementwise, so a gathered row is bit-identical to
+    normalising the gathered uint8 image. Memory: 4 bytes a pixel (MNIST train: 188 MB)."""
+
+    def __init__(self, split: Split, norm: nn.Module, chunk: int = 10_000):
+        n = len(split)
+        self.inputs = torch.empty(n, split.images[0].numel(), device=split.images.device)
+        for i in range(0, n, chunk):  # no full-size temporary beside the table
+            self.inputs[i:i + chunk] = norm(split.images[i:i + chunk]).flatten(1)
+        self.labels = split.labels
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised inputs (len(idx), C*H*W) and labels of rows ``idx``."""
+        return self.inputs.index_select(0, idx), self.labels.index_select(0, idx)
+
+
 class StackedLinear(torch.autograd.Function):
     """``x @ W^T + b`` for every seed, (S, B, in) x (S, out, in) -> (S, B, out). The backward is
     written out because bmm's own computes the weight gradient as (S, in, out) and then copies it

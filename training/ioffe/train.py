@@ -23,7 +23,14 @@ from ..loop import PlainSGD, step_bar
 from ..runs import MetricsWriter, pick_device, start_run, write_json
 from ..seeds import seed_list
 from .config import BINARIZE_THRESHOLD, IoffeFig1Config, eval_steps, job_name
-from .stacked import StackedMLP, StackedSampler, seed_model, stacked_evaluate, stacked_step
+from .stacked import (
+    NormalizedSplit,
+    StackedMLP,
+    StackedSampler,
+    seed_model,
+    stacked_evaluate,
+    stacked_step,
+)
 
 PERCENTILES = (0.15, 0.50, 0.85)
 
@@ -65,6 +72,7 @@ def train_job(cfg: IoffeFig1Config, variant: str, lr: float, run_dir: str, posit
     net = StackedMLP([seed_model(s, variant == "bn", **model_kw) for s in seeds]).to(device)
     opt = PlainSGD(net.parameters(), lr=lr)
     sampler = StackedSampler(len(train), cfg.batch_size, seeds, device)
+    inputs = NormalizedSplit(train, norm)  # normalised once, not every step
 
     # Panels (b)/(c): per seed, the probe unit's sigmoid input for every example of the interval.
     probe = torch.empty(len(seeds), cfg.eval_every * cfg.batch_size, device=device)
@@ -91,8 +99,8 @@ def train_job(cfg: IoffeFig1Config, variant: str, lr: float, run_dir: str, posit
             t0 = time.perf_counter()
             n_steps = target - step
             for _ in range(n_steps):
-                images, labels = train.batch(sampler.next_indices())
-                loss_sum += stacked_step(net, opt, norm(images), labels, record)
+                x, labels = inputs.batch(sampler.next_indices())
+                loss_sum += stacked_step(net, opt, x, labels, record)
                 step += 1
                 if bar is not None and step % 100 == 0:
                     bar.update(100)
