@@ -134,7 +134,13 @@ def ioffe_job_seconds(bn: bool, seeds: int, steps: int, eval_every: int = 500, t
 def step_cost_ratio(bn: bool, seeds: int = SEEDS, blocks: int = 20, block_steps: int = 50) -> float:
     """Time per training step of ``seeds`` stacked seeds over one seed, in one process on one
     thread, in alternating blocks: a change of machine load hits both alike."""
-    from training.ioffe.stacked import NormalizedSplit, StackedMLP, StackedSampler, seed_model, stacked_step
+    from training.ioffe.stacked import (
+        NormalizedSplit,
+        StackedMLP,
+        StackedSampler,
+        seed_model,
+        stacked_step,
+    )
 
     torch.set_num_threads(1)
     train = _synthetic(6_000, (1, 28, 28), "cpu")
@@ -152,6 +158,66 @@ def step_cost_ratio(bn: bool, seeds: int = SEEDS, blocks: int = 20, block_steps:
             if block:  # the first block warms up
                 spent[i] += time.perf_counter() - t0
     return spent[1] / spent[0]
+
+
+def floor_ratio(step_1: float, matmul_1: float, matmul_s: float) -> float:
+    """S seeds' step time over one seed's if all that grew with S were the matmuls:
+    ``(step_1 - matmul_1 + matmul_s) / step_1``."""
+    return (step_1 - matmul_1 + matmul_s) / step_1
+
+
+def matmul_floor(bn: bool, seeds: int = SEEDS, blocks: int = 20, block_steps: int = 50) -> dict:
+    """The lowest ``seeds``-over-1 step ratio the matmuls allow, measured on one thread.
+
+    Times, in alternating blocks, a whole one-seed step and the step's matrix products alone (per
+    layer: forward, weight gradient, input gradient but the first layer's, on random tensors of
+    the step's shapes) for 1 and for ``seeds`` seeds. If everything but the matmuls cost the same
+    for ``seeds`` seeds as for one, a step would take ``step_1 - matmul_1 + matmul_S``: the
+    ratio over ``step_1`` is the floor no cut of overhead can go below."""
+    from training.ioffe.stacked import (
+        NormalizedSplit,
+        StackedMLP,
+        StackedSampler,
+        seed_model,
+        stacked_step,
+    )
+
+    torch.set_num_threads(1)
+    inputs = NormalizedSplit(_synthetic(6_000, (1, 28, 28), "cpu"), Normalizer((0.1307,), (0.3081,)))
+    net = StackedMLP([seed_model(0, bn)])
+    opt, sampler = PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(inputs), 60, [0], "cpu")
+    sizes = [w.shape[1:] for w in net.weights]  # (out, in) per layer
+    g = torch.Generator().manual_seed(0)
+
+    def matmuls(n: int):
+        xs = [torch.randn(n, 60, i, generator=g) for _, i in sizes]
+        ws = [torch.randn(n, o, i, generator=g) for o, i in sizes]
+        gs = [torch.randn(n, 60, o, generator=g) for o, _ in sizes]
+        bs = [None if b is None else torch.randn(n, 1, o, generator=g) for b, (o, _) in zip(net.biases, sizes, strict=True)]
+
+        def run():
+            for j, (x, w, gr, b) in enumerate(zip(xs, ws, gs, bs, strict=True)):
+                torch.bmm(x, w.transpose(1, 2)) if b is None else torch.baddbmm(b, x, w.transpose(1, 2))
+                torch.bmm(gr.transpose(1, 2), x)
+                if j:
+                    torch.bmm(gr, w)
+        return run
+
+    def step():
+        stacked_step(net, opt, *inputs.batch(sampler.next_indices()))
+
+    work = {"step_1": step, "matmul_1": matmuls(1), f"matmul_{seeds}": matmuls(seeds)}
+    spent = dict.fromkeys(work, 0.0)
+    for block in range(blocks + 1):
+        for name, fn in work.items():
+            t0 = time.perf_counter()
+            for _ in range(block_steps):
+                fn()
+            if block:  # the first block warms up
+                spent[name] += time.perf_counter() - t0
+    ms = {k: 1e3 * v / (blocks * block_steps) for k, v in spent.items()}
+    floor = floor_ratio(ms["step_1"], ms["matmul_1"], ms[f"matmul_{seeds}"])
+    return {**{f"{k}_ms": round(v, 3) for k, v in ms.items()}, "floor_ratio": round(floor, 2)}
 
 
 def seeds_wall_time(seeds: int, steps: int) -> float:
@@ -179,10 +245,13 @@ def seeds_benchmark(quick: bool = False, seeds: int = SEEDS, steps: int | None =
     step_ratios = {v: step_cost_ratio(v == "bn", seeds) for v in ("standard", "bn")}
     print("  time per step, {} seeds over 1, same process, alternating blocks: {}".format(
         seeds, ", ".join(f"{v} {r:.2f}x" for v, r in step_ratios.items())), flush=True)
+    floors = {v: matmul_floor(v == "bn", seeds) for v in ("standard", "bn")}
+    print("  matmuls only (ms per step) and the step ratio they allow: {}".format(
+        "; ".join(f"{v} {f}" for v, f in floors.items())), flush=True)
     ratios = [m / o for m, o in zip(many, one, strict=True)]
     # total over total: a load change during one pair weighs in as much as it lasted
     return {"seeds": seeds, "steps": steps, "one_seed_s": one, "many_seeds_s": many,
-            "ratio": sum(many) / sum(one), "ratios": ratios, "step_ratios": step_ratios,
+            "ratio": sum(many) / sum(one), "ratios": ratios, "step_ratios": step_ratios, "floors": floors,
             "load": os.getloadavg()}
 
 
@@ -210,13 +279,16 @@ def run(quick: bool = False, device: str = "auto") -> dict:
     note = (f"device {dev}, {os.cpu_count()} cores; "
             "mixed precision bf16 + channels_last on CUDA only. " + paper_preset_time(results))
     if seeds:
+        floors = ", ".join(f"{v} {f['floor_ratio']:.2f}x" for v, f in seeds["floors"].items())
         note += (f" Seeds trained together (ioffe-fig1, stacked weights): {seeds['seeds']} seeds x 2 variants x "
                  f"{seeds['steps']:,} steps took {', '.join(f'{t:.1f}' for t in seeds['many_seeds_s'])} s against "
                  f"{', '.join(f'{t:.1f}' for t in seeds['one_seed_s'])} s for 1 seed x 2 variants, measured "
                  f"alternately: ratio {seeds['ratio']:.2f}x (total over total; pairs "
                  f"{', '.join(f'{r:.2f}x' for r in seeds['ratios'])}; target <= 1.5x); time per step of "
                  f"{seeds['seeds']} seeds over 1 in one process, alternating blocks: "
-                 f"{', '.join(f'{v} {r:.2f}x' for v, r in seeds['step_ratios'].items())}; "
+                 f"{', '.join(f'{v} {r:.2f}x' for v, r in seeds['step_ratios'].items())}; the step's matmuls "
+                 f"alone allow no less than {floors} "
+                 "(one-seed step minus its matmuls plus the seeds' matmuls, over the one-seed step); "
                  f"load average {seeds['load'][0]:.1f} when done.")
     return {"name": "training", "results": results, "table": table, "note": note, "intro": __doc__,
             "seeds": seeds}

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.common import markdown_table, percentile, time_calls
 from benchmarks.serving_http import batch_stats
+from benchmarks.training import floor_ratio
 
 
 def test_percentile_interpolates():
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([0.0, 10.0], 99) == 9.9
     assert percentile([5.0], 1) == 5.0
+
+
+def test_floor_ratio_adds_only_the_seeds_matmuls():
+    # a 0.75 ms one-seed step with 0.25 ms of matmuls; 5 seeds' matmuls 1.15 ms: 1.65 / 0.75
+    assert floor_ratio(0.75, 0.25, 1.15) == pytest.approx(2.2)
+    assert floor_ratio(1.0, 0.2, 0.2) == 1.0  # matmuls that do not grow: no floor above 1
 
 
 def test_time_calls_counts_and_stops():
