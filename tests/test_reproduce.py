@@ -84,11 +84,36 @@ def test_plan_names_every_job_once_with_its_run_directory():
     assert len(names) == len(set(names)) and "ioffe-fig1" in names
     for j in jobs:
         cmd = j.command(Path("R"))
-        assert cmd[cmd.index("--out") + 1].startswith(os.path.join("R", j.name))
+        flag = "--out" if "--out" in cmd else "--run-dir"
+        assert cmd[cmd.index(flag) + 1].startswith(os.path.join("R", j.name))
         if cmd[0].startswith(("ioffe-fig", "santurkar-fig")):
             assert cmd[cmd.index("--preset") + 1] == "cpu"
             assert "--seeds" not in cmd or cmd[cmd.index("--seeds") + 1] == "3"
         assert set(j.after) <= set(names[:names.index(j.name)])  # inputs run first
-    assert {"ioffe-recalibrate", "ioffe-bn-test-time"} <= set(names)
+    assert {"recalibrate", "ioffe-bn-test-time", "santurkar-bn-test-time"} <= set(names)
     assert "--seeds" in jobs[names.index("ioffe-fig1")].argv
     assert {f"santurkar-fig{i}" for i in range(1, 6)} <= set(names)
+
+
+def test_code_revision_ignores_docs_but_not_code(tmp_path):
+    import subprocess
+
+    from training.runs import code_revision
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "x.py").write_text("a = 1\n")
+    (tmp_path / "README.md").write_text("hi\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    paths = ("training",)
+    rev = code_revision(tmp_path, paths)
+    (tmp_path / "README.md").write_text("docs changed\n")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "docs")
+    assert code_revision(tmp_path, paths) == rev
+    (tmp_path / "training" / "x.py").write_text("a = 2\n")
+    assert code_revision(tmp_path, paths) == rev + "-dirty"
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "code")
+    assert code_revision(tmp_path, paths) not in (rev, rev + "-dirty")

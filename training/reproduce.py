@@ -3,7 +3,8 @@ experiment of both papers in one preset, then write the report (training/report.
 
 Each experiment is one job: a ``python -m training ...`` command run as a child process, its
 output in ``<runs>/<job>/log.txt``. When a job succeeds, ``<runs>/<job>/reproduce.json`` records
-its command, the code revision and the jobs it read from; a later ``reproduce`` skips a job whose
+its command, the code revision (``runs.code_revision``: the committed trees of training/, export/,
+serving/ and the requirements, so a docs-only commit keeps runs current) and the jobs it read from; a later ``reproduce`` skips a job whose
 record matches (same command, same revision, inputs unchanged), so deleting one run directory
 redoes that run and the runs that read it, nothing else. One overall progress line is printed
 (rewritten in place on a terminal, one line per event otherwise).
@@ -20,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import REPO_ROOT, git_revision, write_json
+from .runs import REPO_ROOT, code_revision, write_json
 
 RECORD = "reproduce.json"
 
@@ -38,16 +39,23 @@ class Job:
 def plan(preset: str, seeds: int | None) -> list[Job]:
     """Every experiment of both papers, in the order they run."""
     seed_args = ("--seeds", str(seeds)) if seeds else ()
+    first = 0  # every preset's first seed: the runs whose checkpoints the later jobs read
     common = ("--preset", preset, "--no-progress", "--out", "{out}")
     return [
         Job("ioffe-fig1", ("ioffe-fig1", *common, *seed_args)),
-        # Algorithm 2's population statistics vs the EMA, and BN for one image at test time, on
-        # Figure 1's BN network (first seed); their numbers are in log.txt and summary.md.
-        Job("ioffe-recalibrate", ("recalibrate", "{runs}/ioffe-fig1/bn/checkpoint.pt",
-                                  "--out", "{out}/checkpoint-population.pt"), after=("ioffe-fig1",)),
+        # BN for one image at test time, on Figure 1's BN network (first seed) and on the VGG of
+        # Santurkar's Figure 1 (BN, lr 0.1, first seed; its first 2,000 test images).
         Job("ioffe-bn-test-time", ("bn-test-time", "{runs}/ioffe-fig1", "--out", "{out}"), after=("ioffe-fig1",)),
         Job("santurkar-fig1", ("santurkar-fig1", *common, *seed_args)),
+        Job("santurkar-bn-test-time", ("bn-test-time", f"{{runs}}/santurkar-fig1/bn_lr0.1_seed{first}/checkpoint.pt",
+                                       "--images", "2000", "--out", "{out}"), after=("santurkar-fig1",)),
         Job("santurkar-fig2", ("santurkar-fig2", *common, *seed_args)),
+        # Algorithm 2's population statistics vs the EMA: the Ioffe MLP + BN, and Figure 2's BN and
+        # noisy-BN VGGs (the noisy one with the noise on and off during the passes).
+        Job("recalibrate", ("recalibrate", "{runs}/ioffe-fig1/bn/checkpoint.pt",
+                            f"{{runs}}/santurkar-fig2/bn_lr0.1_seed{first}/checkpoint.pt",
+                            f"{{runs}}/santurkar-fig2/noisy_bn_lr0.1_seed{first}/checkpoint.pt",
+                            "--compare-noise", "--run-dir", "{out}"), after=("ioffe-fig1", "santurkar-fig2")),
         Job("santurkar-fig3", ("santurkar-fig3", *common)),
         Job("santurkar-fig4", ("santurkar-fig4", *common)),
         Job("santurkar-fig5", ("santurkar-fig5", *common, *seed_args)),
@@ -106,7 +114,7 @@ def run_jobs(jobs: list[Job], runs: Path, python: str = sys.executable, revision
              progress: Progress | None = None, poll_s: float = 1.0) -> dict[str, str]:
     """Run the jobs that are not current, in order; returns job -> "skipped" | "ran" | "failed"
     (a failed job's dependents are "blocked"). Stops nothing on a failure: the others still run."""
-    revision = revision or git_revision()
+    revision = revision or code_revision()
     runs.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress(len(jobs))
     status: dict[str, str] = {}

@@ -29,6 +29,24 @@ def git_revision(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+CODE_PATHS = ("training", "export", "serving", "pyproject.toml", "requirements")
+
+
+def code_revision(root: Path = REPO_ROOT, paths: tuple[str, ...] = CODE_PATHS) -> str:
+    """The revision of the code a run executes: a hash of the committed trees of ``paths`` (not
+    of the whole commit, so a docs-only commit keeps runs current), ``-dirty`` when any of them
+    has uncommitted changes; ``unknown`` outside a git checkout."""
+    import hashlib
+    try:
+        trees = subprocess.run(["git", "rev-parse", *(f"HEAD:{p}" for p in paths)], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return hashlib.sha256(" ".join(trees).encode()).hexdigest()[:16] + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def project_version() -> str:
     try:
         from importlib.metadata import version
