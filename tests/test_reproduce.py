@@ -117,3 +117,33 @@ def test_code_revision_ignores_docs_but_not_code(tmp_path):
     assert code_revision(tmp_path, paths) == rev + "-dirty"
     git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "code")
     assert code_revision(tmp_path, paths) not in (rev, rev + "-dirty")
+
+
+def test_a_job_is_redone_for_its_own_code_not_for_the_other_papers_or_the_report(tmp_path):
+    import subprocess
+
+    from training.reproduce import IOFFE, SANTURKAR, job_revision
+
+    def commit(path, text):
+        f = tmp_path / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        for cmd in (["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", path]):
+            subprocess.run(["git", *cmd], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for path in ("training/data.py", "training/ioffe/train.py", "training/santurkar/vgg.py", "training/report.py"):
+        commit(path, "1\n")
+    ioffe, sant = Job("i", ("x",), code=IOFFE), Job("s", ("x",), code=SANTURKAR)
+
+    def revs():
+        return job_revision(ioffe, tmp_path), job_revision(sant, tmp_path)
+    r0 = revs()
+    commit("training/santurkar/vgg.py", "2\n")
+    r1 = revs()
+    assert r1[0] == r0[0] and r1[1] != r0[1]
+    commit("training/report.py", "2\n")
+    commit("README.md", "docs\n")
+    assert revs() == r1
+    commit("training/data.py", "2\n")
+    r3 = revs()
+    assert r3[0] != r1[0] and r3[1] != r1[1]

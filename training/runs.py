@@ -32,17 +32,23 @@ def git_revision(root: Path = REPO_ROOT) -> str:
 CODE_PATHS = ("training", "export", "serving", "pyproject.toml", "requirements")
 
 
-def code_revision(root: Path = REPO_ROOT, paths: tuple[str, ...] = CODE_PATHS) -> str:
-    """The revision of the code a run executes: a hash of the committed trees of ``paths`` (not
-    of the whole commit, so a docs-only commit keeps runs current), ``-dirty`` when any of them
-    has uncommitted changes; ``unknown`` outside a git checkout."""
+def code_revision(root: Path = REPO_ROOT, paths: tuple[str, ...] = CODE_PATHS, exclude: tuple[str, ...] = ()) -> str:
+    """The revision of the code a run executes: a hash of the committed files under ``paths``
+    (minus ``exclude``), not of the whole commit, so a docs-only commit (or a change to another
+    experiment's package) keeps a run current; ``-dirty`` when any of them has uncommitted
+    changes; ``unknown`` outside a git checkout."""
     import hashlib
+    def kept(path: str) -> bool:
+        return not any(path == e or path.startswith(e.rstrip("/") + "/") for e in exclude)
     try:
-        trees = subprocess.run(["git", "rev-parse", *(f"HEAD:{p}" for p in paths)], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.split()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return hashlib.sha256(" ".join(trees).encode()).hexdigest()[:16] + ("-dirty" if dirty else "")
+        # "<mode> <type> <sha>\t<path>" per committed file (ls-tree takes no exclude pathspecs)
+        tree = subprocess.run(["git", "ls-tree", "-r", "HEAD", "--", *paths], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.splitlines()
+        tree = [line for line in tree if kept(line.split("\t", 1)[-1])]
+        changed = subprocess.run(["git", "diff", "HEAD", "--name-only", "--", *paths], cwd=root,
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        dirty = any(kept(p) for p in changed)
+        return hashlib.sha256("\n".join(tree).encode()).hexdigest()[:16] + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
