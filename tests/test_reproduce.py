@@ -147,3 +147,13 @@ def test_a_job_is_redone_for_its_own_code_not_for_the_other_papers_or_the_report
     commit("training/data.py", "2\n")
     r3 = revs()
     assert r3[0] != r1[0] and r3[1] != r1[1]
+
+
+def test_progress_off_a_terminal_writes_events_and_a_tick_a_minute_at_most():
+    s = io.StringIO()
+    p = Progress(2, stream=s)
+    for _ in range(100):
+        p.show(0, "a: running", tick=True)
+    p.show(1, "a: done")
+    lines = s.getvalue().splitlines()
+    assert len(lines) == 2 and lines[-1].endswith("a: done")

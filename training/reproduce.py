@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -116,14 +117,17 @@ class Progress:
     def __init__(self, total: int, stream=sys.stderr):
         self.total, self.stream, self.t0 = total, stream, time.monotonic()
         self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_tick = -math.inf  # the first "running" line is written
 
-    def show(self, done: int, text: str, final: bool = False) -> None:
+    def show(self, done: int, text: str, final: bool = False, tick: bool = False) -> None:
+        """``tick``: a "still running" update; off a terminal (a log file) only one a minute."""
         elapsed = time.monotonic() - self.t0
         line = f"reproduce [{done}/{self.total}] {_clock(elapsed)} {text}"
         if self.tty:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        else:
+        elif not tick or elapsed - self.last_tick >= 60:
             self.stream.write(line + "\n")
+            self.last_tick = elapsed if tick else self.last_tick
         self.stream.flush()
 
 
@@ -160,7 +164,7 @@ def run_jobs(jobs: list[Job], runs: Path, python: str = sys.executable, revision
             log.flush()
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
             while proc.poll() is None:
-                progress.show(i, f"{job.name}: running {_clock(time.monotonic() - started)}")
+                progress.show(i, f"{job.name}: running {_clock(time.monotonic() - started)}", tick=True)
                 time.sleep(poll_s)
         if proc.returncode != 0:
             status[job.name] = "failed"
