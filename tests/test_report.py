@@ -163,3 +163,35 @@ def test_recalibrate_section_marks_a_loss_as_differs(tmp_path):
     s = recalibrate_section(run)
     assert [c.passed for c in s.claims] == [True, False]
     assert "0.9760 vs 0.9748 (+0.0012)" in s.claims[0].ours and s.figures == []
+
+
+def test_report_html_in_headless_chromium_shows_every_part_and_fetches_nothing(tmp_path):
+    """The page as a reader opens it: from a file, in a real browser, every figure decoded, the
+    four parts of each section present, no request for any other resource."""
+    from conftest import chromium_driver
+    from selenium.webdriver.common.by import By
+
+    runs = tmp_path / "runs"
+    make_run(runs, "a", "exp-a")
+    make_run(runs, "b", "exp-b")
+    builders = {"exp-a": section_from_metrics, "exp-b": section_from_metrics}
+    questions = [lambda found: Question("Why?", "Because.", ["evidence 1"])]
+    _, page = write_report(runs, report=build_report(runs, builders, questions))
+    browser = chromium_driver()
+    try:
+        browser.get(page.as_uri())
+        assert browser.title == "bnserve: reproduced figures"
+        h2 = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+        assert h2 == ["Figure A: a test", "Figure A: a test", "Why?"]
+        h3 = [h.text for h in browser.find_elements(By.TAG_NAME, "h3")]
+        assert h3 == ["Context", "What is plotted", "What we observe", "Interpretation"] * 2
+        images = browser.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 2
+        assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                   for i in images)
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'))")
+        assert fetched == []
+        assert browser.get_screenshot_as_png().startswith(b"\x89PNG")
+    finally:
+        browser.quit()
