@@ -77,7 +77,7 @@ def test_time_section(run_dir: Path) -> Section:
     one = r["batch_of_one"]
     net = _network(r["model"])
     observed = [
-        f"BN with the test batch's own statistics, test accuracy by batch size: "
+        "BN with the test batch's own statistics, test accuracy by batch size: "
         + ", ".join(f"{b}: {train[b]:.4f}" for b in bs) + f" ({r['images']:,} test images of {r['dataset']}).",
         f"Eval mode (stored {r['bn_statistics']} statistics): {min(ev):.4f} at every batch size"
         if len(set(ev)) == 1 else f"Eval mode varies with the batch size: {min(ev):.4f} - {max(ev):.4f}.",
