@@ -179,3 +179,32 @@ class AsgiClient:
     async def send(self, message: dict) -> None:
         self.sent.append(message)
 
+
+def chromium_driver():
+    """A headless Chromium (Debian's chromium + chromium-driver). Skipped when they are missing
+    outside CI (.ci/run installs them); a failure under CI=true."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    why = None
+    if not (browser and driver):
+        why = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+    else:
+        try:
+            from selenium import webdriver
+        except ImportError:
+            why = "selenium is not installed (pip install -r requirements/dev.txt)"
+    if why:
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1000,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)

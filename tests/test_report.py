@@ -54,7 +54,9 @@ def test_find_runs_and_run_info(tmp_path):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{not json")
     runs = find_runs(tmp_path)
-    assert runs == {"exp-a": a, "exp-b": tmp_path / "b"}
+    assert runs == {"exp-a": [a], "exp-b": [tmp_path / "b"]}
+    a2 = make_run(tmp_path, "a2", "exp-a")
+    assert find_runs(tmp_path)["exp-a"] == [a, a2]  # an experiment may have several runs
     info = RunInfo.read(a)
     assert info.seeds == [4] and info.preset == "cpu" and info.dataset == "mnist"
     assert "1 seed (4)" in info.provenance() and "git abc123" in info.provenance()
@@ -106,3 +108,90 @@ def test_report_is_regenerated_identically(tmp_path):
 def test_inline_markdown(text, expected):
     from training.report import _md_inline
     assert _md_inline(text) == expected
+
+
+# --- BN at inference: the bn-test-time and recalibrate sections, and the two questions -----------
+
+def _run_with_results(root: Path, name: str, experiment: str, results) -> Path:
+    run = make_run(root, name, experiment, seeds=(0,))
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def _test_time_results(batch1_acc: float, eval_accs=(0.97, 0.97, 0.97), identical=True) -> dict:
+    return {"checkpoint": "x/bn/checkpoint.pt", "model": {"name": "mlp3x100", "bn": True}, "dataset": "mnist",
+            "bn_statistics": "ema", "binarized_input": False, "images": 1000, "batch_sizes": [1, 2, 4],
+            "eval_mode_accuracy": {"1": eval_accs[0], "2": eval_accs[1], "4": eval_accs[2]},
+            "train_mode_accuracy": {"1": batch1_acc, "2": 0.41, "4": 0.78},
+            "batch_of_one": {"distinct_predictions": 1, "predicted_class": "8", "share_of_images": 1.0,
+                             "max_abs_logit_spread": 0.0, "values_per_channel_at_batch_1": [1, 1, 1],
+                             "collapsed_layers": [1, 2, 3], "chance_level_of_that_class": 0.0974},
+            "onnx": {"file": "model.onnx", "accuracy": 0.97,
+                     "bit_identity": {"images": 1024, "batch": 64, "provider": "CPUExecutionProvider", "threads": 1,
+                                      "identical_alone_vs_batch": 1024 if identical else 1000,
+                                      "identical_alone_vs_shifted_batch": 960, "shifted_images": 960,
+                                      "max_abs_diff": 0.0 if identical else 1e-6, "all_identical": identical}}}
+
+
+def test_bn_test_time_section_and_single_image_question_read_the_results(tmp_path):
+    from training.inference_report import single_image_question, test_time_section
+    good = _run_with_results(tmp_path, "mlp", "bn-test-time", _test_time_results(0.0974))
+    s = test_time_section(good)
+    assert s.key == "mlp" and "Ioffe's 3x100 sigmoid MLP + BN" in s.title
+    assert [c.passed for c in s.claims] == [True, True, True]
+    assert any("1: 0.0974, 2: 0.4100, 4: 0.7800" in o for o in s.observed)
+    bad = _run_with_results(tmp_path, "bad", "bn-test-time", _test_time_results(0.5, (0.97, 0.96, 0.97), False))
+    assert [c.passed for c in test_time_section(bad).claims] == [False, False, False]
+
+    recal = _run_with_results(tmp_path, "recal", "recalibrate", [
+        {"checkpoint": "a/noisy/checkpoint.pt", "model": "vgg16", "dataset": "fashion-mnist", "noise": False,
+         "ema_test_accuracy": 0.51, "population_test_accuracy": 0.86, "batches": 200, "batch_size": 128}])
+    q = single_image_question({"bn-test-time": [good], "recalibrate": [recal]})
+    assert "variance 0" in q.answer
+    assert any("accuracy 0.0974" in e and "1024 of 1024" in e for e in q.evidence)
+    assert any("0.5100 with the moving average, 0.8600" in e for e in q.evidence)
+    assert single_image_question({}) is None
+
+
+def test_recalibrate_section_marks_a_loss_as_differs(tmp_path):
+    from training.inference_report import recalibrate_section
+    run = _run_with_results(tmp_path, "recal", "recalibrate", [
+        {"checkpoint": "a/bn/checkpoint.pt", "model": "mlp3x100", "dataset": "mnist", "noise": None,
+         "ema_test_accuracy": 0.9748, "population_test_accuracy": 0.9760, "batches": 200, "batch_size": 60},
+        {"checkpoint": "b/noisy/checkpoint.pt", "model": "vgg16", "dataset": "fashion-mnist", "noise": True,
+         "ema_test_accuracy": 0.70, "population_test_accuracy": 0.60, "batches": 200, "batch_size": 128}])
+    s = recalibrate_section(run)
+    assert [c.passed for c in s.claims] == [True, False]
+    assert "0.9760 vs 0.9748 (+0.0012)" in s.claims[0].ours and s.figures == []
+
+
+def test_report_html_in_headless_chromium_shows_every_part_and_fetches_nothing(tmp_path):
+    """The page as a reader opens it: from a file, in a real browser, every figure decoded, the
+    four parts of each section present, no request for any other resource."""
+    from conftest import chromium_driver
+    from selenium.webdriver.common.by import By
+
+    runs = tmp_path / "runs"
+    make_run(runs, "a", "exp-a")
+    make_run(runs, "b", "exp-b")
+    builders = {"exp-a": section_from_metrics, "exp-b": section_from_metrics}
+    questions = [lambda found: Question("Why?", "Because.", ["evidence 1"])]
+    _, page = write_report(runs, report=build_report(runs, builders, questions))
+    browser = chromium_driver()
+    try:
+        browser.get(page.as_uri())
+        assert browser.title == "bnserve: reproduced figures"
+        h2 = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+        assert h2 == ["Figure A: a test", "Figure A: a test", "Why?"]
+        h3 = [h.text for h in browser.find_elements(By.TAG_NAME, "h3")]
+        assert h3 == ["Context", "What is plotted", "What we observe", "Interpretation"] * 2
+        images = browser.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 2
+        assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                   for i in images)
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'))")
+        assert fetched == []
+        assert browser.get_screenshot_as_png().startswith(b"\x89PNG")
+    finally:
+        browser.quit()

@@ -84,11 +84,76 @@ def test_plan_names_every_job_once_with_its_run_directory():
     assert len(names) == len(set(names)) and "ioffe-fig1" in names
     for j in jobs:
         cmd = j.command(Path("R"))
-        assert cmd[cmd.index("--out") + 1].startswith(os.path.join("R", j.name))
+        flag = "--out" if "--out" in cmd else "--run-dir"
+        assert cmd[cmd.index(flag) + 1].startswith(os.path.join("R", j.name))
         if cmd[0].startswith(("ioffe-fig", "santurkar-fig")):
             assert cmd[cmd.index("--preset") + 1] == "cpu"
             assert "--seeds" not in cmd or cmd[cmd.index("--seeds") + 1] == "3"
         assert set(j.after) <= set(names[:names.index(j.name)])  # inputs run first
-    assert {"ioffe-recalibrate", "ioffe-bn-test-time"} <= set(names)
+    assert {"recalibrate", "ioffe-bn-test-time", "santurkar-bn-test-time"} <= set(names)
     assert "--seeds" in jobs[names.index("ioffe-fig1")].argv
     assert {f"santurkar-fig{i}" for i in range(1, 6)} <= set(names)
+
+
+def test_code_revision_ignores_docs_but_not_code(tmp_path):
+    import subprocess
+
+    from training.runs import code_revision
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "x.py").write_text("a = 1\n")
+    (tmp_path / "README.md").write_text("hi\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    paths = ("training",)
+    rev = code_revision(tmp_path, paths)
+    (tmp_path / "README.md").write_text("docs changed\n")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "docs")
+    assert code_revision(tmp_path, paths) == rev
+    (tmp_path / "training" / "x.py").write_text("a = 2\n")
+    assert code_revision(tmp_path, paths) == rev + "-dirty"
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "code")
+    assert code_revision(tmp_path, paths) not in (rev, rev + "-dirty")
+
+
+def test_a_job_is_redone_for_its_own_code_not_for_the_other_papers_or_the_report(tmp_path):
+    import subprocess
+
+    from training.reproduce import IOFFE, SANTURKAR, job_revision
+
+    def commit(path, text):
+        f = tmp_path / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        for cmd in (["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", path]):
+            subprocess.run(["git", *cmd], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for path in ("training/data.py", "training/ioffe/train.py", "training/santurkar/vgg.py", "training/report.py"):
+        commit(path, "1\n")
+    ioffe, sant = Job("i", ("x",), code=IOFFE), Job("s", ("x",), code=SANTURKAR)
+
+    def revs():
+        return job_revision(ioffe, tmp_path), job_revision(sant, tmp_path)
+    r0 = revs()
+    commit("training/santurkar/vgg.py", "2\n")
+    r1 = revs()
+    assert r1[0] == r0[0] and r1[1] != r0[1]
+    commit("training/report.py", "2\n")
+    commit("README.md", "docs\n")
+    assert revs() == r1
+    commit("training/data.py", "2\n")
+    r3 = revs()
+    assert r3[0] != r1[0] and r3[1] != r1[1]
+
+
+def test_progress_off_a_terminal_writes_events_and_a_tick_a_minute_at_most():
+    s = io.StringIO()
+    p = Progress(2, stream=s)
+    for _ in range(100):
+        p.show(0, "a: running", tick=True)
+    p.show(1, "a: done")
+    lines = s.getvalue().splitlines()
+    assert len(lines) == 2 and lines[-1].endswith("a: done")

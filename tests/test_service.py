@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import chromium_driver, tiny_model
 
 from serving.model import read_model
 from serving.preprocess import convert_image, decode_image, normalize_uint8
@@ -245,38 +245,6 @@ def test_page_is_self_contained(client):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), html
     assert "@import" not in html and "url(" not in html
     assert client.get("/").status_code == 200 and client.get("/docs.json").status_code == 200
-
-
-def chromium_driver():
-    """A headless Chromium (Debian's chromium + chromium-driver). Skipped when they are missing
-    outside CI (.ci/run installs them); a failure under CI=true."""
-    import shutil
-
-    from conftest import in_ci
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    why = None
-    if not (browser and driver):
-        why = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
-    else:
-        try:
-            from selenium import webdriver
-        except ImportError:
-            why = "selenium is not installed (pip install -r requirements/dev.txt)"
-    if why:
-        if in_ci():
-            pytest.fail(why)
-        pytest.skip(why)
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1000,900"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def test_page_in_headless_chromium_classifies_an_upload(client, server, tmp_path, fixture_data_dir):

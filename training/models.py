@@ -121,16 +121,19 @@ class LpNorm(nn.Module):
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
         c = x - mean
-        flat = c.flatten(1).abs()
+        # Each sample's power mean over its units, (mean_j |c_j|^p)^(1/p) = ||c||_p / n^(1/p), as
+        # one vector_norm over the non-batch dims (no flatten: a channels_last tensor would be
+        # copied), then one fused multiply-add: ~2x faster per step than pow/mean/div/mul/add.
+        unit_dims = tuple(range(1, x.dim()))
         if math.isinf(self.p):
-            per_sample = flat.amax(dim=1)
+            per_sample = c.abs().amax(dim=unit_dims)  # vector_norm(inf)'s backward is ~2x slower
         else:
-            per_sample = flat.pow(self.p).mean(dim=1).pow(1.0 / self.p)
+            per_sample = torch.linalg.vector_norm(c, ord=self.p, dim=unit_dims) / (c[0].numel() ** (1.0 / self.p))
         norm = per_sample.mean() + self.eps
         with torch.no_grad():
             self.running_mean.lerp_(mean.flatten(), self.momentum)
             self.running_norm.lerp_(norm.detach(), self.momentum)
-        return c / norm * self.weight.view(shape) + self.bias.view(shape)
+        return torch.addcmul(self.bias.view(shape), c, (self.weight / norm).view(shape))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, p={self.p_name}, eps={self.eps}, momentum={self.momentum}"

@@ -168,15 +168,47 @@ REPORT_HEADER = ("| checkpoint | model | test acc, EMA statistics | test acc, Al
                  "|---|---|---|---|---|")
 
 
+def has_noisy_bn(checkpoint: str | Path) -> bool:
+    return any(type(bn).__name__.startswith("Noisy") for bn in batchnorms(load_checkpoint(checkpoint)[0]))
+
+
+def out_name(checkpoint: Path, noise: bool | None) -> str:
+    """In a run directory: ``<job dir>-population[-no-noise].pt``, e.g. ``bn-population.pt``."""
+    return f"{checkpoint.parent.name}-population{'-no-noise' if noise is False else ''}.pt"
+
+
+def source_preset(checkpoint: Path) -> str | None:
+    """The preset of the run a checkpoint came from (its run directory's ``config.json``)."""
+    import json
+    for d in (checkpoint.parent, checkpoint.parent.parent):
+        try:
+            return json.loads((d / "config.json").read_text()).get("preset")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def summary(results: list[dict]) -> str:
+    return "\n".join(["# Algorithm 2: population BN statistics vs the EMA", "",
+                      "E[x] = E_B[mu_B], Var[x] = m/(m-1) E_B[sigma_B^2] over training mini-batches with the final "
+                      "weights (Ioffe & Szegedy 2015, Algorithm 2), against PyTorch's running average (momentum 0.1).",
+                      "", REPORT_HEADER, *map(report_line, results), ""])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a bnserve checkpoint of a model with BN (its EMA statistics)")
+    p.add_argument("checkpoint", nargs="+", help="bnserve checkpoint(s) of a model with BN (their EMA statistics)")
     p.add_argument("--batches", type=int, default=200, help="training mini-batches to average over (default: 200)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="m, examples per mini-batch (default: the run's training batch size, else 60)")
     p.add_argument("--noise", action=argparse.BooleanOptionalAction, default=True,
                    help="noisy BN: keep the training-time noise during the passes (default: on)")
+    p.add_argument("--compare-noise", action="store_true",
+                   help="noisy BN: recalibrate twice, noise on and off (a second checkpoint, -no-noise)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mini-batch draw (default: 0)")
-    p.add_argument("--out", default=None, help="checkpoint to write (default: <stem>-population.pt)")
+    p.add_argument("--out", default=None, help="checkpoint to write, one input only (default: <stem>-population.pt)")
+    p.add_argument("--run-dir", default=None,
+                   help="write the checkpoints there (<job>-population.pt) with config.json, results.json "
+                        "and summary.md: a run the report reads")
     p.add_argument("--data-dir", default=None, help="dataset directory (see README)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
@@ -184,10 +216,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.batches < 1:
         raise ValueError("--batches must be positive")
-    r = recalibrate(args.checkpoint, args.out, batches=args.batches, batch_size=args.batch_size,
-                    noise=args.noise, seed=args.seed, data_dir=args.data_dir, device=args.device)
-    print(REPORT_HEADER)
-    print(report_line(r))
-    print(f"\nWrote {r['out']} (bn_statistics.estimate = {POPULATION!r}); `python -m export {r['out']} ...` "
-          "folds these statistics.")
+    checkpoints = [Path(c) for c in args.checkpoint]
+    if args.out and (len(checkpoints) > 1 or args.run_dir or args.compare_noise):
+        raise ValueError("--out names one checkpoint: give one input, without --run-dir / --compare-noise")
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is not None:
+        from .runs import start_run
+        config = {"checkpoints": [str(c) for c in checkpoints], "batches": args.batches,
+                  "batch_size": args.batch_size, "noise": args.noise, "compare_noise": args.compare_noise,
+                  "seed": args.seed, "data_dir": args.data_dir,
+                  "dataset": ", ".join(sorted({load_checkpoint(c)[1]["data"]["dataset"] for c in checkpoints}))}
+        start_run(run_dir, "recalibrate", config, preset=source_preset(checkpoints[0]))
+    results = []
+    for ckpt in checkpoints:
+        settings = [args.noise]
+        if args.compare_noise and has_noisy_bn(ckpt):
+            settings = [True, False]
+        for noise in settings:
+            out = args.out or (run_dir / out_name(ckpt, noise if len(settings) > 1 else None) if run_dir else None)
+            if out is None and len(settings) > 1 and not noise:
+                out = ckpt.with_name(f"{ckpt.stem}-population-no-noise{ckpt.suffix}")
+            results.append(recalibrate(ckpt, out, batches=args.batches, batch_size=args.batch_size, noise=noise,
+                                       seed=args.seed, data_dir=args.data_dir, device=args.device))
+    text = summary(results)
+    if run_dir is not None:
+        from .runs import write_json
+        write_json(run_dir / "results.json", results)
+        (run_dir / "summary.md").write_text(text)
+    print(text)
+    for r in results:
+        print(f"Wrote {r['out']} (bn_statistics.estimate = {POPULATION!r}); `python -m export {r['out']} ...` "
+              "folds these statistics.")
     return 0

@@ -103,29 +103,33 @@ class Question:
 
 
 SectionBuilder = Callable[[Path], Section]
-QuestionBuilder = Callable[[dict[str, Path]], Question | None]
+QuestionBuilder = Callable[[dict[str, list[Path]]], Question | None]
 
 
 def registered() -> tuple[dict[str, SectionBuilder], list[QuestionBuilder]]:
-    """Experiment name -> section builder, and the conceptual questions (given every run found,
-    by experiment name). Imported here, lazily: the experiments import this module's types."""
+    """Experiment name -> section builder (one section per run directory of that experiment), and
+    the conceptual questions (given every run found, by experiment name). Imported here, lazily:
+    the experiments import this module's types."""
+    from .inference_report import questions, recalibrate_section, test_time_section
     from .ioffe.report import section as ioffe_fig1
     from .santurkar.report import TEXT
     from .santurkar.report import section as santurkar
-    return {"ioffe-fig1": ioffe_fig1, **{name: santurkar for name in TEXT}}, []
+    return ({"ioffe-fig1": ioffe_fig1, "recalibrate": recalibrate_section, "bn-test-time": test_time_section,
+             **{name: santurkar for name in TEXT}}, questions())
 
 
-def find_runs(runs_dir: str | Path) -> dict[str, Path]:
-    """Experiment name -> run directory, for every directory under ``runs_dir`` (itself
-    included) that holds a ``config.json`` naming an experiment. Sorted by path."""
-    runs: dict[str, Path] = {}
+def find_runs(runs_dir: str | Path) -> dict[str, list[Path]]:
+    """Experiment name -> its run directories (sorted by path), for every directory under
+    ``runs_dir`` (itself included) that holds a ``config.json`` naming an experiment. An
+    experiment can have several runs (e.g. ``bn-test-time`` on the MLP and on the VGG)."""
+    runs: dict[str, list[Path]] = {}
     for cfg in sorted(Path(runs_dir).rglob("config.json")):
         try:
             experiment = json.loads(cfg.read_text()).get("experiment")
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, AttributeError):
             continue
-        if experiment and experiment not in runs:
-            runs[experiment] = cfg.parent
+        if isinstance(experiment, str) and experiment:
+            runs.setdefault(experiment, []).append(cfg.parent)
     return runs
 
 
@@ -144,7 +148,7 @@ def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | Non
         builders = default_builders if builders is None else builders
         questions = default_questions if questions is None else questions
     runs = find_runs(runs_dir)
-    sections = [builders[name](runs[name]) for name in builders if name in runs]
+    sections = [builders[name](run) for name in builders for run in runs.get(name, [])]
     answered = [q for q in (qb(runs) for qb in questions) if q is not None]
     missing = [name for name in builders if name not in runs]
     return Report(sections=sections, questions=answered, missing=missing,

@@ -29,6 +29,30 @@ def git_revision(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+CODE_PATHS = ("training", "export", "serving", "pyproject.toml", "requirements")
+
+
+def code_revision(root: Path = REPO_ROOT, paths: tuple[str, ...] = CODE_PATHS, exclude: tuple[str, ...] = ()) -> str:
+    """The revision of the code a run executes: a hash of the committed files under ``paths``
+    (minus ``exclude``), not of the whole commit, so a docs-only commit (or a change to another
+    experiment's package) keeps a run current; ``-dirty`` when any of them has uncommitted
+    changes; ``unknown`` outside a git checkout."""
+    import hashlib
+    def kept(path: str) -> bool:
+        return not any(path == e or path.startswith(e.rstrip("/") + "/") for e in exclude)
+    try:
+        # "<mode> <type> <sha>\t<path>" per committed file (ls-tree takes no exclude pathspecs)
+        tree = subprocess.run(["git", "ls-tree", "-r", "HEAD", "--", *paths], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.splitlines()
+        tree = [line for line in tree if kept(line.split("\t", 1)[-1])]
+        changed = subprocess.run(["git", "diff", "HEAD", "--name-only", "--", *paths], cwd=root,
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        dirty = any(kept(p) for p in changed)
+        return hashlib.sha256("\n".join(tree).encode()).hexdigest()[:16] + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def project_version() -> str:
     try:
         from importlib.metadata import version

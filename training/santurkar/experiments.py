@@ -13,7 +13,7 @@ from ..data import get_spec, load_dataset
 from ..runs import pick_device, start_run
 from ..seeds import BAND, at_step, seed_list
 from . import claims as C
-from .config import PAPER_TEST_ACCURACY, VGGRunsConfig
+from .config import INIT_NAMES, PAPER_TEST_ACCURACY, VGGRunsConfig
 from .dln import train_dln
 from .figures import PLOTTERS
 from .jobs import load_jobs
@@ -94,7 +94,7 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
         f"Preset: **{preset or 'custom'}**. Dataset: **{spec.name}** ({spec.citation})"
         + ("" if spec.name == "cifar10" else " - the paper used CIFAR-10; this run did not."),
         f"VGG: {cfg.model}, width {cfg.width} ({'standard' if cfg.width == 1 else 'reduced'} channel counts), "
-        f"Glorot init, plain SGD (no momentum, no weight decay), batch {cfg.batch_size}, "
+        f"{INIT_NAMES[cfg.init]} init{'' if cfg.init == 'glorot' else ' (the paper: Glorot; see the README)'}, plain SGD (no momentum, no weight decay), batch {cfg.batch_size}, "
         f"{cfg.steps:,} steps, no augmentation; seeds {', '.join(map(str, seeds))} "
         f"(curves: mean over seeds, band {BAND}).",
     ]

@@ -80,6 +80,9 @@ def section(run_dir: Path) -> Section:
     claims = claims_for(experiment, record["config"], vgg, dln)
     partial = (run_dir / "summary.md").exists() and "Partial run" in (run_dir / "summary.md").read_text()
     observed = [f"{c.statement}: {c.ours}." for c in claims]
+    if record["config"].get("init", "glorot") != "glorot":
+        observed.insert(0, f"Init: {record['config']['init']} (He), not the paper's Glorot: with Glorot the cpu preset's "
+                           "Standard VGG-16 stays at chance for its few hundred steps (README, Santurkar section).")
     if partial:
         observed.insert(0, "Partial run: some jobs stopped before their last step (summary.md says which).")
     figure = run_dir / "figure.png"

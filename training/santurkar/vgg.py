@@ -1,5 +1,5 @@
 """The VGG loop: one (variant, lr, seed) run of plain SGD (no momentum, no weight decay, no
-augmentation, Glorot init; Appendix A.1), on ``training.loop.run_steps``. Figure 3's config
+augmentation, Glorot init by default; Appendix A.1), on ``training.loop.run_steps``. Figure 3's config
 adds ICS measurements, Figure 4's landscape probes; every figure's probes record activations.
 
 Writes ``<run_dir>/<job>/metrics.jsonl`` (rows: header, eval, activation, histogram, ics,
@@ -34,7 +34,7 @@ def _dataset(name: str, data_dir: str | None):
 
 
 def vgg_kwargs(cfg: VGGRunsConfig, spec, variant: str) -> dict:
-    return {**NORMALISATIONS[variant], "width": cfg.width, "in_channels": spec.channels,
+    return {**NORMALISATIONS[variant], "width": cfg.width, "init": cfg.init, "in_channels": spec.channels,
             "image_size": spec.image_size, "num_classes": len(spec.classes)}
 
 
