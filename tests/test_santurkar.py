@@ -335,7 +335,9 @@ def test_fig1_smoke(tmp_path):
     assert sec.run.seeds == [0, 1] and sec.figures == [out / "figure.png"]
     summary = (out / "summary.md").read_text()
     assert len(sec.claims) == 4 and all(f"**{c.verdict}**: {c.statement}" in summary for c in sec.claims)
-    assert len(sec.observed) == 4
+    # one line per claim, after the note that the cpu preset departs from the paper's Glorot init
+    assert len(sec.observed) == 5 and sec.observed[0].startswith("Init: kaiming (He), not the paper's Glorot")
+    assert "He (kaiming) init (the paper: Glorot" in summary
 
 
 @pytest.mark.slow
