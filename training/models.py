@@ -72,9 +72,21 @@ class NoisyBatchNorm2d(nn.BatchNorm2d):
         unit = (1, y.shape[1]) + (1,) * (y.dim() - 2)  # one draw per channel
         mu_t = (torch.rand(unit, device=y.device, dtype=y.dtype) * 2 - 1) * self.noise_mean_range
         sigma_t = lo + torch.rand(unit, device=y.device, dtype=y.dtype) * (hi - lo)
-        m = mu_t + (torch.rand_like(y) * 2 - 1) * self.elem_mean_halfwidth
-        s = sigma_t + torch.randn_like(y) * self.elem_std
-        return s * y + m
+        r = self.elem_mean_halfwidth
+        m = _iid_like(y, lambda t: t.uniform_(-r, r)).add_(mu_t)
+        s = _iid_like(y, lambda t: t.normal_(0.0, self.elem_std)).add_(sigma_t)
+        return torch.addcmul(m, s, y)
+
+
+def _iid_like(y: torch.Tensor, fill) -> torch.Tensor:
+    """A tensor shaped and laid out like ``y`` (e.g. channels_last) holding i.i.d. draws made by
+    ``fill`` on one flat buffer: ``randn_like`` on a channels_last tensor draws element by element,
+    8x slower than on contiguous memory, and the draws are i.i.d. whatever their order."""
+    dense = y.is_contiguous() or (y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last))
+    if not dense:
+        return fill(torch.empty_like(y))
+    flat = fill(torch.empty(y.numel(), device=y.device, dtype=y.dtype))
+    return flat.as_strided(y.shape, y.stride())
 
 
 # --- l_p normalisation (Santurkar et al. 2018, Sec. 3.3, Figures 5, 6) ----------------------
