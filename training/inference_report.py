@@ -186,8 +186,10 @@ def smoothness_question(runs: dict[str, list[Path]]) -> Question | None:
             "santurkar-fig5": "Fig. 5, l_p normalisation instead of BN"}
     evidence = []
     for fig, claims in parts.items():
-        evidence.append(f"**{what[fig]}**: {_verdicts(claims)}. "
-                        + " ".join(f"{c.verdict}: {c.statement} ({c.ours})." for c in claims))
+        differs = [c for c in claims if not c.passed]
+        evidence.append(f"**{what[fig]}**: {_verdicts(claims)}"
+                        + (". Differs: " + "; ".join(f"{c.statement} ({c.ours})" for c in differs) if differs else "")
+                        + ".")
     if "ioffe-fig1" in runs:
         from .ioffe.report import section as ioffe_section
         stable = [c for c in ioffe_section(runs["ioffe-fig1"][0]).claims if "distribution" in c.statement]
@@ -200,7 +202,7 @@ def smoothness_question(runs: dict[str, list[Path]]) -> Question | None:
     if holds("santurkar-fig2") is not None:
         sentences.append("BN with noise that destroys distributional stability still trains about as well as BN"
                          if holds("santurkar-fig2") else
-                         "In our noisy-BN run the picture is mixed (most of Fig. 2's claims differ)")
+                         "in our noisy-BN runs the picture is mixed (most of Fig. 2's claims differ)")
     if holds("santurkar-fig3") is not None:
         sentences.append("BN does not reduce ICS as the paper defines it (often the shift is larger with BN)"
                          if holds("santurkar-fig3") else

@@ -80,6 +80,12 @@ def section(run_dir: Path) -> Section:
     claims = claims_for(experiment, record["config"], vgg, dln)
     partial = (run_dir / "summary.md").exists() and "Partial run" in (run_dir / "summary.md").read_text()
     observed = [f"{c.statement}: {c.ours}." for c in claims]
+    if experiment == "santurkar-fig2":
+        from .claims import eval_mode_note
+        cfg = record["config"]
+        note = eval_mode_note(vgg, min(cfg["lrs"]), cfg["steps"])
+        if note:
+            observed.append(note + ".")
     if record["config"].get("init", "glorot") != "glorot":
         observed.insert(0, f"Init: {record['config']['init']} (He), not the paper's Glorot: with Glorot the cpu preset's "
                            "Standard VGG-16 stays at chance for its few hundred steps (README, Santurkar section).")
