@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test browser lint reproduce serve serve-deps default-model samples bento figures clean-venv
+.PHONY: test browser lint reproduce serve serve-deps default-model samples bento clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,6 @@ browser:
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
-
-figures: $(VENV)/.dev-installed
-	$(PY) -m training ioffe-fig1 --dataset fashion-mnist
 
 # Every experiment of both papers in the cpu preset, then the report (also into docs/).
 reproduce: $(VENV)/.dev-installed

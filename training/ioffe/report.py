@@ -81,5 +81,5 @@ def section(run_dir: Path) -> Section:
         interpretation=(("BN trains faster from the first steps" if early_ahead else
                          "In our runs BN is not ahead at every early step")
                         + f"; {stability(drift['bn'].mean, drift['standard'].mean)}. Whether that stability is "
-                        "*why* BN helps is the question Santurkar et al. test."),
+                        "why BN helps is the question Santurkar et al. test."),
         claims=claims, figures=[run_dir / "figure.png"], run=info)
