@@ -30,6 +30,9 @@ CASES = [
     ("VGG-11 + BN, full width, 32 px x3", "vgg11", {"bn": True}, (3, 32, 32), 128, 8, None),
     # Santurkar's VGG-16: the cpu presets' network (one core per run) and the paper preset's.
     ("VGG-16 + BN, width 0.125, 28 px", "vgg16", {"bn": True, "width": 0.125}, (1, 28, 28), 128, 40, 1),
+    # Figs. 2 and 5: the noisy BN and an l_p normalisation in place of BN, same network.
+    ("VGG-16 + noisy BN, width 0.125, 28 px", "vgg16", {"noisy_bn": True, "width": 0.125}, (1, 28, 28), 128, 20, 1),
+    ("VGG-16 + l2 norm, width 0.125, 28 px", "vgg16", {"lp_norm": "l2", "width": 0.125}, (1, 28, 28), 128, 20, 1),
     ("VGG-16 + BN, full width, 32 px x3", "vgg16", {"bn": True}, (3, 32, 32), 128, 4, None),
 ]
 
