@@ -195,3 +195,27 @@ def test_report_html_in_headless_chromium_shows_every_part_and_fetches_nothing(t
         assert browser.get_screenshot_as_png().startswith(b"\x89PNG")
     finally:
         browser.quit()
+
+
+def test_smoothness_question_follows_the_verdicts_of_figures_2_to_5(tmp_path, monkeypatch):
+    import training.santurkar.report as sr
+    from training.inference_report import smoothness_question
+
+    verdicts = {"santurkar-fig2": [True, True, False], "santurkar-fig3": [True, True],
+                "santurkar-fig4": [True, False, True], "santurkar-fig5": [True]}
+
+    def fake_section(run_dir):
+        name = Path(run_dir).name
+        claims = [Claim(f"{name} claim {i}", "paper", f"ours {i}", ok) for i, ok in enumerate(verdicts[name])]
+        return Section(key=name, title=name, context="", plotted="", observed=[], interpretation="",
+                       claims=claims, figures=[], run=None)
+    monkeypatch.setattr(sr, "section", fake_section)
+    runs = {name: [tmp_path / name] for name in verdicts}
+    q = smoothness_question(runs)
+    assert "smoother with BN" in q.answer and "does not reduce ICS" in q.answer
+    assert "evidence for the smoothness view" in q.answer
+    assert q.evidence[0].startswith("**Fig. 2") and "2 of 3 claims PASS. Differs: santurkar-fig2 claim 2 (ours 2)" in q.evidence[0]
+    verdicts["santurkar-fig4"] = [False, False, True]
+    q = smoothness_question(runs)
+    assert "do not show BN's landscape as smoother" in q.answer and "the evidence is weaker there" in q.answer
+    assert smoothness_question({}) is None
