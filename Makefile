@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test browser lint reproduce serve serve-deps default-model samples bento clean-venv
+.PHONY: test browser lint reproduce fashion-mnist serve serve-deps default-model samples bento clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,20 @@ browser:
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 
-# Every experiment of both papers in the cpu preset, then the report (also into docs/).
-reproduce: $(VENV)/.dev-installed
-	$(PY) -m training reproduce --preset cpu --docs docs
+# Every experiment of both papers in the cpu preset, then the report (also into docs/). The data:
+# $BNSERVE_DATA if set, else ../shared/data when it exists (this workplace's real MNIST), else
+# the usual search and download (README "Data"); Debian's Fashion-MNIST package is installed
+# when missing and this user may (root with apt-get), as .ci/run does.
+SHARED_DATA := $(if $(BNSERVE_DATA),,$(if $(wildcard ../shared/data),$(abspath ../shared/data)))
+reproduce: $(VENV)/.dev-installed fashion-mnist
+	$(if $(SHARED_DATA),BNSERVE_DATA=$(SHARED_DATA) )$(PY) -m training reproduce --preset cpu --docs docs
+
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing dataset-fashion-mnist (apt-get)"; \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; }
 
 # --- serving -------------------------------------------------------------------------------------
 HOST ?= 0.0.0.0
