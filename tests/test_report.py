@@ -219,3 +219,10 @@ def test_smoothness_question_follows_the_verdicts_of_figures_2_to_5(tmp_path, mo
     q = smoothness_question(runs)
     assert "do not show BN's landscape as smoother" in q.answer and "the evidence is weaker there" in q.answer
     assert smoothness_question({}) is None
+
+
+def test_santurkar_interpretation_names_what_differs():
+    from training.santurkar.report import interpretation
+    ok, bad = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False)
+    assert interpretation([ok], "All good.", "Caveat.") == "All good."
+    assert interpretation([ok, bad], "All good.", "Caveat.") == "Caveat. Differs here (1 of 2): B holds."

@@ -34,8 +34,8 @@ TEXT = {
         "activation at layers #2, #9 and #13 over training.",
         "Noisy BN trains about as well as BN although its activations are at least as unstable as "
         "Standard's: BN's benefit does not come from stabilising the input distributions.",
-        "Part of the picture differs here (see the claims); where noisy BN trains like BN, the paper's "
-        "conclusion that stability is not what BN provides still stands."),
+        "Part of the picture differs here; where noisy BN still beats Standard with less stable "
+        "activations, the paper's conclusion that stability is not what BN provides still stands."),
     "santurkar-fig3": (
         "Santurkar et al. 2018, Figure 3: BN does not reduce internal covariate shift (Definition 2.1)",
         "ICS measured the way the paper defines it: the change of a layer's gradient caused by updating "
@@ -71,6 +71,14 @@ TEXT = {
 }
 
 
+def interpretation(claims, if_pass: str, if_differs: str) -> str:
+    """The figure's reading when every claim holds; otherwise the caveat and which claims differ."""
+    differs = [c.statement for c in claims if not c.passed]
+    if not differs:
+        return if_pass
+    return f"{if_differs} Differs here ({len(differs)} of {len(claims)}): " + "; ".join(differs) + "."
+
+
 def section(run_dir: Path) -> Section:
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "config.json").read_text())
@@ -95,5 +103,5 @@ def section(run_dir: Path) -> Section:
     if not figure.exists():
         observed.insert(0, f"No figure.png in this run directory (`python -m training plot {run_dir}` draws it).")
     return Section(key=experiment, title=title, context=context, plotted=plotted, observed=observed,
-                   interpretation=if_pass if all(c.passed for c in claims) else if_differs,
+                   interpretation=interpretation(claims, if_pass, if_differs),
                    claims=claims, figures=[figure] if figure.exists() else [], run=RunInfo.read(run_dir))
