@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,18 @@ def test_bn_test_time_command(bn_checkpoint, fixture_data_dir, tmp_path):
     assert bi["all_identical"] and bi["identical_alone_vs_batch"] == bi["images"] > 0
     summary = (out / "summary.md").read_text()
     assert "chance level" in summary and "Holds." in summary
+
+
+def test_recalibrate_into_a_run_directory_the_report_reads(bn_checkpoint, fixture_data_dir, tmp_path, capsys):
+    run = tmp_path / "recal"
+    assert main(["recalibrate", str(bn_checkpoint), "--batches", "10", "--data-dir", str(fixture_data_dir),
+                 "--compare-noise", "--run-dir", str(run)]) == 0
+    record = json.loads((run / "config.json").read_text())
+    assert record["experiment"] == "recalibrate" and record["preset"] == "cpu + --steps --eval-every --variants"
+    assert record["config"]["dataset"] == "mnist"
+    (r,) = json.loads((run / "results.json").read_text())  # plain BN: --compare-noise adds no second pass
+    assert r["noise"] is None and Path(r["out"]) == run / "bn-population.pt" and (run / "bn-population.pt").is_file()
+    assert f"| {r['population_test_accuracy']:.4f} |" in (run / "summary.md").read_text()
+    # --out names one checkpoint only
+    assert main(["recalibrate", str(bn_checkpoint), "--out", str(tmp_path / "x.pt"), "--run-dir", str(run)]) == 2
+    assert "--out names one checkpoint" in capsys.readouterr().err

@@ -30,8 +30,8 @@ from torch import nn
 
 from .checkpoint import batchnorms, file_sha256, load_checkpoint
 from .data import Normalizer, load_dataset
-from .recalibrate import input_transform, source_preset
-from .runs import start_run, write_json
+from .recalibrate import input_transform
+from .runs import run_preset, start_run, write_json
 
 BATCH_SIZES = tuple(2 ** k for k in range(11))  # 1 .. 1024
 
@@ -283,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
     sizes = tuple(b for b in BATCH_SIZES if b <= args.max_batch)
     config = {"checkpoint": str(ckpt), "dataset": load_checkpoint(ckpt)[1]["data"]["dataset"],
               "images": args.images, "max_batch": args.max_batch, "onnx": args.onnx, "data_dir": args.data_dir}
-    start_run(out, "bn-test-time", config, preset=source_preset(ckpt))  # config.json: a run the report reads
+    start_run(out, "bn-test-time", config, preset=run_preset(ckpt))  # config.json: a run the report reads
     result = measure(ckpt, data_dir=args.data_dir, images=args.images, batch_sizes=sizes, onnx=args.onnx)
     write_json(out / "results.json", result)
     plot(result, out / "figure.png")

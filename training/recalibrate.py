@@ -122,8 +122,12 @@ def test_accuracy(model: nn.Module, ckpt: dict, data_dir, device) -> float:
                     Normalizer(data["mean"], data["std"], device)).item()
 
 
-def default_out(checkpoint: Path) -> Path:
-    return checkpoint.with_name(f"{checkpoint.stem}-population{checkpoint.suffix}")
+def default_out(checkpoint: Path, suffix: str = "") -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}-population{suffix}{checkpoint.suffix}")
+
+
+def has_noisy_bn(model: nn.Module) -> bool:
+    return any(type(bn).__name__.startswith("Noisy") for bn in batchnorms(model))
 
 
 def recalibrate(checkpoint: str | Path, out: str | Path | None = None, *, batches: int = 200,
@@ -143,7 +147,7 @@ def recalibrate(checkpoint: str | Path, out: str | Path | None = None, *, batche
     stats = population_statistics(model, training_batches(ckpt, data_dir, batches, m, seed, dev), noise=noise)
     apply_statistics(model, stats)
     pop_acc = test_accuracy(model, ckpt, data_dir, dev)
-    noisy = any(type(bn).__name__.startswith("Noisy") for bn in batchnorms(model))
+    noisy = has_noisy_bn(model)
     record = {"estimate": POPULATION, "algorithm": "Ioffe & Szegedy 2015, Algorithm 2",
               "batches": batches, "batch_size": m, "seed": seed,
               "noise": noise if noisy else None,
@@ -168,24 +172,12 @@ REPORT_HEADER = ("| checkpoint | model | test acc, EMA statistics | test acc, Al
                  "|---|---|---|---|---|")
 
 
-def has_noisy_bn(checkpoint: str | Path) -> bool:
-    return any(type(bn).__name__.startswith("Noisy") for bn in batchnorms(load_checkpoint(checkpoint)[0]))
-
-
-def out_name(checkpoint: Path, noise: bool | None) -> str:
-    """In a run directory: ``<job dir>-population[-no-noise].pt``, e.g. ``bn-population.pt``."""
-    return f"{checkpoint.parent.name}-population{'-no-noise' if noise is False else ''}.pt"
-
-
-def source_preset(checkpoint: Path) -> str | None:
-    """The preset of the run a checkpoint came from (its run directory's ``config.json``)."""
-    import json
-    for d in (checkpoint.parent, checkpoint.parent.parent):
-        try:
-            return json.loads((d / "config.json").read_text()).get("preset")
-        except (OSError, ValueError):
-            continue
-    return None
+def out_path(checkpoint: Path, run_dir: Path | None, suffix: str) -> Path:
+    """Where a recalibrated checkpoint goes: in a run directory ``<job dir>-population<suffix>.pt``
+    (e.g. ``bn-population.pt``), else beside its source (``default_out``)."""
+    if run_dir is None:
+        return default_out(checkpoint, suffix)
+    return run_dir / f"{checkpoint.parent.name}-population{suffix}.pt"
 
 
 def summary(results: list[dict]) -> str:
@@ -220,22 +212,21 @@ def main(args: argparse.Namespace) -> int:
     if args.out and (len(checkpoints) > 1 or args.run_dir or args.compare_noise):
         raise ValueError("--out names one checkpoint: give one input, without --run-dir / --compare-noise")
     run_dir = Path(args.run_dir) if args.run_dir else None
+    loaded = {c: load_checkpoint(c) for c in checkpoints}  # model, checkpoint dict
     if run_dir is not None:
-        from .runs import start_run
+        from .runs import run_preset, start_run
         config = {"checkpoints": [str(c) for c in checkpoints], "batches": args.batches,
                   "batch_size": args.batch_size, "noise": args.noise, "compare_noise": args.compare_noise,
                   "seed": args.seed, "data_dir": args.data_dir,
-                  "dataset": ", ".join(sorted({load_checkpoint(c)[1]["data"]["dataset"] for c in checkpoints}))}
-        start_run(run_dir, "recalibrate", config, preset=source_preset(checkpoints[0]))
+                  "dataset": ", ".join(sorted({ck["data"]["dataset"] for _, ck in loaded.values()}))}
+        start_run(run_dir, "recalibrate", config, preset=run_preset(checkpoints[0]))
     results = []
-    for ckpt in checkpoints:
-        settings = [args.noise]
-        if args.compare_noise and has_noisy_bn(ckpt):
-            settings = [True, False]
-        for noise in settings:
-            out = args.out or (run_dir / out_name(ckpt, noise if len(settings) > 1 else None) if run_dir else None)
-            if out is None and len(settings) > 1 and not noise:
-                out = ckpt.with_name(f"{ckpt.stem}-population-no-noise{ckpt.suffix}")
+    for ckpt, (model, _) in loaded.items():
+        # (noise, output suffix) per pass: the noisy BN twice with --compare-noise
+        passes = ([(True, ""), (False, "-no-noise")] if args.compare_noise and has_noisy_bn(model)
+                  else [(args.noise, "")])
+        for noise, suffix in passes:
+            out = Path(args.out) if args.out else out_path(ckpt, run_dir, suffix)
             results.append(recalibrate(ckpt, out, batches=args.batches, batch_size=args.batch_size, noise=noise,
                                        seed=args.seed, data_dir=args.data_dir, device=args.device))
     text = summary(results)

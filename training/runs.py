@@ -122,6 +122,17 @@ def start_run(out: str | Path, experiment: str, config, device=None, preset: str
     return run_dir
 
 
+def run_preset(checkpoint: Path) -> str | None:
+    """The preset of the run a checkpoint came from (its run directory's ``config.json``, in the
+    checkpoint's directory or the one above it)."""
+    for d in (checkpoint.parent, checkpoint.parent.parent):
+        try:
+            return json.loads((d / "config.json").read_text()).get("preset")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
