@@ -15,7 +15,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from training.data import BatchSampler, Normalizer, Split
+from training.data import BatchSampler, Normalizer, Split, get_spec
+from training.ioffe.stacked import (
+    NormalizedSplit,
+    StackedMLP,
+    StackedSampler,
+    seed_model,
+    stacked_evaluate,
+    stacked_step,
+)
 from training.loop import PlainSGD, prepare_model, sgd_step
 from training.models import create_model
 
@@ -102,6 +110,12 @@ def baseline_steps_per_s(name, kw, shape, batch, steps, device, data: Split) -> 
 # --- many seeds at once (Ioffe Fig. 1, training/ioffe/stacked.py) --------------------------------
 
 SEEDS = 5
+MNIST_NORM = Normalizer(get_spec("mnist").mean, get_spec("mnist").std)  # what ioffe-fig1 normalises with
+
+
+def _stacked_inputs(n: int) -> NormalizedSplit:
+    """``n`` synthetic MNIST-sized images, normalised once as ioffe-fig1's training set is."""
+    return NormalizedSplit(_synthetic(n, (1, 28, 28), "cpu"), MNIST_NORM)
 SEED_STEPS = 50_000
 
 
@@ -109,18 +123,9 @@ def ioffe_job_seconds(bn: bool, seeds: int, steps: int, eval_every: int = 500, t
     """Wall time of one ioffe-fig1 job: ``seeds`` stacked seeds of one variant, ``steps`` steps
     with the full-test-set evaluation every ``eval_every`` steps, as the experiment runs them
     (synthetic MNIST-sized data: 60,000 train, 10,000 test)."""
-    from training.ioffe.stacked import (
-        NormalizedSplit,
-        StackedMLP,
-        StackedSampler,
-        seed_model,
-        stacked_evaluate,
-        stacked_step,
-    )
-
     torch.set_num_threads(threads)
     train, test = _synthetic(60_000, (1, 28, 28), "cpu"), _synthetic(10_000, (1, 28, 28), "cpu", seed=1)
-    norm = Normalizer((0.1307,), (0.3081,))
+    norm = MNIST_NORM
     ids = list(range(seeds))
     net = StackedMLP([seed_model(s, bn) for s in ids])
     opt, sampler = PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(train), 60, ids, "cpu")
@@ -137,21 +142,12 @@ def ioffe_job_seconds(bn: bool, seeds: int, steps: int, eval_every: int = 500, t
 def step_cost_ratio(bn: bool, seeds: int = SEEDS, blocks: int = 20, block_steps: int = 50) -> float:
     """Time per training step of ``seeds`` stacked seeds over one seed, in one process on one
     thread, in alternating blocks: a change of machine load hits both alike."""
-    from training.ioffe.stacked import (
-        NormalizedSplit,
-        StackedMLP,
-        StackedSampler,
-        seed_model,
-        stacked_step,
-    )
-
     torch.set_num_threads(1)
-    train = _synthetic(6_000, (1, 28, 28), "cpu")
-    inputs = NormalizedSplit(train, Normalizer((0.1307,), (0.3081,)))
+    inputs = _stacked_inputs(6_000)
     runs = []
     for n in (1, seeds):
         net = StackedMLP([seed_model(s, bn) for s in range(n)])
-        runs.append((net, PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(train), 60, list(range(n)), "cpu")))
+        runs.append((net, PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(inputs), 60, list(range(n)), "cpu")))
     spent = [0.0, 0.0]
     for block in range(blocks + 1):
         for i, (net, opt, sampler) in enumerate(runs):
@@ -177,16 +173,8 @@ def matmul_floor(bn: bool, seeds: int = SEEDS, blocks: int = 20, block_steps: in
     the step's shapes) for 1 and for ``seeds`` seeds. If everything but the matmuls cost the same
     for ``seeds`` seeds as for one, a step would take ``step_1 - matmul_1 + matmul_S``: the
     ratio over ``step_1`` is the floor no cut of overhead can go below."""
-    from training.ioffe.stacked import (
-        NormalizedSplit,
-        StackedMLP,
-        StackedSampler,
-        seed_model,
-        stacked_step,
-    )
-
     torch.set_num_threads(1)
-    inputs = NormalizedSplit(_synthetic(6_000, (1, 28, 28), "cpu"), Normalizer((0.1307,), (0.3081,)))
+    inputs = _stacked_inputs(6_000)
     net = StackedMLP([seed_model(0, bn)])
     opt, sampler = PlainSGD(net.parameters(), lr=0.1), StackedSampler(len(inputs), 60, [0], "cpu")
     sizes = [w.shape[1:] for w in net.weights]  # (out, in) per layer

@@ -33,7 +33,7 @@ class Job:
     name: str  # its run directory under the runs root
     argv: tuple[str, ...]  # after ``python -m training``; ``{out}`` and ``{runs}`` are filled in
     after: tuple[str, ...] = field(default=())  # jobs whose outputs this one reads
-    code: tuple[str, ...] = field(default=())  # its experiment packages (see code_paths)
+    code: tuple[str, ...] = field(default=())  # its experiment packages (see job_revision)
 
     def command(self, runs: Path) -> list[str]:
         return [a.format(out=runs / self.name, runs=runs) for a in self.argv]
@@ -127,7 +127,8 @@ class Progress:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
         elif not tick or elapsed - self.last_tick >= 60:
             self.stream.write(line + "\n")
-            self.last_tick = elapsed if tick else self.last_tick
+            if tick:
+                self.last_tick = elapsed
         self.stream.flush()
 
 

@@ -117,25 +117,33 @@ def _by_seed_rows(rows: Rows) -> dict[int, list[Mapping]]:
     return out
 
 
+def _fig2_series(jobs: Jobs, lr: float, key: str, steps: Sequence[int]):
+    """``key`` per seed and step for noisy BN, BN and Standard at ``lr``; None unless all three ran."""
+    if not all((v, lr) in jobs for v in ("noisy_bn", "bn", "standard")):
+        return None
+    return tuple(eval_series(jobs[(v, lr)], key, steps) for v in ("noisy_bn", "bn", "standard"))
+
+
 def fig2_claims(jobs: Jobs, lr: float, mid: int, end: int, layers: Sequence[int]) -> list[Claim]:
     claims = []
-    if not all((v, lr) in jobs for v in ("standard", "bn", "noisy_bn")):
-        return claims
     # The paper's training accuracy is what each network achieves as it trains: the noisy BN
     # with its noise (train mode, mini-batch accuracy). Eval mode (noise off) is not the paper's
     # claim: it depends on which statistics inference uses (see eval_mode_note).
-    for key, what in (("train_accuracy", "mini-batch training accuracy, train mode"),):
-        n, b, s = (eval_series(jobs[(v, lr)], key, (mid, end)) for v in ("noisy_bn", "bn", "standard"))
-        for step in (mid, end):
-            close = sum(abs(n[seed][step] - b[seed][step]) <= 0.03 for seed in n if seed in b)
-            claims.append(claim(f"step {step:,}, {what}: noisy BN tracks BN (within 3 points)",
-                                close == len(n), f"{close} of {len(n)} seeds; mean noisy "
-                                f"{_mean_at(n, step):.4f} vs BN {_mean_at(b, step):.4f}",
-                                "Fig. 2: the noisy-BN model nearly matches the BN model's performance"))
-            a = ahead(n, s, step)
-            claims.append(claim(f"step {step:,}, {what}: noisy BN beats Standard", a.all,
-                                f"noisy ahead in {a.fmt()}; mean {_mean_at(n, step):.4f} vs {_mean_at(s, step):.4f}",
-                                "Fig. 2: noisy BN keeps BN's advantage over Standard"))
+    series = _fig2_series(jobs, lr, "train_accuracy", (mid, end))
+    if series is None:
+        return claims
+    n, b, s = series
+    what = "mini-batch training accuracy, train mode"
+    for step in (mid, end):
+        close = sum(abs(n[seed][step] - b[seed][step]) <= 0.03 for seed in n if seed in b)
+        claims.append(claim(f"step {step:,}, {what}: noisy BN tracks BN (within 3 points)",
+                            close == len(n), f"{close} of {len(n)} seeds; mean noisy "
+                            f"{_mean_at(n, step):.4f} vs BN {_mean_at(b, step):.4f}",
+                            "Fig. 2: the noisy-BN model nearly matches the BN model's performance"))
+        a = ahead(n, s, step)
+        claims.append(claim(f"step {step:,}, {what}: noisy BN beats Standard", a.all,
+                            f"noisy ahead in {a.fmt()}; mean {_mean_at(n, step):.4f} vs {_mean_at(s, step):.4f}",
+                            "Fig. 2: noisy BN keeps BN's advantage over Standard"))
     for j, layer in enumerate(layers):
         ni, si = instability(jobs[("noisy_bn", lr)], j), instability(jobs[("standard", lr)], j)
         k = sum(ni[seed] > si[seed] for seed in ni if seed in si)
@@ -168,9 +176,10 @@ def ics_stats(rows: Rows) -> dict[str, float]:
 def eval_mode_note(jobs: Jobs, lr: float, end: int) -> str | None:
     """Fig. 2 in eval mode (noise off, running statistics), an observation beside the claims:
     the noisy BN's running statistics were gathered under its noise."""
-    if not all((v, lr) in jobs for v in ("standard", "bn", "noisy_bn")):
+    series = _fig2_series(jobs, lr, "train_eval_accuracy", (end,))
+    if series is None:
         return None
-    n, b, s = (eval_series(jobs[(v, lr)], "train_eval_accuracy", (end,)) for v in ("noisy_bn", "bn", "standard"))
+    n, b, s = series
     return (f"In eval mode (noise off, running statistics gathered under the noise) at step {end:,}: training "
             f"accuracy noisy BN {_mean_at(n, end):.4f}, BN {_mean_at(b, end):.4f}, Standard {_mean_at(s, end):.4f}; "
             "not the paper's measure (its networks are compared as they train), and fixed by statistics "
