@@ -1,0 +1,493 @@
+"""The Open Inference Protocol v2 routes (serving/oip.py): the pure parsing, checking and encoding
+functions on closed-form cases; the ASGI route on a stand-in service; rows bit-identical alone,
+in a batch and mixed with other requests' rows in the real micro-batcher on real test images;
+and, against a real ``bentoml serve``, clients no one here wrote (tritonclient, KServe's REST
+client) compared with /classify and the PyTorch eval-mode model."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import FIXTURE_DATA, REPO_ROOT, AsgiClient, tiny_model
+
+from serving import oip
+from serving.oip import ModelView, OipError
+
+MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
+CHECKPOINT = REPO_ROOT / "models" / "default" / "checkpoint.pt"
+TINY_META = {"model": {"name": "tiny"}, "source_checkpoint": {"sha256": "0123456789abcdef" * 4}, "dataset": "tiny"}
+TINY = ModelView("tiny", "0123456789ab", "FP32", 1, 4, 4, ("a", "b", "c"), (0.5,), (0.25,), "tiny")
+
+
+def fashion_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` real Fashion-MNIST test images (uint8 (n, 1, 28, 28)) and labels, read
+    from the committed IDX files of tests/data."""
+    folder = FIXTURE_DATA / "fashion-mnist"
+    images = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
+    labels = gzip.decompress((folder / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    x = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
+    return x, np.frombuffer(labels, np.uint8, offset=8)[:n].astype(int)
+
+
+def infer_body(x: np.ndarray, **extra) -> dict:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                        "data": x.ravel().tolist()}], **extra}
+
+
+def parse(body: dict | bytes, binary: bytes = b"", m: ModelView = TINY) -> oip.InferRequest:
+    return oip.parse_infer(body, binary, m)
+
+
+# --- the model as the protocol shows it ----------------------------------------------------------
+
+def test_model_identity_from_metadata():
+    assert oip.model_identity(TINY_META) == ("tiny", "0123456789ab")
+    assert oip.model_identity({"model": {"name": "vgg11"}}) == ("vgg11", "1")
+    assert oip.model_identity({}) == ("model", "1")
+
+
+def test_model_metadata_shapes_and_normalisation(tmp_path):
+    from serving.model import read_model
+
+    m = ModelView.of(read_model(tiny_model(tmp_path)))
+    assert (m.name, m.version, m.datatype, m.row_shape) == ("tiny", "1", "FP32", (1, 4, 4))
+    meta = oip.model_metadata(m)
+    assert meta["name"] == "tiny" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 4, 4]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
+                               {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    assert meta["parameters"]["mean"] == [0.5] and meta["parameters"]["std"] == [0.25]
+    assert meta["parameters"]["classes"] == ["a", "b", "c"]
+    assert "normalised" in meta["parameters"]["input_range"]
+
+
+def test_server_metadata_names_the_binary_extension():
+    assert oip.server_metadata("9.9") == {"name": "bnserve", "version": "9.9",
+                                          "extensions": ["binary_tensor_data"]}
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, target", [
+    ("/v2", oip.Target("server")),
+    ("/v2/", oip.Target("server")),
+    ("/v2/health/live", oip.Target("live")),
+    ("/v2/health/ready", oip.Target("ready")),
+    ("/v2/models/m", oip.Target("model", "m")),
+    ("/v2/models/m/ready", oip.Target("model_ready", "m")),
+    ("/v2/models/m/infer", oip.Target("infer", "m")),
+    ("/v2/models/m/versions/7", oip.Target("model", "m", "7")),
+    ("/v2/models/m/versions/7/ready", oip.Target("model_ready", "m", "7")),
+    ("/v2/models/m/versions/7/infer", oip.Target("infer", "m", "7")),
+])
+def test_route(path, target):
+    assert oip.route(path) == target
+
+
+@pytest.mark.parametrize("path", ["/v2/health", "/v2/models", "/v2/models/m/config", "/v2/models/m/versions",
+                                  "/v2/models/m/versions/7/stats", "/v2/repository/index", "/v2/x/y"])
+def test_unknown_route_is_404(path):
+    with pytest.raises(OipError) as e:
+        oip.route(path)
+    assert e.value.status == 404
+
+
+def test_wrong_model_or_version_is_404():
+    oip.check_model_target(oip.Target("infer", "tiny"), TINY)
+    oip.check_model_target(oip.Target("infer", "tiny", "0123456789ab"), TINY)
+    for target in (oip.Target("infer", "other"), oip.Target("infer", "tiny", "2")):
+        with pytest.raises(OipError) as e:
+            oip.check_model_target(target, TINY)
+        assert e.value.status == 404 and "tiny" in e.value.message
+
+
+# --- parsing an infer request --------------------------------------------------------------------
+
+def test_split_body_with_and_without_the_binary_header():
+    assert oip.split_body(b'{"a": 1}', None) == ({"a": 1}, b"")
+    assert oip.split_body(b'{"a": 1}\x00\x01', "8") == ({"a": 1}, b"\x00\x01")
+
+
+@pytest.mark.parametrize("body, header, needle", [
+    (b"", None, "empty"),
+    (b"{not json", None, "not valid JSON"),
+    (b"\xff\xfe", None, "not valid JSON"),
+    (b'{"a": 1}', "x", "Inference-Header-Content-Length"),
+    (b'{"a": 1}', "99", "Inference-Header-Content-Length"),
+    (b'{"a": 1}', "0", "Inference-Header-Content-Length"),
+    (b'{"a": 1}', "-3", "Inference-Header-Content-Length"),
+])
+def test_split_body_refuses(body, header, needle):
+    with pytest.raises(OipError, match=needle) as e:
+        oip.split_body(body, header)
+    assert e.value.status == 400
+
+
+def test_flat_and_nested_data_give_the_same_tensor():
+    x = np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4) / 7
+    flat = parse(infer_body(x))
+    nested = parse({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 4, 4], "data": x.tolist()}]})
+    assert flat.x.dtype == np.float32 and flat.x.shape == (2, 1, 4, 4)
+    assert np.array_equal(flat.x, x) and np.array_equal(nested.x, x)
+    assert flat.outputs == (oip.RequestedOutput("logits", False), oip.RequestedOutput("probabilities", False))
+    assert flat.id is None
+
+
+def test_integers_are_numbers():
+    r = parse({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 4, 4], "data": [0] * 16}]})
+    assert r.x.dtype == np.float32 and not r.x.any()
+
+
+def test_float32_values_survive_json_exactly():
+    """A client sending float32 values as JSON numbers (what tritonclient does: ``.item()``)
+    gets exactly those float32 values into the model."""
+    x = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype(np.float32)
+    body = json.loads(json.dumps(infer_body(x)))
+    assert np.array_equal(parse(body).x, x)
+
+
+def test_binary_input():
+    x = np.random.default_rng(1).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    raw = x.astype("<f4").tobytes()
+    body = {"id": "b1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 4, 4],
+                                    "parameters": {"binary_data_size": len(raw)}}],
+            "parameters": {"binary_data_output": True}}
+    head = json.dumps(body).encode()
+    header, rest = oip.split_body(head + raw, str(len(head)))
+    r = parse(header, rest)
+    assert np.array_equal(r.x, x) and r.id == "b1"
+    assert all(o.binary for o in r.outputs)
+
+
+def test_outputs_selection_and_binary_flags():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    r = parse(infer_body(x, outputs=[{"name": "probabilities"}]))
+    assert r.outputs == (oip.RequestedOutput("probabilities", False),)
+    r = parse(infer_body(x, outputs=[{"name": "probabilities", "parameters": {"binary_data": True}},
+                                     {"name": "logits", "parameters": {"binary_data": False}}],
+                         parameters={"binary_data_output": True}))
+    assert r.outputs == (oip.RequestedOutput("probabilities", True), oip.RequestedOutput("logits", False))
+
+
+def _bad_bodies() -> list:
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    ok = infer_body(x)
+    tensor = ok["inputs"][0]
+
+    def with_tensor(**change):
+        return {"inputs": [{**tensor, **change}]}
+
+    return [
+        ([1, 2], "JSON object"),
+        ({}, "exactly one tensor"),
+        ({"inputs": []}, "exactly one tensor"),
+        ({"inputs": [tensor, tensor]}, "exactly one tensor"),
+        ({"inputs": ["input"]}, "must be a JSON object"),
+        (with_tensor(name="x"), "unknown input"),
+        (with_tensor(datatype="INT8"), "datatype"),
+        (with_tensor(datatype="BYTES"), "datatype"),
+        ({"inputs": [{k: v for k, v in tensor.items() if k != "datatype"}]}, "datatype"),
+        (with_tensor(shape=[1, 16]), "shape"),
+        (with_tensor(shape=[1, 1, 4, 5]), "shape"),
+        (with_tensor(shape=[0, 1, 4, 4], data=[]), "shape"),
+        (with_tensor(shape=[-1, 1, 4, 4]), "shape"),
+        (with_tensor(shape=[1.0, 1, 4, 4]), "shape"),
+        (with_tensor(shape=[True, 1, 4, 4]), "shape"),
+        (with_tensor(shape="1,1,4,4"), "shape"),
+        ({"inputs": [{k: v for k, v in tensor.items() if k != "data"}]}, "no data"),
+        (with_tensor(data=[0.0] * 15), "15 values"),
+        (with_tensor(data=[0.0] * 32), "32 values"),
+        (with_tensor(data=[[0.0] * 8, [0.0] * 8]), "nested input data has shape"),
+        (with_tensor(data=[[0.0] * 8, [0.0] * 7]), "ragged"),
+        (with_tensor(data=["0.5"] * 16), "only numbers"),
+        (with_tensor(data=[None] * 16), "only numbers"),
+        (with_tensor(data=[True] * 16), "only numbers"),
+        (with_tensor(data=[{"v": 1}] * 16), "only numbers"),
+        (with_tensor(data=[10 ** 400] * 16), "only numbers"),
+        (with_tensor(data="AAAA"), "list of numbers"),
+        (with_tensor(data=[float("nan")] + [0.0] * 15), "NaN or infinite"),
+        (with_tensor(data=[float("inf")] + [0.0] * 15), "NaN or infinite"),
+        (with_tensor(data=[1e39] + [0.0] * 15), "NaN or infinite"),  # beyond float32
+        (with_tensor(parameters=[1]), "must be a JSON object"),
+        (with_tensor(parameters={"binary_data_size": -1}), "binary_data_size"),
+        (with_tensor(parameters={"binary_data_size": 64}), "both binary_data_size and data"),
+        ({**ok, "id": 7}, "id must be a string"),
+        ({**ok, "parameters": "x"}, "must be a JSON object"),
+        ({**ok, "parameters": {"binary_data_output": "yes"}}, "true or false"),
+        ({**ok, "outputs": []}, "non-empty list"),
+        ({**ok, "outputs": {"name": "logits"}}, "non-empty list"),
+        ({**ok, "outputs": [{"name": "softmax"}]}, "unknown output"),
+        ({**ok, "outputs": [{"name": "logits"}, {"name": "logits"}]}, "twice"),
+        ({**ok, "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}, "classification"),
+        ({**ok, "outputs": [{"name": "logits", "parameters": {"binary_data": 1}}]}, "true or false"),
+    ]
+
+
+@pytest.mark.parametrize("body, needle", _bad_bodies(), ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_infer_request_is_400(body, needle):
+    with pytest.raises(OipError, match=needle) as e:
+        parse(body)
+    assert e.value.status == 400
+    assert set(e.value.to_json()) == {"error"}
+
+
+def test_json_nan_token_is_refused():
+    """Python's json (and so the server) reads the non-standard NaN / Infinity tokens."""
+    header, _ = oip.split_body(b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 4, 4], '
+                               b'"data": [NaN, Infinity, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]}]}', None)
+    with pytest.raises(OipError, match="NaN or infinite"):
+        parse(header)
+
+
+@pytest.mark.parametrize("raw, needle", [
+    (b"\x00" * 60, "binary_data_size is 64 but 60 bytes"),
+    (b"\x00" * 68, "binary_data_size is 64 but 68 bytes"),
+    (np.full(16, np.nan, "<f4").tobytes(), "NaN or infinite"),
+])
+def test_bad_binary_input_is_400(raw, needle):
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 4, 4],
+                        "parameters": {"binary_data_size": 64}}]}
+    with pytest.raises(OipError, match=needle) as e:
+        parse(body, raw)
+    assert e.value.status == 400
+
+
+def test_binary_size_must_match_the_shape():
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 4, 4],
+                        "parameters": {"binary_data_size": 60}}]}
+    with pytest.raises(OipError, match="needs 64"):
+        parse(body, b"\x00" * 60)
+
+
+def test_trailing_bytes_without_binary_input_are_refused():
+    with pytest.raises(OipError, match="no input has binary_data_size"):
+        parse(infer_body(np.zeros((1, 1, 4, 4), np.float32)), b"\x00" * 4)
+
+
+def test_fp16_model_takes_fp32_or_fp16_and_gets_its_own_dtype():
+    half = ModelView("h", "1", "FP16", 1, 4, 4, ("a",), (0.0,), (1.0,))
+    x = np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    assert parse(infer_body(x), m=half).x.dtype == np.float16
+    assert np.array_equal(parse(infer_body(x), m=half).x, x.astype(np.float16))
+    body = infer_body(x)
+    body["inputs"][0]["datatype"] = "FP16"
+    assert np.array_equal(parse(body, m=half).x, x.astype(np.float16))
+    with pytest.raises(OipError, match="FP32"):
+        parse(body)  # an FP32 model takes FP32 only
+
+
+# --- encoding the answer --------------------------------------------------------------------------
+
+def test_json_answer_closed_form():
+    """logits [0, ln 3] -> probabilities [1/4, 3/4]."""
+    request = oip.InferRequest(np.zeros((1, 1, 4, 4), np.float32),
+                               (oip.RequestedOutput("logits", False), oip.RequestedOutput("probabilities", False)), "r7")
+    logits = np.array([[0.0, math.log(3.0)]], np.float32)
+    body, headers = oip.encode_infer(TINY, request, logits)
+    assert headers == {"content-type": "application/json"}
+    answer = json.loads(body)
+    assert answer["model_name"] == "tiny" and answer["model_version"] == "0123456789ab" and answer["id"] == "r7"
+    (lg, pr) = answer["outputs"]
+    assert lg == {"name": "logits", "datatype": "FP32", "shape": [1, 2], "data": [0.0, float(np.float32(math.log(3.0)))]}
+    assert pr["name"] == "probabilities" and pr["shape"] == [1, 2]
+    np.testing.assert_allclose(pr["data"], [0.25, 0.75], rtol=1e-7)
+
+
+def test_binary_answer_layout():
+    """JSON header, then each binary output's little-endian bytes in the order of ``outputs``."""
+    request = oip.InferRequest(np.zeros((2, 1, 4, 4), np.float32),
+                               (oip.RequestedOutput("probabilities", True), oip.RequestedOutput("logits", False)))
+    logits = np.array([[0.0, 0.0], [0.0, math.log(3.0)]], np.float32)
+    body, headers = oip.encode_infer(TINY, request, logits)
+    n = int(headers[oip.HEADER_LENGTH])
+    assert headers["content-type"] == "application/octet-stream"
+    answer = json.loads(body[:n])
+    assert "id" not in answer
+    (pr, lg) = answer["outputs"]
+    assert pr == {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}}
+    assert lg["data"] == logits.ravel().tolist()
+    probs = np.frombuffer(body[n:], "<f4").reshape(2, 2)
+    np.testing.assert_allclose(probs, [[0.5, 0.5], [0.25, 0.75]], rtol=1e-7)
+    assert len(body) == n + 16
+
+
+def test_probabilities_are_the_classify_softmax_in_float32():
+    from serving.model import answer
+
+    logits = np.random.default_rng(2).standard_normal((5, 10)).astype(np.float32) * 4
+    probs = oip.output_tensors(logits)["probabilities"]
+    for row, p in zip(logits, probs, strict=True):
+        top = answer(row, [str(i) for i in range(10)])["top"]
+        assert [np.float32(c["probability"]) for c in top] == [p[c["index"]] for c in top]
+
+
+# --- the ASGI route on a stand-in service ----------------------------------------------------------
+
+class StubService:
+    """What OipRoute uses of BnServe: info, traffic, __is_ready__, infer_rows (the real
+    BnServe.infer_rows on a real MicroBatcher over ``fn``)."""
+
+    def __init__(self, info, fn=None, draining=False):
+        from serving.admission import Admission
+        from serving.batching import MicroBatcher
+        from serving.lifecycle import Traffic
+
+        self.info = info
+        self.traffic = Traffic(Admission(1e-3))
+        self.traffic.draining = draining
+        self.batcher = MicroBatcher(fn or (lambda x: x.reshape(len(x), -1)[:, :3] * 2), 8)
+        self.rows_seen: list[int] = []
+
+    async def __is_ready__(self) -> bool:
+        return not self.traffic.draining
+
+    async def infer_rows(self, x):
+        from serving.service import BnServe
+
+        self.rows_seen.append(len(x))
+        return await BnServe.inner.infer_rows(self, x)
+
+
+def _scope(method: str, path: str, headers: dict | None = None) -> dict:
+    raw = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    return {"type": "http", "method": method, "path": path, "headers": raw, "query_string": b"",
+            "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+            "root_path": ""}
+
+
+def call(service, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+         max_bytes: int = 1 << 20) -> tuple[int, dict, bytes]:
+    """One request through OipRoute (in front of an app that answers 418) -> (status, headers, body)."""
+    from serving.service import read_body
+
+    async def teapot(scope, receive, send):
+        await send({"type": "http.response.start", "status": 418, "headers": []})
+        await send({"type": "http.response.body", "body": b"passed"})
+
+    route = oip.OipRoute(teapot, service=lambda: service, read_body=read_body, max_bytes=lambda: max_bytes)
+    client = AsgiClient([{"type": "http.request", "body": body, "more_body": False}], then_disconnect=False)
+    asyncio.run(asyncio.wait_for(route(_scope(method, path, headers), client.receive, client.send), 30))
+    start = next(m for m in client.sent if m["type"] == "http.response.start")
+    data = b"".join(m.get("body", b"") for m in client.sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, data
+
+
+@pytest.fixture
+def tiny_info(tmp_path):
+    from serving.model import read_model
+
+    return read_model(tiny_model(tmp_path))
+
+
+def test_route_passes_other_paths_through(tiny_info):
+    for method, path in [("POST", "/classify"), ("GET", "/readyz"), ("GET", "/v2x"), ("GET", "/v1/models/tiny")]:
+        assert call(StubService(tiny_info), method, path)[0] == 418
+
+
+def test_route_health_and_metadata(tiny_info):
+    s = StubService(tiny_info)
+    status, _, body = call(s, "GET", "/v2")
+    assert status == 200 and json.loads(body)["name"] == "bnserve"
+    assert call(s, "GET", "/v2/health/live")[::2] == (200, b'{"live": true}')
+    assert call(s, "GET", "/v2/health/ready")[::2] == (200, b'{"ready": true}')
+    status, _, body = call(s, "GET", "/v2/models/tiny")
+    assert status == 200 and json.loads(body)["inputs"][0]["shape"] == [-1, 1, 4, 4]
+    assert call(s, "GET", "/v2/models/tiny/versions/1/ready")[0] == 200
+    for path in ("/v2/models/other", "/v2/models/other/ready", "/v2/models/tiny/versions/2", "/v2/nothing"):
+        status, headers, body = call(s, "GET", path)
+        assert status == 404 and headers["content-type"] == "application/json" and set(json.loads(body)) == {"error"}
+    status, _, body = call(s, "GET", "/v2/models/tiny/infer")
+    assert status == 405 and "POST" in json.loads(body)["error"]
+    assert call(s, "POST", "/v2/health/live")[0] == 405
+
+
+def test_ready_is_503_while_draining_or_loading(tiny_info):
+    """/v2/health/ready follows /readyz: 503 from SIGTERM on (Traffic.draining), and while the
+    model loads (no service yet); live stays 200."""
+    s = StubService(tiny_info, draining=True)
+    assert call(s, "GET", "/v2/health/ready")[::2] == (503, b'{"ready": false}')
+    assert call(s, "GET", "/v2/models/tiny/ready")[0] == 503
+    assert call(s, "GET", "/v2/health/live")[0] == 200
+    assert call(None, "GET", "/v2/health/ready")[0] == 503
+    assert call(None, "GET", "/v2/health/live")[0] == 200
+    status, _, body = call(None, "POST", "/v2/models/tiny/infer", b"{}")
+    assert status == 503 and "loading" in json.loads(body)["error"]
+
+
+def test_route_infer_through_the_micro_batcher(tiny_info):
+    s = StubService(tiny_info)
+    x = np.arange(48, dtype=np.float32).reshape(3, 1, 4, 4)
+    status, headers, body = call(s, "POST", "/v2/models/tiny/infer", json.dumps(infer_body(x, id="q")).encode())
+    assert status == 200 and headers["content-type"] == "application/json"
+    answer = json.loads(body)
+    assert answer["id"] == "q" and answer["model_name"] == "tiny"
+    logits = answer["outputs"][0]
+    assert logits["shape"] == [3, 3] and logits["data"] == (x.reshape(3, -1)[:, :3] * 2).ravel().tolist()
+    assert s.rows_seen == [3] and s.traffic.admission.admitted == 1
+
+
+@pytest.mark.parametrize("body, headers, status", [
+    (b"{oops", {}, 400),
+    (b'{"inputs": []}', {}, 400),
+    (b"", {}, 400),
+    (b'{"inputs": []}', {"inference-header-content-length": "x"}, 400),
+    (b"x" * 2000, {}, 413),
+    (b"x" * 10, {"content-length": "2000"}, 413),
+])
+def test_route_bad_infer_is_4xx_json(tiny_info, body, headers, status):
+    s = StubService(tiny_info)
+    got, h, data = call(s, "POST", "/v2/models/tiny/infer", body, headers, max_bytes=1000)
+    assert got == status and h["content-type"] == "application/json" and set(json.loads(data)) == {"error"}
+    assert s.rows_seen == []
+
+
+def test_route_wrong_model_infer_is_404_before_reading(tiny_info):
+    s = StubService(tiny_info)
+    assert call(s, "POST", "/v2/models/vgg/infer", b"{}")[0] == 404
+    assert s.traffic.admission.admitted == 0
+
+
+def test_model_failure_is_500_and_says_so(tiny_info):
+    def broken(x):
+        raise RuntimeError("onnxruntime exploded")
+
+    status, _, body = call(StubService(tiny_info, broken), "POST", "/v2/models/tiny/infer",
+                           json.dumps(infer_body(np.zeros((2, 1, 4, 4), np.float32))).encode())
+    assert status == 500 and "model failed" in json.loads(body)["error"]
+
+
+# --- bit-identical rows: alone, in a batch, mixed with other requests' rows ------------------------
+
+def test_rows_are_bit_identical_alone_batched_and_mixed_in_the_micro_batcher():
+    """Real Fashion-MNIST test images on the default model in the service's MicroBatcher:
+    each row's logits are the same bits alone (batch 1), as one request of 64 rows, and when
+    requests of 1, 5 and 64 rows arrive together and share model runs."""
+    from serving.batching import MicroBatcher
+    from serving.model import OnnxClassifier
+    from serving.preprocess import normalize_uint8
+    from serving.service import BnServe
+
+    clf = OnnxClassifier(MODEL, want="cpu")
+    pixels, _ = fashion_test_images(64)
+    x = normalize_uint8(pixels, clf.info.mean, clf.info.std)
+    alone = np.concatenate([clf(x[i:i + 1]) for i in range(len(x))])
+    batch = clf(x)
+    sizes: list[int] = []
+
+    class Front:  # what BnServe.infer_rows uses
+        batcher = MicroBatcher(clf, 16, on_batch=sizes.append)
+
+    async def mixed():
+        return await asyncio.gather(BnServe.inner.infer_rows(Front, x), BnServe.inner.infer_rows(Front, x[:5]),
+                                    *(BnServe.inner.infer_rows(Front, x[i:i + 1]) for i in (0, 33, 63)))
+
+    whole, five, *singles = asyncio.run(mixed())
+    assert np.array_equal(alone, batch)
+    assert np.array_equal(whole, alone) and np.array_equal(five, alone[:5])
+    assert all(np.array_equal(s, alone[i:i + 1]) for s, i in zip(singles, (0, 33, 63), strict=True))
+    assert sum(sizes) == 64 + 5 + 3 and max(sizes) == 16 and len(sizes) >= 5  # rows really were mixed
