@@ -181,6 +181,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[t.Any, bytes]:
         header = json.loads(body[:size])
     except (UnicodeDecodeError, ValueError) as e:
         raise OipError(400, f"the request is not valid JSON ({e})") from None
+    except RecursionError:  # json's parser recurses once per nesting level
+        raise OipError(400, "the request's JSON is nested too deeply") from None
     return header, body[size:]
 
 
@@ -216,9 +218,9 @@ def tensor_from_json(data: t.Any, shape: tuple[int, ...], dtype: np.dtype) -> np
         raise OipError(400, f"input data must be a list of numbers, got {type(data).__name__}")
     try:
         arr = np.asarray(data)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise OipError(400, "input data must be a flat list of numbers or nested lists of the "
-                            "declared shape (these lists are ragged)") from None
+                            "declared shape (these lists are ragged or nested too deeply)") from None
     if arr.dtype.kind not in "iuf":
         raise OipError(400, "input data must hold only numbers (found strings, booleans, nulls, "
                             "objects or integers too large)")

@@ -122,6 +122,7 @@ def test_split_body_with_and_without_the_binary_header():
     (b'{"a": 1}', "99", "Inference-Header-Content-Length"),
     (b'{"a": 1}', "0", "Inference-Header-Content-Length"),
     (b'{"a": 1}', "-3", "Inference-Header-Content-Length"),
+    (b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
 ])
 def test_split_body_refuses(body, header, needle):
     with pytest.raises(OipError, match=needle) as e:
@@ -205,6 +206,7 @@ def _bad_bodies() -> list:
         (with_tensor(data=[0.0] * 32), "32 values"),
         (with_tensor(data=[[0.0] * 8, [0.0] * 8]), "nested input data has shape"),
         (with_tensor(data=[[0.0] * 8, [0.0] * 7]), "ragged"),
+        (with_tensor(data=json.loads("[" * 100 + "0" + "]" * 100)), "nested too deeply"),  # deeper than NumPy's 64 dims
         (with_tensor(data=["0.5"] * 16), "only numbers"),
         (with_tensor(data=[None] * 16), "only numbers"),
         (with_tensor(data=[True] * 16), "only numbers"),
