@@ -407,6 +407,7 @@ def test_route_health_and_metadata(tiny_info):
     status, _, body = call(s, "GET", "/v2/models/tiny/infer")
     assert status == 405 and "POST" in json.loads(body)["error"]
     assert call(s, "POST", "/v2/health/live")[0] == 405
+    assert call(s, "HEAD", "/v2/health/ready")[0] == 200
 
 
 def test_ready_is_503_while_draining_or_loading(tiny_info):
