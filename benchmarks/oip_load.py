@@ -174,7 +174,7 @@ def write_section(path: Path, text: str) -> None:
     if head in page:
         start = page.index(head)
         end = page.find("\n## ", start + len(head))
-        page = page[:start] + text + ("" if end < 0 else page[end + 1:])
+        page = page[:start] + (text if end < 0 else text.rstrip("\n") + "\n\n" + page[end + 1:])
     else:
         page = page.rstrip("\n") + "\n\n" + text
     path.write_text(page)

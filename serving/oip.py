@@ -15,10 +15,10 @@ of the checkpoint's sha256 (``source_checkpoint.sha256``): ``model_identity``.
 
 **The input is the model's own input**: the tensor ``input``, ``FP32`` (``FP16`` too for an fp16
 export), shape ``[N, C, H, W]``, pixels already NORMALISED with the metadata's mean and std:
-``x = (p / 255 - mean) / std`` for pixels ``p`` in 0..255, per channel (the exact float32
-operations: ``serving.preprocess.normalize_uint8``). The model metadata carries them as
-``parameters`` (``mean``, ``std``, ``classes``, ``input_range``). Nothing here decodes or
-converts images: that is ``/classify``'s job. Outputs: ``logits`` and ``probabilities``
+``x = (p / 255 - mean) / std`` for pixels ``p`` in 0..255, per channel; bit for bit as /classify
+makes it: ``p * (1 / (255 std)) + (-mean / std)`` in float32 (``serving.preprocess.normalize_uint8``).
+The model metadata carries them as ``parameters`` (``mean``, ``std``, ``input_normalisation``,
+``classes``). Nothing here decodes or converts images: that is ``/classify``'s job. Outputs: ``logits`` and ``probabilities``
 (softmax, computed in float64 as ``/classify`` does, sent as FP32), both ``[N, K]``.
 
 A row's answer is bit-identical whether it came alone, in a batch of N, or from ``/classify``
@@ -34,7 +34,8 @@ the binary tensor data extension (``Inference-Header-Content-Length`` header, in
 Errors: ``{"error": "..."}`` with a 4xx status for every bad request (404 unknown model, version
 or route; 405 wrong method; 400 malformed JSON, tensor, shape, datatype, size or non-finite
 values; 413 body over BNSERVE_MAX_BYTES); 503 only for "not ready" and an overloaded server
-(the same admission as /classify, with Retry-After).
+(the same admission as /classify: its 503 body ``{"error": "overloaded", "detail"}`` with
+Retry-After); 500 only when ONNX Runtime fails on a valid input.
 
 Pure functions (parse, validate, encode) with closed-form tests; the ASGI route at the end.
 It imports nothing from serving/service.py: the service hands it what it needs.
@@ -56,7 +57,6 @@ from .preprocess import InputError
 logger = logging.getLogger("bentoml.bnserve.oip")
 
 SERVER_NAME = "bnserve"
-PROTOCOL = "v2"
 EXTENSIONS = ("binary_tensor_data",)  # Triton's name for the binary tensor data extension
 INPUT_NAME = "input"  # the ONNX graph's input (serving/contract.py's INPUT_NAME)
 OUTPUTS = ("logits", "probabilities")
@@ -140,8 +140,9 @@ def model_metadata(m: ModelView) -> dict:
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, k]},
                     {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]}],
         "parameters": {
-            "input_range": "normalised: x = (pixel / 255 - mean[c]) / std[c], pixel in 0..255, "
-                           "channels first (NCHW), row-major",
+            "input_normalisation": "x = (pixel / 255 - mean[c]) / std[c], pixel in 0..255, channels "
+                                   "first (NCHW), row-major; bit for bit as /classify: float32 "
+                                   "pixel * (1 / (255 * std[c])) + (-mean[c] / std[c])",
             "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes),
             "dataset": m.dataset,
         },

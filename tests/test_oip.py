@@ -64,7 +64,7 @@ def test_model_metadata_shapes_and_normalisation(tmp_path):
                                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
     assert meta["parameters"]["mean"] == [0.5] and meta["parameters"]["std"] == [0.25]
     assert meta["parameters"]["classes"] == ["a", "b", "c"]
-    assert "normalised" in meta["parameters"]["input_range"]
+    assert "/ std[c]" in meta["parameters"]["input_normalisation"]
 
 
 def test_server_metadata_names_the_binary_extension():
@@ -747,3 +747,15 @@ def test_kserve_rest_client_equals_pytorch(server, images, kserve_python, tmp_pa
     probs = np.asarray(binary_answer["probabilities"])
     np.testing.assert_allclose(probs, images["torch"], atol=1e-5)
     assert (probs.argmax(1) == images["torch"].argmax(1)).all()
+
+
+def test_load_section_replaces_itself_and_keeps_the_rest(tmp_path):
+    from benchmarks.oip_load import SECTION, write_section
+
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text("# Benchmarks\n\n## A\n\na\n")
+    write_section(page, f"## {SECTION}\n\nfirst\n")
+    assert page.read_text() == f"# Benchmarks\n\n## A\n\na\n\n## {SECTION}\n\nfirst\n"
+    page.write_text(page.read_text() + "\n## B\n\nb\n")
+    write_section(page, f"## {SECTION}\n\nsecond\n")
+    assert page.read_text() == f"# Benchmarks\n\n## A\n\na\n\n## {SECTION}\n\nsecond\n\n## B\n\nb\n"
