@@ -343,9 +343,11 @@ _extra_routes = Starlette(routes=[Route("/model", _model_view, methods=["GET"]),
 
 def tracing_config() -> dict:
     """BentoML's OpenTelemetry middleware costs ~0.2 ms per request here even when no trace is
-    recorded (BentoML's default sample rate is 0), so /classify is left out of it unless
-    BNSERVE_TRACE=1."""
-    return {} if os.environ.get("BNSERVE_TRACE") == "1" else {"excluded_urls": ["/classify"]}
+    recorded (BentoML's default sample rate is 0), so /classify and the Open Inference Protocol's
+    model routes (/v2/models/...) are left out of it unless BNSERVE_TRACE=1. Measured for the
+    latter (2 busy cores, c=64, same aiohttp client, 3 rounds of 5 s): 201-247 req/s traced,
+    310-451 untraced."""
+    return {} if os.environ.get("BNSERVE_TRACE") == "1" else {"excluded_urls": ["/classify", "/v2/models/"]}
 
 
 def _traffic_counters():
