@@ -29,7 +29,9 @@ whatever the batch (tests/test_oip.py checks it on real test images).
 Tensor data: JSON (``data``: the row-major flat list, or nested lists of the declared shape), or
 the binary tensor data extension (``Inference-Header-Content-Length`` header, input
 ``parameters.binary_data_size``; outputs in binary with ``parameters.binary_data`` per output or
-``binary_data_output`` for all, as tritonclient asks by default), little-endian.
+``binary_data_output`` for all, as tritonclient asks by default), little-endian. A request
+body may be compressed (``Content-Encoding: gzip`` or ``deflate``, tritonclient's
+``request_compression_algorithm``); answers are not.
 
 Errors: ``{"error": "..."}`` with a 4xx status for every bad request (404 unknown model, version
 or route; 405 wrong method; 400 malformed JSON, tensor, shape, datatype, size or non-finite
@@ -47,6 +49,7 @@ import json
 import logging
 import math
 import typing as t
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,6 +165,27 @@ class InferRequest:
     x: np.ndarray  # (N, C, H, W) in the model's input dtype
     outputs: tuple[RequestedOutput, ...]
     id: str | None = None
+
+
+def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body after its Content-Encoding: none, or gzip / deflate (what tritonclient's
+    ``request_compression_algorithm`` sends), decompressed to at most ``limit`` bytes (413
+    beyond: a small compressed body must not expand into memory)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise OipError(415, f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none")
+    d = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise OipError(400, f"the {encoding} body cannot be decompressed ({e})") from None
+    if len(data) > limit:
+        raise OipError(413, f"the body decompresses to over the limit of {limit} bytes (BNSERVE_MAX_BYTES)")
+    if not d.eof or d.unused_data:
+        raise OipError(400, f"the {encoding} body is truncated or has bytes after its end")
+    return data
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[t.Any, bytes]:
@@ -486,9 +510,10 @@ class OipRoute:
 
         request = Request(scope, receive)
 
-        async def read() -> tuple[bytes, str | None] | OipError:
+        async def read() -> tuple[bytes, str | None, str | None] | OipError:
             try:
-                return await self.read_body(request, self.max_bytes()), request.headers.get(HEADER_LENGTH)
+                body = await self.read_body(request, self.max_bytes())
+                return body, request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding")
             except InputError as e:
                 return OipError(e.status, e.detail)
 
@@ -497,17 +522,22 @@ class OipRoute:
         except ClientDisconnect:  # the client left mid-upload: nobody to answer
             service.traffic.on_event("client_gone")
 
-    async def _respond(self, service: t.Any, m: ModelView, got: tuple[bytes, str | None] | OipError):
+    async def _respond(self, service: t.Any, m: ModelView, got: tuple[bytes, str | None, str | None] | OipError):
         try:
             if isinstance(got, OipError):
                 raise got
-            body, header_length = got
-            if len(body) <= INLINE_PARSE_BYTES:
-                request = parse_infer(*split_body(body, header_length), m)
-            else:  # a large JSON body takes milliseconds: not on the event loop
+            body, header_length, encoding = got
+            limit = self.max_bytes()
+
+            def parse() -> InferRequest:
+                return parse_infer(*split_body(decode_body(body, encoding, limit), header_length), m)
+
+            if len(body) <= INLINE_PARSE_BYTES and encoding is None:
+                request = parse()
+            else:  # a large or compressed body takes milliseconds: not on the event loop
                 import anyio
 
-                request = await anyio.to_thread.run_sync(lambda: parse_infer(*split_body(body, header_length), m))
+                request = await anyio.to_thread.run_sync(parse)
         except OipError as e:
             # 408: the rest of a stalled body may still come; closing the connection discards it
             return json_response(e.status, e.to_json(), {"connection": "close"} if e.status == 408 else None)

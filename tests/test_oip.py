@@ -130,6 +130,31 @@ def test_split_body_refuses(body, header, needle):
     assert e.value.status == 400
 
 
+def test_decode_body_gzip_deflate_and_none():
+    import gzip as gz
+    import zlib
+
+    raw = b'{"inputs": []}'
+    assert oip.decode_body(raw, None, 100) == raw
+    assert oip.decode_body(raw, "identity", 100) == raw
+    assert oip.decode_body(gz.compress(raw), "gzip", 100) == raw
+    assert oip.decode_body(zlib.compress(raw), "Deflate", 100) == raw
+    assert oip.decode_body(gz.compress(raw), "gzip", len(raw)) == raw  # exactly the limit
+
+
+@pytest.mark.parametrize("body, encoding, status, needle", [
+    (b"not gzip at all", "gzip", 400, "cannot be decompressed"),
+    (gzip.compress(b'{"a": 1}')[:-6], "gzip", 400, "truncated"),
+    (gzip.compress(b'{"a": 1}') + b"junk", "gzip", 400, "after its end"),
+    (gzip.compress(b"0" * 10_000), "gzip", 413, "decompresses to over"),  # 10 kB from ~50 bytes
+    (b"{}", "br", 415, "not supported"),
+])
+def test_decode_body_refuses(body, encoding, status, needle):
+    with pytest.raises(OipError, match=needle) as e:
+        oip.decode_body(body, encoding, 1000)
+    assert e.value.status == status
+
+
 def test_flat_and_nested_data_give_the_same_tensor():
     x = np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4) / 7
     flat = parse(infer_body(x))
@@ -450,6 +475,17 @@ def test_route_bad_infer_is_4xx_json(tiny_info, body, headers, status):
     assert s.rows_seen == []
 
 
+def test_route_infer_with_a_compressed_body(tiny_info):
+    x = np.ones((2, 1, 4, 4), np.float32)
+    body = gzip.compress(json.dumps(infer_body(x)).encode())
+    status, _, data = call(StubService(tiny_info), "POST", "/v2/models/tiny/infer", body, {"content-encoding": "gzip"})
+    assert status == 200 and json.loads(data)["outputs"][0]["data"] == [2.0] * 6
+    bomb = gzip.compress(b" " * 5000)
+    status, _, data = call(StubService(tiny_info), "POST", "/v2/models/tiny/infer", bomb, {"content-encoding": "gzip"},
+                           max_bytes=1000)
+    assert status == 413 and "decompresses" in json.loads(data)["error"]
+
+
 def test_route_wrong_model_infer_is_404_before_reading(tiny_info):
     s = StubService(tiny_info)
     assert call(s, "POST", "/v2/models/vgg/infer", b"{}")[0] == 404
@@ -597,6 +633,11 @@ def test_tritonclient_infer_equals_pytorch_json_and_binary(server, images):
         alone = triton_infer(client, name, x[i:i + 1], True, [("logits", True)])
         assert np.array_equal(alone.as_numpy("logits"), logits[i:i + 1])
         assert alone.as_numpy("probabilities") is None  # not requested, not sent
+    for algorithm in ("gzip", "deflate"):  # compressed requests (tritonclient's option)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        r = client.infer(name, [inp], request_compression_algorithm=algorithm)
+        assert np.array_equal(r.as_numpy("logits"), logits)
     with pytest.raises(InferenceServerException, match="unknown model"):
         triton_infer(client, "no-such-model", x[:1], True, None)
     with pytest.raises(InferenceServerException, match="shape"):
