@@ -195,6 +195,17 @@ def run(url: str, seconds: float, levels=LEVELS) -> dict:
             "seconds": seconds, "model": name}
 
 
+def busy_note(r: dict) -> str:
+    """A warning when the machine was busier than its cores: then rows differ by more than their
+    clients do (the clients of a level run one after the other while the load moves)."""
+    cores = os.cpu_count() or 1
+    peak = max(float(r[k].split(",")[0]) for k in ("load_before", "load_after"))
+    if peak <= cores:
+        return ""
+    return (f" The 1-minute load average reached {peak:.1f} on {cores} cores during this run: differences "
+            "of tens of percent between rows are within its noise; rerun on a quiet machine to rank the clients.")
+
+
 def section(r: dict, command: str) -> str:
     return "\n".join([
         f"## {SECTION}", "",
@@ -211,7 +222,7 @@ def section(r: dict, command: str) -> str:
         "request to see how much of the difference is the client. The OIP route's tensor is already "
         "decoded and normalised (784 floats, binary), so the server skips the PNG decode, but it parses "
         "the protocol's JSON header. Locust computes req/s over its own window (first to last request) "
-        "and reports latencies in whole milliseconds below 100 ms.",
+        "and reports latencies in whole milliseconds below 100 ms." + busy_note(r),
         "",
     ])
 

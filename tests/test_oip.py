@@ -816,3 +816,12 @@ def test_oip_model_routes_are_left_out_of_tracing(monkeypatch):
     assert not excluded.url_disabled("http://127.0.0.1:3000/v2/health/ready")
     monkeypatch.setenv("BNSERVE_TRACE", "1")
     assert tracing_config() == {}
+
+
+def test_busy_note_only_when_the_load_exceeds_the_cores(monkeypatch):
+    from benchmarks import oip_load
+
+    monkeypatch.setattr(oip_load.os, "cpu_count", lambda: 2)
+    assert oip_load.busy_note({"load_before": "1.50, 1.00, 0.50", "load_after": "2.00, 1.00, 0.50"}) == ""
+    note = oip_load.busy_note({"load_before": "1.50, 1.00, 0.50", "load_after": "7.25, 3.00, 1.00"})
+    assert "reached 7.2 on 2 cores" in note
