@@ -825,3 +825,64 @@ def test_busy_note_only_when_the_load_exceeds_the_cores(monkeypatch):
     assert oip_load.busy_note({"load_before": "1.50, 1.00, 0.50", "load_after": "2.00, 1.00, 0.50"}) == ""
     note = oip_load.busy_note({"load_before": "1.50, 1.00, 0.50", "load_after": "7.25, 3.00, 1.00"})
     assert "reached 7.2 on 2 cores" in note
+
+
+@pytest.mark.slow
+@pytest.mark.service
+def test_sigterm_drain_v2_ready_503_infer_answered_stalled_infer_408(tmp_path, images):
+    """SIGTERM to `bentoml serve` (one worker) while an OIP infer upload is stalled: on an open
+    keep-alive connection /v2/health/ready and the model's ready turn 503 (as /readyz), an infer
+    on it is still answered (with Connection: close), the stalled infer gets 408 in the
+    protocol's error format, and the process exits. Each step waits on its condition."""
+    import os
+    import signal
+    import socket
+
+    import httpx
+    from test_service import start_server, stop_server, wait_ready
+    from test_traffic import DEADLINE_S, wait_for
+
+    name = images["name"]
+    log_path = tmp_path / "serve.log"
+    proc, url = start_server(MODEL, log_path, BNSERVE_WORKERS="1", BNSERVE_BODY_TIMEOUT="15",
+                             BNSERVE_DRAIN_TIMEOUT="60")
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps(infer_body(images["x"][:2])).encode()
+    stalled = None
+    try:
+        wait_ready(proc, url, log_path)
+        client = httpx.Client(base_url=url, timeout=DEADLINE_S)
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get(f"/v2/models/{name}/ready").status_code == 200
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
+        stalled.sendall(f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        "Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n".encode())
+        assert stalled.recv(100).startswith(b"HTTP/1.1 100")  # the worker is reading its body
+        stalled.sendall(b'{"in')
+
+        os.killpg(proc.pid, signal.SIGTERM)
+
+        def not_ready() -> bool:
+            status = client.get("/v2/health/ready").status_code
+            assert status in (200, 503), status
+            return status == 503
+        wait_for(not_ready, "/v2/health/ready 503")
+        assert client.get(f"/v2/models/{name}/ready").status_code == 503
+        r = client.post(f"/v2/models/{name}/infer", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.headers["connection"] == "close"
+        assert [o["shape"] for o in r.json()["outputs"]] == [[2, 10], [2, 10]]
+        stalled.settimeout(DEADLINE_S)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = stalled.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert set(json.loads(answer.split(b"\r\n\r\n", 1)[1])) == {"error"}
+        proc.wait(timeout=DEADLINE_S)
+        assert "Traceback" not in log_path.read_text(errors="replace")
+    finally:
+        if stalled is not None:
+            stalled.close()
+        stop_server(proc)
