@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
-#   make serve   create .venv, install the serving dependencies, serve the default model
-#   make test    create .venv, install the pinned dependencies, run the tests
+#   make serve   create .venv, install the serving lock (requirements/serving.lock), serve the default model
+#   make test    create .venv, install the lock + the pinned dev tools (+ checkov's venv), run the tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

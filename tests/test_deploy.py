@@ -36,7 +36,8 @@ DEPLOY = REPO / "deploy"
 KSERVE = DEPLOY / "kserve"
 REQS = REPO / "requirements"
 SCHEMAS = Path(__file__).resolve().parent / "data" / "kserve"
-MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "hadolint.yaml")
+NOT_MANIFESTS = {"hadolint.yaml", "kustomization.yaml"}  # a linter's settings; the list of the set
+MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name not in NOT_MANIFESTS)
 KSERVE_MANIFESTS = sorted(KSERVE.glob("*.yaml"))
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # oldest still in wide use, newest the package knows
 
@@ -115,6 +116,12 @@ def test_the_set_is_complete_and_wired_to_one_pod_label():
     (rule,) = kinds["NetworkPolicy"]["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [kinds["Service"]["spec"]["ports"][0]["targetPort"]]
     assert kinds["NetworkPolicy"]["spec"]["egress"] == []  # the service calls nothing
+
+
+def test_kustomization_applies_the_whole_set():
+    kustomization = load("kustomization.yaml")
+    assert sorted(kustomization["resources"]) == [p.name for p in MANIFESTS]
+    assert {i["name"] for i in kustomization["images"]} == {container()["image"].split(":")[0]}
 
 
 def test_no_replicas_beside_the_autoscaler():
