@@ -369,8 +369,8 @@ def test_checkov_passes_but_for_the_justified_exceptions(tmp_path):
     sc["readOnlyRootFilesystem"] = False
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
     failed = run_checkov(tmp_path)
-    ours = {(f["check_id"]) for f in failed if ".broken" not in f["resource"]}
-    theirs = {(f["check_id"]) for f in failed if ".broken" in f["resource"]}
+    ours = {f["check_id"] for f in failed if ".broken" not in f["resource"]}
+    theirs = {f["check_id"] for f in failed if ".broken" in f["resource"]}
     assert ours == set(CHECKOV_SKIPS), {f["check_id"]: f["check_name"] for f in failed}
     assert {"CKV_K8S_22", "CKV_K8S_31", "CKV_K8S_38"} <= theirs  # read-only root, seccomp, token
 
