@@ -520,20 +520,23 @@ def read_only_pod_script(bento: Path, port: int) -> str:
     at each emptyDir mountPath, everything else that a process could write to read-only (the
     repository, the Python environment, the home folders, /var/tmp); then starts the Bento with
     the Deployment's env, as the image's entrypoint does. Read-only binds hold for root too
-    (EROFS), so a write outside the volumes fails as it would in the pod."""
+    (EROFS), so a write outside the volumes fails as it would in the pod. The Python
+    environment is bound at /home/bentoml/venv (as the image has its own at /app/.venv), so that
+    a tmpfs at /tmp does not hide it when it lives there."""
     c, pod = container(), pod_spec()
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     mount_paths = [m["mountPath"] for m in c["volumeMounts"] if m["name"] in empty]
     image_env = {"BENTOML_HOME": "/home/bentoml/", "BENTO_PATH": "/home/bentoml/bento",  # its Dockerfile's ENV
-                 "HOME": "/home/bentoml", "LANG": "C.UTF-8",
-                 "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+                 "HOME": "/home/bentoml", "LANG": "C.UTF-8", "PATH": "/home/bentoml/venv/bin:/usr/bin:/bin"}
     env = {**image_env, **env_of(c)}
+    python = f"/home/bentoml/venv/bin/{Path(sys.executable).name}"
     lines = ["set -eu",
              "mount -t tmpfs -o mode=0755 tmpfs /home",  # the image's /home (this namespace only)
-             "mkdir -p /home/bentoml/bento " + " ".join(p for p in mount_paths if p.startswith("/home/")),
-             "mount -o remount,ro /home",
-             f"mount --bind {bento} /home/bentoml/bento",
-             "mount -o remount,bind,ro /home/bentoml/bento"]
+             "mkdir -p /home/bentoml/bento /home/bentoml/venv "
+             + " ".join(p for p in mount_paths if p.startswith("/home/")),
+             "mount -o remount,ro /home"]
+    for source, target in ((bento, "/home/bentoml/bento"), (sys.prefix, "/home/bentoml/venv")):
+        lines.append(f"mount --bind {source} {target} && mount -o remount,bind,ro {target}")
     for path in dict.fromkeys((str(REPO), sys.prefix, os.path.expanduser("~"), "/var/tmp")):
         if Path(path).is_dir():
             lines.append(f"mount --bind {path} {path} && mount -o remount,bind,ro {path}")
@@ -541,7 +544,7 @@ def read_only_pod_script(bento: Path, port: int) -> str:
         lines.append(f"mount -t tmpfs -o mode=1777,size=64m tmpfs {path}")
     lines.append("cd /home/bentoml/bento")
     exports = " ".join(f"{k}={json.dumps(str(v))}" for k, v in env.items())
-    lines.append(f"exec env -i {exports} bentoml serve /home/bentoml/bento --host 127.0.0.1 --port {port}")
+    lines.append(f"exec env -i {exports} {python} -m bentoml serve /home/bentoml/bento --host 127.0.0.1 --port {port}")
     return "\n".join(lines)
 
 
