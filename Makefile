@@ -92,13 +92,16 @@ endif
 # Re-resolve both locks from requirements/serving.in (needs the package index; review the diff).
 # The dev set is resolved first and constrains the serving lock, so that one environment can hold
 # both (e.g. tritonclient caps ml-dtypes): a serving package at another version than the dev
-# tools accept would make the dev install fail.
+# tools accept would make the dev install fail. Locked versions that still fit are kept (uv
+# prefers the pins of the file it rewrites); `make lock UPGRADE=--upgrade` takes the newest.
+UPGRADE ?=
 lock: $(VENV)/.dev-installed
-	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 requirements/dev.txt \
-		-o $(VENV)/dev-resolved.txt
-	$(UV_COMPILE) requirements/serving.in -c $(VENV)/dev-resolved.txt -o requirements/serving.lock
+	cp requirements/serving.lock $(VENV)/dev-resolved.txt
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 $(UPGRADE) \
+		requirements/dev.txt -o $(VENV)/dev-resolved.txt
+	$(UV_COMPILE) $(UPGRADE) requirements/serving.in -c $(VENV)/dev-resolved.txt -o requirements/serving.lock
 	sed 's/^onnxruntime==.*/$(ORT_GPU)/' requirements/serving.in > $(VENV)/serving-gpu.in
-	$(UV_COMPILE) $(VENV)/serving-gpu.in -c requirements/serving.lock -o requirements/serving-gpu.lock
+	$(UV_COMPILE) $(UPGRADE) $(VENV)/serving-gpu.in -c requirements/serving.lock -o requirements/serving-gpu.lock
 
 serve-deps: $(VENV)/.serving-installed
 
