@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export BENTOML_DO_NOT_TRACK := True
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test policy-deps browser lint reproduce fashion-mnist serve serve-deps lock default-model samples bento clean-venv
+.PHONY: test browser lint reproduce fashion-mnist serve serve-deps default-model samples bento clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ $(POLICY_VENV)/.installed: requirements/policy.txt
 	$(POLICY_VENV)/bin/python -m pip install -q -r requirements/policy.txt
 	touch $@
 
+.PHONY: policy-deps lock
 policy-deps: $(POLICY_VENV)/.installed
 
 # The test page is checked in a real headless Chromium (tests/test_service.py): Debian's chromium

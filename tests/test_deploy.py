@@ -9,6 +9,7 @@ No cluster and no Docker daemon: what these do not exercise is listed in docs/de
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -134,7 +135,7 @@ def test_probes_resources_and_drain_agree_with_the_service():
     from serving.lifecycle import DEFAULT_DRAIN_TIMEOUT_S
 
     c = container()
-    pod = pod_spec()
+    pod = load("deployment.yaml")["spec"]["template"]["spec"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert c["ports"][0]["containerPort"] == 3000  # the port the Bento's image serves on
@@ -295,15 +296,29 @@ def test_bentoml_writes_only_into_the_pods_volumes(tmp_path):
     assert Path(r.stdout.strip().splitlines()[-1]).is_relative_to(fake_home)
 
 
+def service_upload_budget_mib() -> float | None:
+    """BNSERVE_UPLOAD_BUDGET's default in MiB where the service has that setting (serving/settings.py)."""
+    if importlib.util.find_spec("serving.settings") is None:
+        return None
+    from serving.settings import Settings
+
+    budget = getattr(Settings(), "upload_budget_bytes", None)
+    return None if budget is None else budget / 2**20
+
+
 def test_memory_limit_covers_the_baseline_and_the_uploads_in_flight():
-    """limit >= baseline + workers x decoders x per-upload bound (deployment.yaml's comment says
-    where each number comes from; its annotations hold the two measured ones)."""
+    """limit >= baseline + workers x (decoders x per-upload bound + upload budget)
+    (deployment.yaml's comment says where each number comes from; its annotations hold them)."""
     from serving.service import DECODE_THREADS
 
     dep, c = load("deployment.yaml"), container()
-    notes = dep["metadata"]["annotations"]
-    need = (int(notes["bnserve/memory-baseline-mib"])
-            + int(env_of(c)["BNSERVE_WORKERS"]) * DECODE_THREADS * int(notes["bnserve/memory-per-upload-mib"]))
+    notes = {k.removeprefix("bnserve/memory-").removesuffix("-mib"): int(v)
+             for k, v in dep["metadata"]["annotations"].items() if k.startswith("bnserve/memory-")}
+    budget = service_upload_budget_mib()
+    if budget is not None:  # the annotation is the service's own budget
+        assert notes["upload-budget"] == budget
+    workers = int(env_of(c)["BNSERVE_WORKERS"])
+    need = notes["baseline"] + workers * (DECODE_THREADS * notes["per-upload"] + notes["upload-budget"])
     limit = mib(c["resources"]["limits"]["memory"])
     assert limit >= need, f"memory limit {limit} MiB < {need} MiB needed"
     assert mib(c["resources"]["requests"]["memory"]) == limit  # Guaranteed QoS: no eviction first
