@@ -67,7 +67,9 @@ def test_the_set_is_complete_and_wired_to_one_pod_label():
 
 
 def test_probes_resources_and_drain_agree_with_the_service():
-    from serving.lifecycle import DEFAULT_DRAIN_TIMEOUT_S
+    from serving.settings import Settings
+
+    DEFAULT_DRAIN_TIMEOUT_S = Settings().drain_timeout_s
 
     c = container()
     pod = load("deployment.yaml")["spec"]["template"]["spec"]
