@@ -539,3 +539,29 @@ def test_classify_route_client_gone_mid_upload_is_dropped_quietly():
     sent = _asgi_call(route.ClassifyRoute(None, service=lambda: stub), _http_scope("POST", "/classify", b"image/png"),
                       [partial])
     assert sent == []
+
+
+def test_infer_rows_runs_rows_through_the_micro_batcher_for_other_routes():
+    """BnServe.infer_rows: the entry point another inference route (the Open Inference
+    Protocol's) uses to run prepared rows through the same micro-batcher as /classify."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.batching import MicroBatcher
+    from serving.route import ModelFailure
+    from serving.service import Classifier
+
+    sizes = []
+    service = Classifier.__new__(Classifier)  # no model file: only what infer_rows uses
+    service.info = SimpleNamespace(dtype=np.float32, classes=("a", "b"))
+    service.batcher = MicroBatcher(lambda x: np.stack([x.sum(axis=(1, 2, 3)), -x.sum(axis=(1, 2, 3))], 1),
+                                   max_batch_size=8, on_batch=sizes.append)
+    x = np.arange(3 * 4, dtype=np.float64).reshape(3, 1, 2, 2)
+    out = asyncio.run(service.infer_rows(x))
+    np.testing.assert_allclose(out, [[6, -6], [22, -22], [38, -38]])
+    assert sum(sizes) == 3  # each row went through the batcher (batched together or not)
+    service.batcher.close()
+    service.batcher = MicroBatcher(lambda x: 1 / 0, max_batch_size=8)
+    with pytest.raises(ModelFailure):
+        asyncio.run(service.infer_rows(x))
+    service.batcher.close()
