@@ -156,7 +156,10 @@ class Traffic:
         finally:
             self.reading -= 1
             self.on_count("reading", -1)
-        ticket = admission.try_enter(cost)
+        # checked again now the body is here (a burst of uploads may have passed the door
+        # together); a large upload already read is kept: refusing it now would waste its bytes,
+        # and the upload budget and the decode threads bound what it costs
+        ticket = admission.enter(cost) if cost != SMALL else admission.try_enter(cost)
         if ticket is None:
             return await self.refuse(send, "overloaded", cost)
         self.on_count("in_progress", 1)

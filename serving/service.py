@@ -107,7 +107,7 @@ class Classifier:
         self.model(one)
         self.metrics = metrics = ServiceMetrics()
         admission = Admission(max(time.perf_counter() - t0, 1e-4), s.max_wait_ms / 1e3, cap=s.max_inflight,
-                              floor=min(s.max_batch_size, s.max_inflight), large_floor=DECODE_THREADS,
+                              floor=s.admission_floor, large_floor=DECODE_THREADS,
                               on_change=metrics.admission)
         metrics.admission(admission)
         self.traffic = Traffic(admission, UploadBudget(s.upload_budget_bytes), s.max_bytes,

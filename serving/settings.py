@@ -17,6 +17,7 @@ import. The other serving modules take their values from a ``Settings`` (or as a
 | BNSERVE_MAX_PIXELS | 25,000,000 | decoded image size limit (413 beyond) |
 | BNSERVE_MAX_BATCH_SIZE | 64 | micro-batch rows; 1 turns batching off |
 | BNSERVE_MAX_WAIT_MS | 300 | the queueing wait an admitted request may expect (503 beyond) |
+| BNSERVE_MIN_INFLIGHT | 256 | a closed loop of up to this many clients is never refused (all workers) |
 | BNSERVE_MAX_INFLIGHT | 1024 | hard cap on requests in progress per worker |
 | BNSERVE_UPLOAD_BUDGET | 64 MiB | bytes of uploads held at once per worker (503 beyond) |
 | BNSERVE_HEADER_TIMEOUT | 10 | seconds for a request's head to arrive (then 408 / closed) |
@@ -135,6 +136,7 @@ class Settings:
     max_pixels: int = 25_000_000
     max_batch_size: int = 64
     max_wait_ms: float = 300.0
+    min_inflight: int = 256  # over all workers: each admits at least its share (+25%) whatever the estimate
     max_inflight: int = 1024
     upload_budget_bytes: int = 64 * MiB
     header_timeout_s: float = 10.0
@@ -160,6 +162,14 @@ class Settings:
         return self.workers or available_cores()
 
     @property
+    def admission_floor(self) -> int:
+        """Small requests one worker always admits: at least a full batch, and its share of
+        BNSERVE_MIN_INFLIGHT with a 25% margin (the kernel does not hand the connections of a
+        closed loop to the workers evenly), at most BNSERVE_MAX_INFLIGHT."""
+        share = math.ceil(1.25 * self.min_inflight / self.worker_count)
+        return min(self.max_inflight, max(self.max_batch_size, share))
+
+    @property
     def ort_threads(self) -> int:
         """BNSERVE_THREADS, else the cores divided among the workers (more threads than cores
         would only make the workers' ONNX Runtime pools fight over them)."""
@@ -177,6 +187,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "max_pixels": ("BNSERVE_MAX_PIXELS", positive_int),
     "max_batch_size": ("BNSERVE_MAX_BATCH_SIZE", positive_int),
     "max_wait_ms": ("BNSERVE_MAX_WAIT_MS", positive_ms),
+    "min_inflight": ("BNSERVE_MIN_INFLIGHT", positive_int),
     "max_inflight": ("BNSERVE_MAX_INFLIGHT", positive_int),
     "upload_budget_bytes": ("BNSERVE_UPLOAD_BUDGET", positive_int),
     "header_timeout_s": ("BNSERVE_HEADER_TIMEOUT", positive_seconds),

@@ -456,13 +456,14 @@ def test_settings_read_every_variable_and_default_the_rest():
     assert Settings.from_env({}) == Settings()
     env = {"BNSERVE_MODEL": "/m.onnx", "BNSERVE_PROVIDER": "CPU", "BNSERVE_THREADS": "3", "BNSERVE_ORT_SPIN": "0",
            "BNSERVE_WORKERS": "4", "BNSERVE_MAX_BYTES": "1000", "BNSERVE_MAX_PIXELS": "2000",
-           "BNSERVE_MAX_BATCH_SIZE": "1", "BNSERVE_MAX_WAIT_MS": "250", "BNSERVE_MAX_INFLIGHT": "64",
+           "BNSERVE_MAX_BATCH_SIZE": "1", "BNSERVE_MAX_WAIT_MS": "250", "BNSERVE_MIN_INFLIGHT": "32",
+           "BNSERVE_MAX_INFLIGHT": "64",
            "BNSERVE_UPLOAD_BUDGET": "5000", "BNSERVE_HEADER_TIMEOUT": "7", "BNSERVE_BODY_TIMEOUT": "2.5",
            "BNSERVE_KEEPALIVE_TIMEOUT": "4", "BNSERVE_DRAIN_TIMEOUT": "12", "BNSERVE_TRACE": "yes",
            "BNSERVE_UNRELATED": "x"}
     s = Settings.from_env(env)
     assert s == Settings(model=Path("/m.onnx"), provider="cpu", threads=3, ort_spin=False, workers=4, max_bytes=1000,
-                         max_pixels=2000, max_batch_size=1, max_wait_ms=250.0, max_inflight=64,
+                         max_pixels=2000, max_batch_size=1, max_wait_ms=250.0, min_inflight=32, max_inflight=64,
                          upload_budget_bytes=5000, header_timeout_s=7.0, body_timeout_s=2.5,
                          keepalive_timeout_s=4.0, drain_timeout_s=12.0, trace=True)
     with pytest.raises(AttributeError):
@@ -488,6 +489,15 @@ def test_onnx_runtime_threads_are_divided_among_workers(monkeypatch):
     assert Settings(workers=16).ort_threads == 1
     assert Settings().worker_count == 8 and Settings().ort_threads == 1  # a worker per core, one thread each
     assert Settings(threads=5, workers=3).ort_threads == 5
+
+
+def test_each_worker_admits_its_share_of_a_closed_loop_whatever_the_estimate():
+    assert Settings(workers=2).admission_floor == 160  # 256 clients over 2 workers, +25%
+    assert Settings(workers=1).admission_floor == 320
+    assert Settings(workers=16).admission_floor == 64  # never less than a full batch
+    assert Settings(workers=1, max_inflight=100).admission_floor == 100  # never more than the cap
+    a = Admission(0.05, 0.3, cap=1024, floor=Settings(workers=2).admission_floor)  # 50 ms each: 6 by the estimate
+    assert a.limit == 160
 
 
 def test_cores_follow_the_cgroup_quota():
