@@ -136,7 +136,7 @@ class Settings:
     max_pixels: int = 25_000_000
     max_batch_size: int = 64
     max_wait_ms: float = 300.0
-    min_inflight: int = 256  # over all workers: each admits at least its share (+25%) whatever the estimate
+    min_inflight: int = 256  # over all workers: each admits at least its share (+50%) whatever the estimate
     max_inflight: int = 1024
     upload_budget_bytes: int = 64 * MiB
     header_timeout_s: float = 10.0
@@ -164,9 +164,9 @@ class Settings:
     @property
     def admission_floor(self) -> int:
         """Small requests one worker always admits: at least a full batch, and its share of
-        BNSERVE_MIN_INFLIGHT with a 25% margin (the kernel does not hand the connections of a
+        BNSERVE_MIN_INFLIGHT with a 50% margin (the kernel does not hand the connections of a
         closed loop to the workers evenly), at most BNSERVE_MAX_INFLIGHT."""
-        share = math.ceil(1.25 * self.min_inflight / self.worker_count)
+        share = math.ceil(1.5 * self.min_inflight / self.worker_count)
         return min(self.max_inflight, max(self.max_batch_size, share))
 
     @property

@@ -492,12 +492,12 @@ def test_onnx_runtime_threads_are_divided_among_workers(monkeypatch):
 
 
 def test_each_worker_admits_its_share_of_a_closed_loop_whatever_the_estimate():
-    assert Settings(workers=2).admission_floor == 160  # 256 clients over 2 workers, +25%
-    assert Settings(workers=1).admission_floor == 320
+    assert Settings(workers=2).admission_floor == 192  # 256 clients over 2 workers, +50%
+    assert Settings(workers=1).admission_floor == 384
     assert Settings(workers=16).admission_floor == 64  # never less than a full batch
     assert Settings(workers=1, max_inflight=100).admission_floor == 100  # never more than the cap
     a = Admission(0.05, 0.3, cap=1024, floor=Settings(workers=2).admission_floor)  # 50 ms each: 6 by the estimate
-    assert a.limit == 160
+    assert a.limit == 192
 
 
 def test_cores_follow_the_cgroup_quota():
