@@ -12,8 +12,9 @@
 3. Requests already accepted are answered, uploads still arriving included (each ends by its
    body deadline). When none is in progress for ``QUIET_S`` (or no connection is left), or at
    ``BNSERVE_DRAIN_TIMEOUT`` seconds, uvicorn's own shutdown runs
-   with what is left of that bound as its graceful timeout: idle connections are closed,
-   requests still running are cancelled at the bound. So the process exits within the bound
+   with what is left of that bound as its graceful timeout: idle connections are closed. At the
+   bound, requests not yet answered (uploads still arriving included) get 503 ``shutting_down``
+   with ``Connection: close`` rather than uvicorn's 500. So the process exits within the bound
    plus a second, stalled uploads or not (they get 408 after ``BNSERVE_BODY_TIMEOUT`` anyway).
 
 BentoML's process manager (circus) waits up to a day for a worker after SIGTERM
@@ -182,8 +183,9 @@ class Drain:
             self.reason = f"drain failed: {e!r}"
             self._hand_over(sig, self.reason)
             return
+        cut = self.traffic.cut() if self._busy() else 0  # at the bound: 503 now, not uvicorn's 500
         self._hand_over(sig, f"drained in {self.clock() - self.started:.2f} s ({self.reason}; "
-                             f"{self.taken} queued connections taken in)")
+                             f"{self.taken} queued connections taken in, {cut} unanswered cut with 503)")
 
     async def _wait_until_drained(self) -> None:
         deadline = self.started + self.timeout_s

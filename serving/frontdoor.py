@@ -107,6 +107,8 @@ class Traffic:
         self.draining = False
         self._refusals: dict[tuple, list[dict]] = {}
         self.reading = 0  # uploads still arriving (their requests wait on the client, not on us)
+        self._unanswered: set[asyncio.Task] = set()  # requests in handle() whose answer has not started
+        self._cut: set[asyncio.Task] = set()
         self.finishing = 0  # answered (response started), task not yet ended (FrontDoor counts)
 
     def count_ahead_in(self, server: t.Any, workers: int = 1) -> None:
@@ -140,11 +142,37 @@ class Traffic:
             admission.refuse("memory")
             return await self.refuse(send, "memory", cost)
         self.on_count("bytes_held", reserved)
+        task = asyncio.current_task()
+        self._unanswered.add(task)
         try:
             await self._admitted(scope, receive, send, read, respond, cost)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            await self.shutting_down(send)
         finally:
+            self._unanswered.discard(task)
+            self._cut.discard(task)
             self.budget.release(reserved)
             self.on_count("bytes_held", -reserved)
+
+    def cut(self) -> int:
+        """At the drain's bound: every request not yet answered (an upload still arriving, or
+        one waiting for the model) is answered 503 ``shutting_down`` now, rather than cancelled
+        by uvicorn's shutdown with a 500. Returns how many."""
+        for task in self._unanswered:
+            self._cut.add(task)
+            task.cancel()
+        return len(self._unanswered)
+
+    async def shutting_down(self, send: Send) -> None:
+        for message in json_response_messages(
+                503, {"error": "shutting_down", "detail": "the server is shutting down (BNSERVE_DRAIN_TIMEOUT "
+                                                          "reached); retry on another replica"},
+                {"Retry-After": "1", "Connection": "close"}):
+            await send(message)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, read: Callable[[], Awaitable[t.Any]],
                         respond: Callable[[t.Any], Awaitable[t.Any]], cost: str) -> None:
@@ -190,6 +218,7 @@ class Traffic:
             watch.cancel()
             admission.leave(ticket, ok)
             self.on_count("in_progress", -1)
+        self._unanswered.discard(task)  # its answer starts: no longer cut at the drain's bound
         await response(scope, receive, send)
 
     async def refuse(self, send: Send, reason: str, cost: str = SMALL) -> None:

@@ -227,6 +227,38 @@ def test_draining_answers_close_the_connection():
     assert sent[0]["status"] == 200 and headers_of(sent[0])["connection"] == "close"
 
 
+def test_at_the_drain_bound_unanswered_requests_get_503_not_uvicorns_500():
+    """An upload still arriving and a request waiting for the model when the drain's bound
+    comes are answered 503 shutting_down (Connection: close) instead of being cancelled."""
+    traffic = Traffic(admission())
+
+    async def main():
+        reading, waiting = AsgiClient([], then_disconnect=False), AsgiClient([], then_disconnect=False)
+        started = asyncio.Event()
+
+        async def stalled_read():
+            await asyncio.Event().wait()  # the rest of the body never comes
+
+        async def read():
+            return b"IMG"
+
+        async def never_answered(upload):
+            started.set()
+            await asyncio.Event().wait()
+
+        tasks = [asyncio.ensure_future(traffic.handle(SCOPE, reading.receive, reading.send, stalled_read, ok_response)),
+                 asyncio.ensure_future(traffic.handle(SCOPE, waiting.receive, waiting.send, read, never_answered))]
+        await started.wait()
+        assert traffic.cut() == 2
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        return reading.sent, waiting.sent
+
+    for sent in asyncio.run(main()):
+        assert sent[0]["status"] == 503 and headers_of(sent[0])["connection"] == "close"
+        assert json.loads(sent[1]["body"])["error"] == "shutting_down"
+    assert traffic.admission.in_progress == 0 and traffic.reading == 0 and traffic.budget.held == 0
+
+
 def test_front_door_refuses_inference_routes_before_the_app_and_passes_the_rest():
     passed = []
 
