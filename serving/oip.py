@@ -427,10 +427,10 @@ def server_version() -> str:
         pass
     import tomllib
 
-    from .model import REPO_ROOT
+    from .settings import REPO
 
     try:
-        with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        with open(REPO / "pyproject.toml", "rb") as f:
             return str(tomllib.load(f)["project"]["version"])
     except (OSError, KeyError, ValueError):
         return "unknown"

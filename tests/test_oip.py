@@ -368,7 +368,7 @@ class StubService:
 
         self.info = info
         self.settings = SimpleNamespace(max_bytes=1 << 20, body_timeout_s=15.0)
-        self.traffic = Traffic(Admission(1e-3))
+        self.traffic = Traffic(Admission(1e-3, 0.3, cap=64, floor=8))
         self.traffic.draining = draining
         self.batcher = MicroBatcher(fn or (lambda x: x.reshape(len(x), -1)[:, :3] * 2), 8)
         self.rows_seen: list[int] = []
@@ -397,7 +397,8 @@ def call(service, method: str, path: str, body: bytes = b"", headers: dict | Non
         await send({"type": "http.response.start", "status": 418, "headers": []})
         await send({"type": "http.response.body", "body": b"passed"})
 
-    service.settings.max_bytes = max_bytes
+    if service is not None:
+        service.settings.max_bytes = max_bytes
     route = oip.OipRoute(teapot, service=lambda: service)
     client = AsgiClient([{"type": "http.request", "body": body, "more_body": False}], then_disconnect=False)
     asyncio.run(asyncio.wait_for(route(_scope(method, path, headers), client.receive, client.send), 30))
@@ -511,7 +512,7 @@ def test_rows_are_bit_identical_alone_batched_and_mixed_in_the_micro_batcher():
     from serving.batching import MicroBatcher
     from serving.model import OnnxClassifier
     from serving.preprocess import normalize_uint8
-    from serving.service import BnServe
+    from serving.service import Classifier
 
     clf = OnnxClassifier(MODEL, want="cpu")
     pixels, _ = fashion_test_images(64)
@@ -520,12 +521,13 @@ def test_rows_are_bit_identical_alone_batched_and_mixed_in_the_micro_batcher():
     batch = clf(x)
     sizes: list[int] = []
 
-    class Front:  # what BnServe.infer_rows uses
+    class Front:  # what Classifier.infer_rows uses
+        info = clf.info
         batcher = MicroBatcher(clf, 16, on_batch=sizes.append)
 
     async def mixed():
-        return await asyncio.gather(BnServe.inner.infer_rows(Front, x), BnServe.inner.infer_rows(Front, x[:5]),
-                                    *(BnServe.inner.infer_rows(Front, x[i:i + 1]) for i in (0, 33, 63)))
+        return await asyncio.gather(Classifier.infer_rows(Front, x), Classifier.infer_rows(Front, x[:5]),
+                                    *(Classifier.infer_rows(Front, x[i:i + 1]) for i in (0, 33, 63)))
 
     whole, five, *singles = asyncio.run(mixed())
     assert np.array_equal(alone, batch)
@@ -809,14 +811,15 @@ def test_oip_model_routes_are_left_out_of_tracing(monkeypatch):
     from opentelemetry.util.http import ExcludeList
 
     from serving.service import tracing_config
+    from serving.settings import Settings
 
     monkeypatch.delenv("BNSERVE_TRACE", raising=False)
-    excluded = ExcludeList(tracing_config()["excluded_urls"])
+    excluded = ExcludeList(tracing_config(Settings.from_env())["excluded_urls"])
     assert excluded.url_disabled("http://127.0.0.1:3000/v2/models/vgg11/infer")
     assert excluded.url_disabled("http://127.0.0.1:3000/classify")
     assert not excluded.url_disabled("http://127.0.0.1:3000/v2/health/ready")
     monkeypatch.setenv("BNSERVE_TRACE", "1")
-    assert tracing_config() == {}
+    assert tracing_config(Settings.from_env()) == {}
 
 
 def test_busy_note_only_when_the_load_exceeds_the_cores(monkeypatch):
