@@ -1,5 +1,5 @@
 """The servers our service is compared with, each on the same model file and the same
-preprocessing (``serving.preprocess.prepare_image``, ``serving.model.answer``):
+preprocessing (``serving.conversions.prepare_image``, ``serving.model.answer``):
 
 - ``bare``: uvicorn + Starlette and nothing else (httptools, uvloop, no access log), with our
   upload reading and our micro-batcher: the no-framework floor for the same work;
@@ -31,7 +31,7 @@ def _classifier():
 
 def _prepare(clf, data: bytes, convert: str = "auto") -> np.ndarray:
     """The service's own preprocessing, the dataset's conversion for photos included."""
-    from serving.preprocess import prepare_image
+    from serving.conversions import prepare_image
 
     i = clf.info
     return prepare_image(data, i.channels, i.height, i.width, i.mean, i.std, convention=i.input_convention,
@@ -46,8 +46,8 @@ def bare_app():
     from starlette.routing import Route
 
     from serving.batching import MicroBatcher
+    from serving.decode import InputError
     from serving.model import answer
-    from serving.preprocess import InputError
     from serving.service import DEFAULT_MAX_BYTES, read_image_upload
 
     clf = _classifier()

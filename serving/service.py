@@ -58,6 +58,9 @@ from starlette.routing import Route
 from .admission import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_WAIT_MS, Admission
 from .batching import MicroBatcher
 from .bentoml_fixes import fix_timeout_timer_leak
+from .conversions import CONVERT_HELP, ConvertMode, convert_image, parse_convert
+from .decode import DEFAULT_MAX_PIXELS, InputError, decode_image
+from .geometry import normalize_uint8
 from .lifecycle import (
     Drain,
     IdleTimer,
@@ -71,14 +74,6 @@ from .lifecycle import (
 )
 from .model import ModelError, OnnxClassifier, answer, model_path_from_env
 from .page import page_html
-from .preprocess import (
-    CONVERT_MODES,
-    DEFAULT_MAX_PIXELS,
-    InputError,
-    convert_image,
-    decode_image,
-    normalize_uint8,
-)
 
 logger = logging.getLogger("bentoml.bnserve")
 
@@ -98,7 +93,6 @@ RAW_TYPES = ("image/", "application/octet-stream")
 HOW_TO_SEND = ("send multipart/form-data with one file field 'image' (curl -F image=@photo.png) "
                "or the image itself as the body with Content-Type image/* "
                "(curl --data-binary @photo.png -H 'Content-Type: image/png')")
-ConvertMode = t.Literal["auto", "dataset", "none"]
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -186,7 +180,7 @@ class Upload:
     (query parameters or form fields ``convert`` and ``show_input``)."""
 
     image: bytes
-    convert: str = "auto"  # one of CONVERT_MODES (serving/preprocess.py)
+    convert: str = "auto"  # one of conversions.CONVERT_MODES
     show_input: bool = False  # also answer with the model's input as a PNG data URL
 
 
@@ -194,11 +188,7 @@ def parse_options(values: t.Mapping[str, str]) -> dict:
     """``convert`` and ``show_input`` from query parameters or form fields, checked (400)."""
     options = {}
     if "convert" in values:
-        convert = str(values["convert"]).strip().lower()
-        if convert not in CONVERT_MODES:
-            raise InputError(400, "bad_convert", f"convert must be one of {', '.join(CONVERT_MODES)}, "
-                                                 f"got {values['convert']!r}")
-        options["convert"] = convert
+        options["convert"] = parse_convert(values["convert"])
     if "show_input" in values:
         word = str(values["show_input"]).strip().lower()
         if word not in TRUE_WORDS + FALSE_WORDS:
@@ -264,9 +254,7 @@ ImageFile = t.Annotated[Path, bentoml.validators.ContentType("image/*"), Field(
     description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM); over HTTP also the raw "
                 "body with Content-Type image/*")]
 ConvertOption = t.Annotated[ConvertMode, Field(description=(
-    "auto: convert a light-background photo or scan the way the model's dataset was made, leave "
-    "dataset-like images as they are; dataset: always convert; none: never. Also accepted as the "
-    "query parameter ?convert="))]
+    CONVERT_HELP + ". Also accepted as the query parameter ?convert="))]
 ShowInputOption = t.Annotated[bool, Field(description=(
     "also answer with the model's input after conversion (input_image). Also accepted as the "
     "query parameter ?show_input=true"))]
@@ -285,7 +273,7 @@ class Prediction(Choice):
     top: list[Choice] = Field(description="the 5 most probable classes, most probable first")
     converted: t.Literal["photo", "none"] = Field(
         description="'photo': the dataset's own conversion was applied (a light-background photo "
-                    "or scan: trimmed, fitted, centred, negated; serving/preprocess.py); 'none': "
+                    "or scan: trimmed, fitted, centred, negated; serving/conversions.py); 'none': "
                     "the image was only resized to the model's input, as a dataset image is")
     input_image: str | None = Field(
         None, description="with show_input=true: the model's input (after conversion) as a "

@@ -1,4 +1,4 @@
-"""The dataset's own conversion of photos and scans (serving/preprocess.py), step by step on
+"""The dataset's own conversion of photos and scans (serving/conversions.py), step by step on
 small synthetic images whose right answer is known, then end to end: dataset-form images keep
 their exact pixels, rendered photos come back close to the dataset image they were made from."""
 
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import preprocess as pp
-from serving.preprocess import InputError, convert_image, decode_image, to_model_pixels
+from serving import conversions as cv
+from serving.conversions import convert_image
+from serving.decode import InputError, decode_image
+from serving.geometry import to_model_pixels
 
 FASHION = {"pipeline": "fashion-mnist", "background": "dark"}
 MNIST = {"pipeline": "mnist", "background": "dark"}
@@ -33,17 +35,17 @@ def encode(a: np.ndarray, fmt: str = "PNG") -> bytes:
 def test_border_mean_is_the_mean_of_the_outer_ring():
     a = page(5, 6, 0.0)
     a[0, :] = 60  # top row: 6 of the ring's 18 pixels
-    assert pp.border_mean(a) == pytest.approx(60 * 6 / 18)
+    assert cv.border_mean(a) == pytest.approx(60 * 6 / 18)
     a[2, 3] = 255  # the interior does not count
-    assert pp.border_mean(a) == pytest.approx(20.0)
+    assert cv.border_mean(a) == pytest.approx(20.0)
 
 
 def test_light_background_threshold():
-    assert pp.light_background(page(10, 10, pp.LIGHT_BORDER))
-    assert not pp.light_background(page(10, 10, pp.LIGHT_BORDER - 1))
+    assert cv.light_background(page(10, 10, cv.LIGHT_BORDER))
+    assert not cv.light_background(page(10, 10, cv.LIGHT_BORDER - 1))
     dark_with_light_middle = page(10, 10, 0.0)
     dark_with_light_middle[1:-1, 1:-1] = 255
-    assert not pp.light_background(dark_with_light_middle)
+    assert not cv.light_background(dark_with_light_middle)
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -53,77 +55,77 @@ def test_background_plane_recovers_a_gradient_even_with_an_object_on_the_edge():
     light = 200 + 20 * rows / 39 - 10 * cols / 59
     photo = light.copy()
     photo[10:30, 0:25] = 30  # a dark object touching the left edge
-    np.testing.assert_allclose(pp.background_plane(photo), light, atol=1e-3)
+    np.testing.assert_allclose(cv.background_plane(photo), light, atol=1e-3)
 
 
 def test_negate_maps_background_to_zero_and_undoes_the_shade():
     white = page(20, 20)
     white[5:10, 5:10] = 0
-    ink = pp.negate(white)
+    ink = cv.negate(white)
     assert ink[0, 0] == 0 and ink[7, 7] == 255  # exactly 255 - v on white
     grey = page(20, 20, 200.0)
     grey[5:10, 5:10] = 100  # half as bright as the paper
-    assert pp.negate(grey)[7, 7] == pytest.approx(127.5)
-    assert pp.negate(grey)[0, 0] == 0
+    assert cv.negate(grey)[7, 7] == pytest.approx(127.5)
+    assert cv.negate(grey)[0, 0] == 0
 
 
 def test_trim_box_keeps_everything_above_5_percent_and_only_that():
     ink = np.zeros((50, 80), dtype=np.float32)
     ink[10:20, 30:45] = 200
     ink[40, 5] = 0.04 * 255  # within 5% of the background: trimmed away
-    assert pp.trim_box(ink) == (10, 20, 30, 45)
-    assert pp.trim_box(np.zeros((7, 9), np.float32)) == (0, 7, 0, 9)  # nothing: keep all
+    assert cv.trim_box(ink) == (10, 20, 30, 45)
+    assert cv.trim_box(np.zeros((7, 9), np.float32)) == (0, 7, 0, 9)  # nothing: keep all
 
 
 def test_trim_box_ignores_isolated_noise_on_a_large_photo():
     ink = np.zeros((600, 800), dtype=np.float32)
     ink[100:300, 200:500] = 255
     ink[550, 750] = 60  # one hot pixel of sensor noise, far away
-    assert pp.trim_box(ink) == (100, 300, 200, 500)
+    assert cv.trim_box(ink) == (100, 300, 200, 500)
 
 
 def test_fit_longest_keeps_the_aspect_and_a_constant_stays_constant():
-    out = pp.fit_longest(np.full((40, 10), 120, np.float32), 28)
+    out = cv.fit_longest(np.full((40, 10), 120, np.float32), 28)
     assert out.shape == (28, 7)
     np.testing.assert_allclose(out, 120, atol=1e-3)
-    assert pp.fit_longest(np.full((3, 300), 9, np.float32), 28).shape == (1, 28)  # at least 1
+    assert cv.fit_longest(np.full((3, 300), 9, np.float32), 28).shape == (1, 28)  # at least 1
 
 
 def test_sharpen_leaves_flat_areas_and_raises_a_peak():
     flat = np.full((9, 9), 100, np.float32)
-    np.testing.assert_allclose(pp.sharpen(flat)[3:6, 3:6], 100, atol=1e-4)
+    np.testing.assert_allclose(cv.sharpen(flat)[3:6, 3:6], 100, atol=1e-4)
     peak = np.zeros((9, 9), np.float32)
     peak[4, 4] = 100
-    out = pp.sharpen(peak)
+    out = cv.sharpen(peak)
     assert out[4, 4] > 100 and out[0, 0] == 0
 
 
 def test_gaussian_blur_keeps_the_mass_of_an_interior_impulse():
     a = np.zeros((11, 11), np.float32)
     a[5, 5] = 1.0
-    b = pp.gaussian_blur(a, 1.0)
+    b = cv.gaussian_blur(a, 1.0)
     assert b.sum() == pytest.approx(1.0, abs=1e-5)
     assert b[5, 5] == b.max() and b[5, 4] == pytest.approx(b[4, 5])
 
 
 def test_pad_centred_places_the_image_in_the_middle():
-    out = pp.pad_centred(np.ones((28, 14), np.float32), 28, 28)
+    out = cv.pad_centred(np.ones((28, 14), np.float32), 28, 28)
     assert out.shape == (28, 28) and out[:, 7:21].min() == 1 and out[:, :7].max() == 0 and out[:, 21:].max() == 0
 
 
 def test_centre_of_mass_and_place_by_mass():
     a = np.zeros((5, 7), np.float32)
     a[1, 6] = 3.0
-    assert pp.centre_of_mass(a) == (1.0, 6.0)
-    out = pp.place_by_mass(a, 28, 28)
+    assert cv.centre_of_mass(a) == (1.0, 6.0)
+    out = cv.place_by_mass(a, 28, 28)
     assert out[14, 14] == 3.0 and out.sum() == 3.0
-    assert pp.centre_of_mass(np.zeros((4, 4))) == (1.5, 1.5)
+    assert cv.centre_of_mass(np.zeros((4, 4))) == (1.5, 1.5)
 
 
 def test_stretch_brings_the_brightest_pixel_to_255():
-    out = pp.stretch(np.array([[0, 50, 100]], np.float32))
+    out = cv.stretch(np.array([[0, 50, 100]], np.float32))
     np.testing.assert_allclose(out, [[0, 127.5, 255]])
-    assert pp.stretch(np.zeros((2, 2), np.float32)).max() == 0
+    assert cv.stretch(np.zeros((2, 2), np.float32)).max() == 0
 
 
 # --- the pipelines on synthetic photos --------------------------------------------------------------
@@ -131,7 +133,7 @@ def test_stretch_brings_the_brightest_pixel_to_255():
 def test_fashion_mnist_pipeline_on_a_dark_rectangle_on_white():
     photo = page(300, 200)
     photo[50:250, 80:180] = 0  # 200 x 100 dark garment, off centre
-    out = pp.fashion_mnist_pipeline(photo)
+    out = cv.fashion_mnist_pipeline(photo)
     assert out.dtype == np.uint8 and out.shape == (28, 28)
     # longest edge fitted to 28, the shorter one (14) centred: columns 7..20 hold it
     assert out[:, :7].max() == 0 and out[:, 21:].max() == 0
@@ -141,10 +143,10 @@ def test_fashion_mnist_pipeline_on_a_dark_rectangle_on_white():
 def test_mnist_pipeline_fits_a_20_box_and_centres_the_mass():
     scan = page(120, 90, 220.0)  # grey paper
     scan[20:100, 30:50] = 20  # a tall dark stroke: 80 x 20
-    out = pp.mnist_pipeline(scan).astype(np.float64)
+    out = cv.mnist_pipeline(scan).astype(np.float64)
     rows, cols = np.flatnonzero(out.sum(1) > 0), np.flatnonzero(out.sum(0) > 0)
     assert rows[-1] - rows[0] + 1 == 20 and cols[-1] - cols[0] + 1 == 5
-    cy, cx = pp.centre_of_mass(out)
+    cy, cx = cv.centre_of_mass(out)
     assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
     assert out.max() == 255
 
@@ -153,7 +155,7 @@ def test_cifar10_pipeline_is_a_centre_crop_and_resize():
     rgb = np.zeros((32, 64, 3), np.uint8)
     rgb[:, :32] = (255, 0, 0)
     rgb[:, 32:] = (0, 0, 255)
-    out = pp.cifar10_pipeline(Image.fromarray(rgb), 32, 32)  # crop columns 16..47: half and half
+    out = cv.cifar10_pipeline(Image.fromarray(rgb), 32, 32)  # crop columns 16..47: half and half
     assert out.shape == (32, 32, 3)
     assert (out[:, :16] == (255, 0, 0)).all() and (out[:, 16:] == (0, 0, 255)).all()
 

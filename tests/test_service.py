@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from conftest import chromium_driver, tiny_model
 
+from serving.conversions import convert_image
+from serving.decode import decode_image
+from serving.geometry import normalize_uint8
 from serving.model import read_model
-from serving.preprocess import convert_image, decode_image, normalize_uint8
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -199,7 +201,6 @@ def photo_of(index: int, fixture_data_dir: Path, seed: int = 3) -> tuple[bytes, 
 
 
 def test_photo_is_converted_and_classified_like_its_dataset_image(client, fixture_data_dir):
-    from serving.preprocess import convert_image
 
     data, label, image = photo_of(0, fixture_data_dir)
     r = client.post("/classify", params={"show_input": "true"}, files={"image": ("photo", data)})

@@ -16,14 +16,10 @@ from conftest import AsgiClient, tiny_model
 from PIL import Image
 
 from serving import model as smodel
+from serving.conversions import prepare_image
+from serving.decode import InputError, decode_image
+from serving.geometry import normalize_uint8, to_model_pixels
 from serving.model import CPU, CUDA, ModelError, answer, choose_providers, read_model
-from serving.preprocess import (
-    InputError,
-    decode_image,
-    normalize_uint8,
-    prepare_image,
-    to_model_pixels,
-)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

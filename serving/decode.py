@@ -1,0 +1,237 @@
+"""Untrusted image bytes -> a PIL image, with every check of the input answered as an HTTP-coded
+InputError (4xx), and with memory bounded per request: an image larger than twice ``work_side``
+is decoded already reduced by an integer factor (JPEG at 1/2..1/8 scale inside the decoder, PNG
+strip by strip, other formats reduced strip by strip once loaded), so no full-size float, RGBA
+or index copy of a 25-megapixel upload ever exists."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .geometry import reduce_image, reduce_strips, reduction_factor, strip_rows
+
+# Formats we decode. Restricting Pillow's plugins keeps files that need external programs (EPS
+# needs Ghostscript) or that have no magic number (TGA: random bytes may "identify" as TGA) out.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+DEFAULT_MAX_PIXELS = 25_000_000  # width * height of the first frame; ~75 MB decoded as RGB
+# An image whose longest side is at least twice this is reduced by an integer factor while it
+# is decoded, to a longest side in [WORK_SIDE, 2 WORK_SIDE): 18-36 times the 28 or 32 pixels of
+# the model's input, so the dataset conversions and the final resize see the same picture, and
+# photos up to 1023 pixels (every render of scripts/make_photos.py) are not touched at all.
+WORK_SIDE = 512
+
+
+class InputError(ValueError):
+    """Bad client input. ``status`` is the HTTP status the service answers with (4xx), ``error``
+    a short stable code, ``detail`` what was wrong and what to send instead."""
+
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(f"{error}: {detail}")
+        self.status, self.error, self.detail = status, error, detail
+
+    def to_json(self) -> dict:
+        return {"error": self.error, "detail": self.detail}
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Untrusted bytes -> an opened, not yet decoded PIL image whose header passed the checks.
+
+    Raises InputError: 400 empty, 415 not an image in ALLOWED_FORMATS, 413 more than
+    ``max_pixels`` pixels (checked from the header, before decoding: decompression bombs),
+    422 a corrupt header."""
+    if not data:
+        raise InputError(400, "empty_image", "the image is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise _too_many_pixels(None, max_pixels) from e
+    except UnidentifiedImageError as e:
+        raise InputError(415, "unsupported_image",
+                         "not an image in a supported format (" + ", ".join(ALLOWED_FORMATS)
+                         + f"); got {len(data)} bytes starting with {data[:8]!r}") from e
+    except Exception as e:  # noqa: BLE001 - a plugin choking on a corrupt header
+        raise InputError(422, "corrupt_image", f"cannot read the image header: {e}") from e
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InputError(422, "corrupt_image", f"image has size {width}x{height}")
+    if width * height > max_pixels:
+        raise _too_many_pixels(img, max_pixels)
+    return img
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 work_side: int | None = WORK_SIDE) -> Image.Image:
+    """Decode untrusted bytes into a fully loaded, EXIF-upright PIL image (first frame only).
+
+    An image under 2 ``work_side`` on its longest side (or ``work_side`` None) comes back as
+    stored, in its own mode. A larger one comes back reduced by reduction_factor (box average,
+    alpha premultiplied), in 8 bits (geometry.to_8bit: L, LA, RGB or RGBA), decoded so that memory
+    stays bounded (module docstring).
+
+    Raises InputError: 400 empty, 415 not an image in ALLOWED_FORMATS, 413 more than
+    ``max_pixels`` pixels (checked from the header, before decoding: decompression bombs),
+    422 truncated or corrupt."""
+    img = open_image(data, max_pixels)
+    factor = reduction_factor(img.size, work_side)
+    fmt = img.format
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit rules
+            if factor == 1:
+                img.load()
+            else:
+                img, orientation = _decode_reduced(img, data, factor, work_side)
+    except Image.DecompressionBombError as e:
+        raise _too_many_pixels(img, max_pixels) from e
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated data: OSError, SyntaxError, zlib, ...
+        raise InputError(422, "corrupt_image",
+                         f"the {fmt} image is truncated or corrupt: {e}") from e
+    if factor == 1:
+        try:
+            return ImageOps.exif_transpose(img)
+        except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored
+            return img
+    method = _TRANSPOSE.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(exif: Image.Exif | bytes | None) -> int | None:
+    """The EXIF orientation tag (1-8), or None (none, or malformed EXIF: keep the pixels)."""
+    try:
+        if isinstance(exif, bytes | memoryview):
+            loaded = Image.Exif()
+            loaded.load(bytes(exif))
+            exif = loaded
+        return exif.get(0x0112) if exif is not None else None
+    except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored
+        return None
+
+
+def _decode_reduced(img: Image.Image, data: bytes, factor: int,
+                    work_side: int) -> tuple[Image.Image, int | None]:
+    """(the opened image loaded and reduced by ``factor``, its EXIF orientation), never held at
+    full size in more than its own stored mode (and not at all for JPEG and non-interlaced PNG)."""
+    if img.format == "JPEG":
+        # libjpeg scales while decoding (1/2, 1/4, 1/8): the largest scale not below 1/factor
+        w, h = img.size
+        img.draft(None, (max(1, w // factor), max(1, h // factor)))
+        img.load()
+        return reduce_image(img, reduction_factor(img.size, work_side)), _orientation(img.getexif())
+    if img.format == "PNG":  # (PNG's getexif() would load the whole image: read eXIf here)
+        strips = _png_strips(img, data, strip_rows(factor))
+        if strips is not None:
+            exif = next((body for kind, body in _png_chunks(data) if kind == b"eXIf"), None)
+            return reduce_strips(strips, img.size, factor), _orientation(exif)
+    img.load()
+    return reduce_image(img, factor), _orientation(img.getexif())
+
+
+def _too_many_pixels(img: Image.Image | None, max_pixels: int) -> InputError:
+    size = (f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels" if img
+            else "beyond Pillow's decompression-bomb limit")
+    return InputError(413, "too_many_pixels",
+                      f"image is {size}; the limit is {max_pixels} pixels (BNSERVE_MAX_PIXELS)")
+
+
+# --- PNG strip by strip ---------------------------------------------------------------------------
+# A PNG's pixels are one zlib stream of scanlines, each a filter byte and the filtered bytes; a
+# filter may refer to the row above. We inflate ``rows`` scanlines at a time and hand them to
+# Pillow's own PNG decoder (the "zip" codec) behind one extra scanline: the previous strip's last
+# row, unfiltered (filter 0), re-packed by Pillow in the file's raw layout. Pillow then unfilters
+# and unpacks the strip exactly as it would the whole image. Raw layouts Pillow can re-pack
+# losslessly only; interlaced (Adam7) files and the rest are loaded whole (geometry.reduce_image).
+
+_PNG_REPACKABLE = ("1", "L", "LA", "RGB", "RGBA", "P", "P;1", "P;2", "P;4", "I;16B")
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def _png_strips(img: Image.Image, data: bytes, rows: int) -> Iterator[tuple[int, Image.Image]] | None:
+    """(top row, strip image) of a non-interlaced PNG, ``rows`` rows at a time, or None when
+    this file is not one we decode in strips."""
+    if len(img.tile) != 1 or img.tile[0][0] != "zip":
+        return None
+    rawmode = img.tile[0][3]
+    if not isinstance(rawmode, str) or rawmode not in _PNG_REPACKABLE:
+        return None
+    chunks = _png_chunks(data)
+    header = next(chunks, None)
+    if header is None or header[0] != b"IHDR" or len(header[1]) < 13:
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", bytes(header[1][:13]))
+    if interlace or (width, height) != img.size or colour not in _PNG_CHANNELS:
+        return None
+    row_bytes = (width * depth * _PNG_CHANNELS[colour] + 7) // 8
+    idat = (body for kind, body in chunks if kind == b"IDAT")
+    return _png_strip_images(img, _Inflater(idat), rawmode, row_bytes, rows)
+
+
+def _png_strip_images(img: Image.Image, inflater: _Inflater, rawmode: str, row_bytes: int,
+                      rows: int) -> Iterator[tuple[int, Image.Image]]:
+    width, height = img.size
+    previous = None  # the last row of the strip before, unfiltered, in the raw layout
+    for top in range(0, height, rows):
+        n = min(rows, height - top)
+        scanlines = inflater.read(n * (row_bytes + 1))
+        if len(scanlines) < n * (row_bytes + 1):
+            raise InputError(422, "corrupt_image",
+                             f"the PNG image is truncated or corrupt: its pixel data ends in row "
+                             f"{top + len(scanlines) // (row_bytes + 1)} of {height}")
+        lead = b"" if previous is None else b"\x00" + previous
+        extra = 0 if previous is None else 1
+        strip = Image.frombytes(img.mode, (width, n + extra), zlib.compress(lead + scanlines, 0),
+                                "zip", rawmode)
+        if img.mode == "P":
+            strip.putpalette(img.palette.tobytes(), img.palette.mode)
+        strip.info.update({k: v for k, v in img.info.items() if k == "transparency"})
+        previous = strip.crop((0, n + extra - 1, width, n + extra)).tobytes("raw", rawmode)
+        if extra:
+            strip = strip.crop((0, 1, width, n + 1))
+            if img.mode == "P":
+                strip.info.update({k: v for k, v in img.info.items() if k == "transparency"})
+        yield top, strip
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, memoryview]]:
+    """(type, body) of each chunk after the signature; stops at IEND or where the data ends."""
+    view, pos = memoryview(data), 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = view[pos + 8:pos + 8 + length]
+        yield kind, body
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
+class _Inflater:
+    """Reads a zlib stream split over chunks, ``n`` decompressed bytes at a time (never more)."""
+
+    def __init__(self, chunks: Iterator[memoryview]):
+        self.chunks, self.tail, self.z = chunks, b"", zlib.decompressobj()
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n and not self.z.eof:
+            if not self.tail:
+                self.tail = next(self.chunks, None)
+                if self.tail is None:  # input ended: what zlib still holds, then stop
+                    out += self.z.decompress(b"", n - len(out))
+                    break
+            out += self.z.decompress(self.tail, n - len(out))
+            self.tail = self.z.unconsumed_tail
+        return bytes(out)
