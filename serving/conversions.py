@@ -25,7 +25,7 @@ CONVERT_HELP = ("auto: convert a light-background photo or scan the way the mode
 def parse_convert(value: object) -> str:
     """The ``convert`` option as sent (query parameter, form field, argument) -> one of
     CONVERT_MODES (case and surrounding blanks ignored); InputError 400 ``bad_convert`` else."""
-    mode = str(value).strip().lower()
+    mode = value.strip().lower() if isinstance(value, str) else None
     if mode not in CONVERT_MODES:
         raise InputError(400, "bad_convert",
                          f"convert must be one of {', '.join(CONVERT_MODES)}, got {value!r}")

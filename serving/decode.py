@@ -186,23 +186,23 @@ def _png_strip_images(img: Image.Image, inflater: _Inflater, rawmode: str, row_b
     previous = None  # the last row of the strip before, unfiltered, in the raw layout
     for top in range(0, height, rows):
         n = min(rows, height - top)
-        scanlines = inflater.read(n * (row_bytes + 1))
-        if len(scanlines) < n * (row_bytes + 1):
-            raise InputError(422, "corrupt_image",
-                             f"the PNG image is truncated or corrupt: its pixel data ends in row "
-                             f"{top + len(scanlines) // (row_bytes + 1)} of {height}")
         lead = b"" if previous is None else b"\x00" + previous
         extra = 0 if previous is None else 1
-        strip = Image.frombytes(img.mode, (width, n + extra), zlib.compress(lead + scanlines, 0),
-                                "zip", rawmode)
+        scanlines = inflater.read(n * (row_bytes + 1), lead)
+        if len(scanlines) < n * (row_bytes + 1) + len(lead):
+            done = (len(scanlines) - len(lead)) // (row_bytes + 1)
+            raise InputError(422, "corrupt_image", f"the PNG image is truncated or corrupt: its "
+                                                   f"pixel data ends in row {top + done} of {height}")
+        packed = zlib.compress(scanlines, 0)
+        del scanlines
+        strip = Image.frombytes(img.mode, (width, n + extra), packed, "zip", rawmode)
+        del packed
         if img.mode == "P":
             strip.putpalette(img.palette.tobytes(), img.palette.mode)
         strip.info.update({k: v for k, v in img.info.items() if k == "transparency"})
         previous = strip.crop((0, n + extra - 1, width, n + extra)).tobytes("raw", rawmode)
         if extra:
             strip = strip.crop((0, 1, width, n + 1))
-            if img.mode == "P":
-                strip.info.update({k: v for k, v in img.info.items() if k == "transparency"})
         yield top, strip
 
 
@@ -224,8 +224,10 @@ class _Inflater:
     def __init__(self, chunks: Iterator[memoryview]):
         self.chunks, self.tail, self.z = chunks, b"", zlib.decompressobj()
 
-    def read(self, n: int) -> bytes:
-        out = bytearray()
+    def read(self, n: int, prefix: bytes = b"") -> bytearray:
+        """``prefix`` followed by the next ``n`` bytes of the stream (fewer where it ends)."""
+        out = bytearray(prefix)
+        n += len(prefix)
         while len(out) < n and not self.z.eof:
             if not self.tail:
                 self.tail = next(self.chunks, None)
@@ -234,4 +236,4 @@ class _Inflater:
                     break
             out += self.z.decompress(self.tail, n - len(out))
             self.tail = self.z.unconsumed_tail
-        return bytes(out)
+        return out

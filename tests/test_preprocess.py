@@ -5,6 +5,7 @@ their exact pixels, rendered photos come back close to the dataset image they we
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,163 @@ def test_rendered_photos_come_back_close_to_the_dataset_image(name, fixture_data
         assert converted == "photo"
         diffs.append(np.abs(px[0].astype(np.float64) - a).mean())
     assert np.median(diffs) < 20, diffs
+
+
+# --- the convert option: one definition, one validator ---------------------------------------------
+
+def test_parse_convert_accepts_the_modes_in_any_case_and_refuses_the_rest():
+    assert [cv.parse_convert(v) for v in ("auto", " Dataset ", "NONE")] == ["auto", "dataset", "none"]
+    for bad in ("", "photo", "sometimes", None):
+        with pytest.raises(InputError) as e:
+            cv.parse_convert(bad)
+        assert e.value.status == 400 and e.value.error == "bad_convert" and "auto, dataset, none" in e.value.detail
+
+
+def test_every_pipeline_name_of_the_contract_has_a_recipe():
+    from serving.contract import PIPELINES
+
+    assert set(cv.GRAY_RECIPES) | set(cv.RGB_RECIPES) == set(PIPELINES)
+    assert not set(cv.GRAY_RECIPES) & set(cv.RGB_RECIPES)
+
+
+# --- reduced decoding: each format path, then memory -------------------------------------------------
+
+def scene(w: int, h: int, seed: int = 0) -> np.ndarray:
+    """An RGB uint8 picture with edges, gradients and noise (every PNG filter gets used)."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(0, 255, h)[:, None]
+    cols = np.linspace(0, 255, w)[None, :]
+    a = np.stack([rows + 0 * cols, cols + 0 * rows, (rows + cols) / 2], axis=2)
+    a[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = (20, 200, 90)
+    a += rng.integers(-8, 9, size=a.shape)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def whole_then_reduced(data: bytes, factor: int) -> np.ndarray:
+    """The reference: Pillow's full decode, to 8 bits, one reduce of the whole image."""
+    from serving.geometry import to_8bit
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return np.asarray(to_8bit(img).reduce(factor))
+
+
+def test_reduction_factor_brings_the_long_side_into_work_side_to_twice_it():
+    from serving.geometry import reduction_factor
+
+    assert reduction_factor((1023, 700), 512) == 1  # every make_photos render stays as it is
+    assert reduction_factor((1024, 10), 512) == 2
+    assert reduction_factor((3000, 4000), 512) == 7 and 4000 // 7 >= 512
+    assert reduction_factor((5000, 5000), None) == 1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "P+transparency", "1", "I;16"])
+def test_png_decoded_in_strips_equals_the_whole_image_reduced(mode):
+    """Strip-by-strip PNG decoding (each strip behind the previous row, unfiltered) gives exactly
+    the pixels of decoding the whole file and reducing it once."""
+    rgb = scene(1300, 1100)
+    img = Image.fromarray(rgb)
+    if mode == "RGBA":
+        img = Image.fromarray(np.dstack([rgb, rgb[..., 1]]), "RGBA")
+    elif mode == "LA":
+        img = Image.merge("LA", [img.convert("L"), Image.fromarray(rgb[..., 2])])
+    elif mode.startswith("P"):
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=50)
+    elif mode == "I;16":
+        img = Image.fromarray(rgb[..., 0].astype(np.uint16) * 251 + rgb[..., 1])
+    elif mode != "RGB":
+        img = img.convert(mode)
+    kw = {"transparency": 3} if mode == "P+transparency" else {}
+    data = encode_image(img, "PNG", **kw)
+    got = decode_image(data)
+    assert got.size == (650, 550)  # factor 2
+    np.testing.assert_array_equal(np.asarray(got), whole_then_reduced(data, 2))
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "WEBP", "BMP"])
+def test_other_formats_are_reduced_strip_by_strip_once_loaded(fmt):
+    img = Image.fromarray(scene(1200, 1000))
+    data = encode_image(img.convert("P") if fmt == "GIF" else img, fmt,
+                        **({"lossless": True} if fmt == "WEBP" else {}))
+    got = decode_image(data)
+    assert got.size == (600, 500) and got.mode in ("RGB", "RGBA")
+    np.testing.assert_array_equal(np.asarray(got), whole_then_reduced(data, 2))
+
+
+def test_a_large_jpeg_is_decoded_at_a_smaller_scale_close_to_the_reduced_image():
+    data = encode_image(Image.fromarray(scene(4000, 3000)), "JPEG", quality=95)
+    got = decode_image(data)
+    assert got.size == (1000, 750)  # libjpeg at 1/4 (the long side stays >= WORK_SIDE = 512)
+    want = whole_then_reduced(data, 4).astype(np.int16)
+    assert np.abs(np.asarray(got, dtype=np.int16) - want).mean() < 2.0
+
+
+def test_a_reduced_image_is_still_turned_upright_by_its_exif_orientation():
+    a = scene(1600, 1200)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: turn 90 degrees clockwise to view
+    for fmt in ("JPEG", "PNG"):
+        got = decode_image(encode_image(Image.fromarray(a), fmt, exif=exif.tobytes()))
+        stored = decode_image(encode_image(Image.fromarray(a), fmt))
+        assert stored.width > stored.height and got.size == stored.size[::-1]
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(stored.transpose(Image.Transpose.ROTATE_270)))
+        small = decode_image(encode_image(Image.fromarray(a[:300, :400]), fmt, exif=exif.tobytes()))
+        assert small.size == (300, 400)  # the full-size path turns it the same way
+
+
+def test_a_truncated_or_corrupt_large_png_is_a_422():
+    data = encode_image(Image.fromarray(scene(1200, 1000)), "PNG")
+    for broken in (data[: len(data) // 2], data[:200] + bytes(len(data) - 200)):
+        with pytest.raises(InputError) as e:
+            decode_image(broken)
+        assert e.value.status == 422 and e.value.error == "corrupt_image"
+
+
+def test_a_small_image_is_decoded_as_stored():
+    img = Image.fromarray((np.arange(600 * 800) % 65536).astype(np.uint16).reshape(600, 800))
+    got = decode_image(encode_image(img, "PNG"))
+    assert got.mode == "I;16" and got.size == (800, 600)
+
+
+def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+# The bound per request that deploy/ multiplies by the concurrency (docs/serving.md).
+REQUEST_BOUND_MIB = 64
+
+
+def test_25_megapixel_upload_keeps_numpy_and_python_allocations_under_the_bound():
+    """tracemalloc sees NumPy's and Python's allocations (not Pillow's own buffers, which the
+    next test measures as RSS): no full-size float64, index grid or 16-bit copy is made. The old
+    pipeline allocated over 1 GB here; a quarter of the request's bound is left to NumPy."""
+    import tracemalloc
+
+    white = encode_image(Image.new("RGB", (5000, 5000), (255, 255, 255)), "PNG")
+    sixteen = encode_image(Image.fromarray(np.full((5000, 5000), 60000, np.uint16)), "PNG")
+    for data in (white, sixteen):
+        tracemalloc.start()
+        try:
+            px = cv.prepare_image(data, 1, 28, 28, [0.286], [0.353], convention=FASHION)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert px.shape == (1, 28, 28)
+        assert peak < REQUEST_BOUND_MIB * 2**20 / 4, peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF"])
+def test_25_megapixel_upload_peak_rss_is_under_the_bound(fmt, tmp_path):
+    """Every allocation counted: peak RSS above idle of a fresh process preparing one 5000x5000
+    image (benchmarks/upload_memory.py measures it the same way)."""
+    from benchmarks.upload_memory import measure, photo
+
+    img = Image.fromarray(photo(5000, 5000))
+    img = img.convert("P") if fmt == "GIF" else img
+    data = encode_image(img, fmt)
+    warm = encode_image(img.resize((64, 64)), fmt)
+    peak = measure("new", data, warm, None, repeats=0)["peak_bytes"]
+    assert peak < REQUEST_BOUND_MIB * 2**20, peak
