@@ -66,26 +66,30 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def cases() -> list[tuple[str, bytes, bytes]]:
-    """(name, file bytes, a small file of the same format for the warm-up)."""
-    big = Image.fromarray(photo(4000, 3000))
+    """(name, file bytes, a small file of the same format for the warm-up). Beside the sizes
+    people send, every format at 5000 x 5000, the default pixel limit (25 megapixels)."""
+    photo_12mp = Image.fromarray(photo(4000, 3000))
+    photo_25mp = Image.fromarray(photo(5000, 5000))
     small = Image.fromarray(photo(64, 48))
     digit = np.zeros((28, 28), np.uint8)
     digit[4:24, 9:19] = 200
-    sixteen = (np.asarray(big.convert("L"), dtype=np.uint16) * 257)
+    sixteen = np.asarray(photo_25mp.convert("L"), dtype=np.uint16) * 257
     return [
         ("28x28 PNG", encode(Image.fromarray(digit), "PNG"), encode(small.convert("L"), "PNG")),
         ("640x480 JPEG", encode(Image.fromarray(photo(640, 480)), "JPEG", quality=90),
          encode(small, "JPEG")),
-        ("4000x3000 JPEG", encode(big, "JPEG", quality=90), encode(small, "JPEG")),
+        ("4000x3000 JPEG", encode(photo_12mp, "JPEG", quality=90), encode(small, "JPEG")),
+        ("5000x5000 JPEG, progressive", encode(photo_25mp, "JPEG", quality=90, progressive=True),
+         encode(small, "JPEG", progressive=True)),
         ("5000x5000 PNG (white RGB)", encode(Image.new("RGB", (5000, 5000), (255, 255, 255)), "PNG"),
          encode(small, "PNG")),
-        ("4000x3000 16-bit PNG", encode(Image.fromarray(sixteen), "PNG"),
+        ("5000x5000 PNG, 16-bit gray", encode(Image.fromarray(sixteen), "PNG"),
          encode(Image.fromarray(np.zeros((48, 64), np.uint16)), "PNG")),
-        ("4000x3000 GIF", encode(big.convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "GIF"),
+        ("5000x5000 GIF", encode(photo_25mp.convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "GIF"),
          encode(small.convert("P"), "GIF")),
-        ("4000x3000 TIFF (deflate)", encode(big, "TIFF", compression="tiff_deflate"),
+        ("5000x5000 TIFF (deflate, RGB)", encode(photo_25mp, "TIFF", compression="tiff_deflate"),
          encode(small, "TIFF", compression="tiff_deflate")),
-        ("4000x3000 WebP", encode(big, "WEBP", quality=80), encode(small, "WEBP")),
+        ("5000x5000 WebP", encode(photo_25mp, "WEBP", quality=80), encode(small, "WEBP")),
     ]
 
 
@@ -193,7 +197,7 @@ def run(quick: bool = False) -> dict:
 
 # --- the answers did not change -------------------------------------------------------------------
 
-def agreement(old_prepare, n_photos: int = 1000, data_dir: str | None = None) -> str:
+def agreement(old_prepare, n_photos: int = 1000, n_large: int = 200, data_dir: str | None = None) -> str:
     """Dataset-form test images: identical model inputs; photo renders: same class."""
     from scripts.make_photos import render_photo
     from serving.conversions import prepare_image
@@ -215,9 +219,9 @@ def agreement(old_prepare, n_photos: int = 1000, data_dir: str | None = None) ->
         lines.append(f"{name}: {same} of {len(images)} dataset-form test images give bit-identical "
                      "model inputs")
         rng = np.random.default_rng(1)
-        for scale in (1, 4):
+        for scale, count in ((1, n_photos), (4, n_large)):
             agree, max_dp, n = 0, 0.0, 0
-            for a in images[:n_photos]:
+            for a in images[:count]:
                 data, _ = render_photo(a, rng)
                 if scale > 1:
                     img = Image.open(io.BytesIO(data))
@@ -249,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--agreement", action="store_true", help="also check the answers (module doc)")
-    p.add_argument("--photos", type=int, default=1000, help="photo renders per dataset and size")
+    p.add_argument("--photos", type=int, default=1000, help="photo renders per dataset, own size")
+    p.add_argument("--large", type=int, default=200, help="photo renders per dataset, enlarged 4x")
+    p.add_argument("--skip-table", action="store_true", help="only the agreement check")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    r = run(args.quick)
-    print("\n" + r["table"] + "\n" + r["note"])
+    if not args.skip_table:
+        r = run(args.quick)
+        print("\n" + r["table"] + "\n" + r["note"])
     if args.agreement:
         source = baseline_source()
         if source is None:
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "preprocess_before.py"
             path.write_text(source)
-            print("\n" + agreement(load_prepare("old", str(path)), args.photos, args.data_dir))
+            print("\n" + agreement(load_prepare("old", str(path)), args.photos, args.large, args.data_dir))
     return 0
 
 

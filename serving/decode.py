@@ -1,7 +1,8 @@
 """Untrusted image bytes -> a PIL image, with every check of the input answered as an HTTP-coded
 InputError (4xx), and with memory bounded per request: an image larger than twice ``work_side``
-is decoded already reduced by an integer factor (JPEG at 1/2..1/8 scale inside the decoder, PNG
-strip by strip, other formats reduced strip by strip once loaded), so no full-size float, RGBA
+is decoded already reduced by an integer factor (JPEG at 1/2..1/8 scale inside the decoder, a
+still WebP scaled by libwebp (serving/webp.py), PNG strip by strip, other formats reduced strip by
+strip once loaded), so no full-size float, RGBA
 or index copy of a 25-megapixel upload ever exists."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .geometry import reduce_image, reduce_strips, reduction_factor, strip_rows
+from .webp import decode_scaled
 
 # Formats we decode. Restricting Pillow's plugins keeps files that need external programs (EPS
 # needs Ghostscript) or that have no magic number (TGA: random bytes may "identify" as TGA) out.
@@ -132,6 +134,11 @@ def _decode_reduced(img: Image.Image, data: bytes, factor: int,
         img.draft(None, (max(1, w // factor), max(1, h // factor)))
         img.load()
         return reduce_image(img, reduction_factor(img.size, work_side)), _orientation(img.getexif())
+    if img.format == "WEBP":
+        w, h = img.size
+        scaled = decode_scaled(data, img.size, (-(-w // factor), -(-h // factor)))
+        if scaled is not None:
+            return scaled, _orientation(img.getexif())
     if img.format == "PNG":  # (PNG's getexif() would load the whole image: read eXIf here)
         strips = _png_strips(img, data, strip_rows(factor))
         if strips is not None:
