@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .geometry import reduce_image, reduce_strips, reduction_factor, strip_rows
-from .webp import decode_scaled
+from .webp import decode_scaled, libwebp_usable
 
 # Formats we decode. Restricting Pillow's plugins keeps files that need external programs (EPS
 # needs Ghostscript) or that have no magic number (TGA: random bytes may "identify" as TGA) out.
@@ -244,3 +244,44 @@ class _Inflater:
             out += self.z.decompress(self.tail, n - len(out))
             self.tail = self.z.unconsumed_tail
         return out
+
+
+# --- the memory one upload needs, from its header --------------------------------------------------
+# decode_image + the conversion at the working size, as measured by benchmarks/upload_memory.py
+# (peak RSS above idle): what a per-worker memory budget can charge a request before decoding it.
+
+# The conversion's arrays at the working size (under 2 WORK_SIDE on the long side) and the
+# libraries' own buffers: the measured peak of a 4000x3000 baseline JPEG, rounded up.
+WORK_BYTES = 24 * 2**20
+# Bytes per pixel of a fully loaded Pillow image, by mode (RGB is stored in 4 bytes).
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decode_bytes_estimate(img: Image.Image, data: bytes, work_side: int | None = WORK_SIDE) -> int:
+    """Upper estimate of the memory (bytes above idle) decode_image and the conversion need for
+    the opened image ``img`` of ``data`` (open_image: header only, nothing decoded yet):
+    WORK_BYTES plus what the format's decoder holds at full size, which the reduced decoding
+    cannot avoid: a progressive JPEG's DCT coefficients (2 bytes per coefficient, every
+    component at its own sampling), a lossless or animated WebP's frame, an interlaced PNG, a
+    TIFF or BMP loaded whole."""
+    w, h = img.size
+    factor = reduction_factor(img.size, work_side)
+    if factor == 1:
+        return WORK_BYTES + w * h * 4 * 3  # decoded, 8-bit copy, converted: small images only
+    fmt = img.format
+    if fmt == "JPEG":
+        layers = getattr(img, "layer", None) or [(0, 1, 1, 0)] * max(1, getattr(img, "layers", 1))
+        if not img.info.get("progressive") and not img.info.get("progression"):
+            return WORK_BYTES
+        hmax = max(layer[1] for layer in layers)
+        vmax = max(layer[2] for layer in layers)
+        blocks = sum(-(-w * layer[1] // (8 * hmax)) * -(-h * layer[2] // (8 * vmax)) for layer in layers)
+        return WORK_BYTES + blocks * 64 * 2
+    if fmt == "PNG" and _png_strips(img, data, 1) is not None:
+        return WORK_BYTES
+    if fmt == "WEBP" and data[12:16] == b"VP8 " and libwebp_usable():
+        return WORK_BYTES  # a lossy still WebP, no alpha: scaled while decoding
+    if fmt == "WEBP":  # lossless, alpha or animated: libwebp's frame, Pillow's copy, the image
+        return WORK_BYTES + w * h * 4 * 3
+    return WORK_BYTES + w * h * _PIXEL_BYTES.get(img.mode, 4)
+

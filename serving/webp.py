@@ -95,6 +95,11 @@ def _library() -> ctypes.CDLL | None:
     return None
 
 
+def libwebp_usable() -> bool:
+    """Whether decode_scaled can work here (a libwebp with the decoder ABI we know)."""
+    return _library() is not None
+
+
 def decode_scaled(data: bytes, full: tuple[int, int], size: tuple[int, int]) -> Image.Image | None:
     """A still WebP of ``full`` (width, height) decoded straight to ``size``: RGB, or RGBA when
     the file has alpha. None when libwebp is not usable here, the file is animated, or its

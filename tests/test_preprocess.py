@@ -420,3 +420,31 @@ def test_25_megapixel_upload_peak_rss_is_under_the_bound(fmt, tmp_path):
     warm = encode_image(img.resize((64, 64)), fmt)
     peak = measure("new", data, warm, None, repeats=0)["peak_bytes"]
     assert peak < REQUEST_BOUND_MIB * 2**20, peak
+
+
+def test_decode_bytes_estimate_counts_what_the_format_holds_at_full_size():
+    from serving.decode import WORK_BYTES, decode_bytes_estimate, open_image
+
+    img = Image.fromarray(scene(1600, 1200))
+    baseline = encode_image(img, "JPEG")
+    assert decode_bytes_estimate(open_image(baseline), baseline) == WORK_BYTES
+    progressive = encode_image(img, "JPEG", progressive=True)  # 4:2:0: Y 200x150 blocks, Cb, Cr 100x75
+    assert decode_bytes_estimate(open_image(progressive), progressive) == WORK_BYTES + (30000 + 2 * 7500) * 128
+    png = encode_image(img, "PNG")
+    assert decode_bytes_estimate(open_image(png), png) == WORK_BYTES  # strip by strip
+    tiff = encode_image(img, "TIFF", compression="tiff_deflate")
+    assert decode_bytes_estimate(open_image(tiff), tiff) == WORK_BYTES + 1600 * 1200 * 4  # loaded whole
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("fmt", ["JPEG-progressive", "TIFF"])
+def test_formats_loaded_at_full_size_stay_under_their_estimate(fmt, tmp_path):
+    from benchmarks.upload_memory import measure, photo
+    from serving.decode import decode_bytes_estimate, open_image
+
+    img = Image.fromarray(photo(3000, 3000))
+    kw = {"progressive": True} if fmt.startswith("JPEG") else {"compression": "tiff_deflate"}
+    data = encode_image(img, fmt.split("-")[0], **kw)
+    warm = encode_image(img.resize((64, 64)), fmt.split("-")[0], **kw)
+    peak = measure("new", data, warm, None, repeats=0)["peak_bytes"]
+    assert peak < decode_bytes_estimate(open_image(data), data), peak
