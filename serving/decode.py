@@ -279,9 +279,16 @@ def decode_bytes_estimate(img: Image.Image, data: bytes, work_side: int | None =
         return WORK_BYTES + blocks * 64 * 2
     if fmt == "PNG" and _png_strips(img, data, 1) is not None:
         return WORK_BYTES
-    if fmt == "WEBP" and data[12:16] == b"VP8 " and libwebp_usable():
-        return WORK_BYTES  # a lossy still WebP, no alpha: scaled while decoding
-    if fmt == "WEBP":  # lossless, alpha or animated: libwebp's frame, Pillow's copy, the image
-        return WORK_BYTES + w * h * 4 * 3
+    if fmt == "WEBP":
+        chunk, animated = data[12:16], _webp_animated(data)
+        if libwebp_usable() and not animated:  # scaled while decoding (serving/webp.py)
+            # lossy: row bands only; lossless (VP8L) or with alpha (VP8X): a full-size plane
+            return WORK_BYTES if chunk == b"VP8 " else WORK_BYTES + w * h * 4
+        return WORK_BYTES + w * h * 4 * 3  # Pillow: libwebp's frame, a bytes copy, the image
     return WORK_BYTES + w * h * _PIXEL_BYTES.get(img.mode, 4)
 
+
+
+def _webp_animated(data: bytes) -> bool:
+    """Whether a WebP file's extended header (VP8X) sets the animation flag."""
+    return data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)

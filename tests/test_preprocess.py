@@ -437,13 +437,14 @@ def test_decode_bytes_estimate_counts_what_the_format_holds_at_full_size():
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("fmt", ["JPEG-progressive", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG-progressive", "TIFF", "WEBP-lossless"])
 def test_formats_loaded_at_full_size_stay_under_their_estimate(fmt, tmp_path):
     from benchmarks.upload_memory import measure, photo
     from serving.decode import decode_bytes_estimate, open_image
 
     img = Image.fromarray(photo(3000, 3000))
-    kw = {"progressive": True} if fmt.startswith("JPEG") else {"compression": "tiff_deflate"}
+    kw = {"JPEG-progressive": {"progressive": True}, "TIFF": {"compression": "tiff_deflate"},
+          "WEBP-lossless": {"lossless": True, "method": 0}}[fmt]
     data = encode_image(img, fmt.split("-")[0], **kw)
     warm = encode_image(img.resize((64, 64)), fmt.split("-")[0], **kw)
     peak = measure("new", data, warm, None, repeats=0)["peak_bytes"]
