@@ -1,13 +1,14 @@
 """Untrusted image bytes -> a PIL image, with every check of the input answered as an HTTP-coded
 InputError (4xx), and with memory bounded per request: an image larger than twice ``work_side``
 is decoded already reduced by an integer factor (JPEG at 1/2..1/8 scale inside the decoder, a
-still WebP scaled by libwebp (serving/webp.py), PNG strip by strip, other formats reduced strip by
-strip once loaded), so no full-size float, RGBA
+still WebP scaled by libwebp (serving/webp.py), PNG and striped TIFF strip by strip, other formats
+reduced strip by strip once loaded), so no full-size float, RGBA
 or index copy of a 25-megapixel upload ever exists."""
 
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 import zlib
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .geometry import reduce_image, reduce_strips, reduction_factor, strip_rows
+from .geometry import STRIP_ROWS, reduce_image, reduce_strips, reduction_factor, strip_rows
 from .webp import decode_scaled, libwebp_usable
 
 # Formats we decode. Restricting Pillow's plugins keeps files that need external programs (EPS
@@ -144,6 +145,10 @@ def _decode_reduced(img: Image.Image, data: bytes, factor: int,
         if strips is not None:
             exif = next((body for kind, body in _png_chunks(data) if kind == b"eXIf"), None)
             return reduce_strips(strips, img.size, factor), _orientation(exif)
+    if img.format == "TIFF":
+        strips = _tiff_strips(img, data, factor)
+        if strips is not None:
+            return reduce_strips(strips, img.size, factor), _orientation(img.getexif())
     img.load()
     return reduce_image(img, factor), _orientation(img.getexif())
 
@@ -246,6 +251,79 @@ class _Inflater:
         return out
 
 
+# --- TIFF strip by strip ---------------------------------------------------------------------------
+# A striped TIFF stores rows in independently compressed strips. For each group of strips we
+# append to a copy of the file a new image directory (IFD): the original's entries, byte for byte
+# (their out-of-line values still point into the unchanged file), except ImageLength, StripOffsets
+# and StripByteCounts, which name only that group. libtiff, through Pillow's own decoder, decodes
+# that "image" as it would the whole one. Classic TIFF, one plane, strips (not tiles) only.
+
+_IMAGE_LENGTH, _ROWS_PER_STRIP, _STRIP_OFFSETS, _STRIP_BYTE_COUNTS = 257, 278, 273, 279
+_TILE_WIDTH, _PLANAR_CONFIGURATION, _COMPRESSION = 322, 284, 259
+_LONG = 4
+
+
+def _tiff_plan(img: Image.Image, data: bytes, factor: int) -> tuple | None:
+    """(rawmode, IFD offset, rows per strip, rows per group, offsets, byte counts) of a
+    striped TIFF we can decode in groups of strips, or None (the caller loads it whole)."""
+    if len(img.tile) != 1 or img.tile[0][0] != "libtiff" or data[:4] not in (b"II*\0", b"MM\0*"):
+        return None
+    rawmode, _, ifd = img.tile[0][3]
+    tags = img.tag_v2
+    height = img.size[1]
+    offsets, counts = tags.get(_STRIP_OFFSETS), tags.get(_STRIP_BYTE_COUNTS)
+    per = min(int(tags.get(_ROWS_PER_STRIP, height) or height), height)
+    if (_TILE_WIDTH in tags or tags.get(_PLANAR_CONFIGURATION, 1) != 1 or tags.get(_COMPRESSION) == 6
+            or not offsets or not counts or len(offsets) != -(-height // per) or len(counts) != len(offsets)):
+        return None
+    group = math.lcm(per, factor)
+    group *= max(1, STRIP_ROWS // group)
+    return None if group >= height else (rawmode, ifd, per, group, offsets, counts)
+
+
+def _tiff_strips(img: Image.Image, data: bytes, factor: int) -> Iterator[tuple[int, Image.Image]] | None:
+    """(top row, strip image) groups of a striped TIFF, or None (see _tiff_plan)."""
+    plan = _tiff_plan(img, data, factor)
+    if plan is None:
+        return None
+    rawmode, ifd, per, group, offsets, counts = plan
+    height = img.size[1]
+    endian = "<" if data[:2] == b"II" else ">"
+    (n_entries,) = struct.unpack(endian + "H", data[ifd:ifd + 2])
+    entries = [data[ifd + 2 + 12 * i: ifd + 14 + 12 * i] for i in range(n_entries)]
+    buf = bytearray(data)
+    directories = []
+    for top in range(0, height, group):
+        rows = min(group, height - top)
+        first, last = top // per, -(-(top + rows) // per)
+        buf += b"\0" * (len(buf) % 2)  # an IFD starts on a word boundary
+        at = len(buf)
+        extra = at + 2 + 12 * n_entries + 4  # out-of-line strip arrays follow the directory
+        k = last - first
+        out = bytearray(struct.pack(endian + "H", n_entries))
+        for entry in entries:
+            (tag,) = struct.unpack(endian + "H", entry[:2])
+            if tag == _IMAGE_LENGTH:
+                entry = struct.pack(endian + "HHII", tag, _LONG, 1, rows)
+            elif tag in (_STRIP_OFFSETS, _STRIP_BYTE_COUNTS):
+                values = (offsets if tag == _STRIP_OFFSETS else counts)[first:last]
+                where = extra if tag == _STRIP_OFFSETS else extra + 4 * k
+                entry = struct.pack(endian + "HHII", tag, _LONG, k, values[0] if k == 1 else where)
+            out += entry
+        out += struct.pack(endian + "I", 0)
+        out += struct.pack(endian + f"{k}I", *offsets[first:last])
+        out += struct.pack(endian + f"{k}I", *counts[first:last])
+        buf += out
+        directories.append((top, rows, at))
+    return _tiff_strip_images(img, bytes(buf), rawmode, directories)
+
+
+def _tiff_strip_images(img: Image.Image, data: bytes, rawmode: str,
+                       directories: list[tuple[int, int, int]]) -> Iterator[tuple[int, Image.Image]]:
+    for top, rows, at in directories:
+        yield top, Image.frombytes(img.mode, (img.size[0], rows), data, "libtiff", (rawmode, False, at))
+
+
 # --- the memory one upload needs, from its header --------------------------------------------------
 # decode_image + the conversion at the working size, as measured by benchmarks/upload_memory.py
 # (peak RSS above idle): what a per-worker memory budget can charge a request before decoding it.
@@ -263,7 +341,7 @@ def decode_bytes_estimate(img: Image.Image, data: bytes, work_side: int | None =
     WORK_BYTES plus what the format's decoder holds at full size, which the reduced decoding
     cannot avoid: a progressive JPEG's DCT coefficients (2 bytes per coefficient, every
     component at its own sampling), a lossless or animated WebP's frame, an interlaced PNG, a
-    TIFF or BMP loaded whole."""
+    TIFF that is not striped or a BMP loaded whole."""
     w, h = img.size
     factor = reduction_factor(img.size, work_side)
     if factor == 1:
@@ -285,6 +363,8 @@ def decode_bytes_estimate(img: Image.Image, data: bytes, work_side: int | None =
             # lossy: row bands only; lossless (VP8L) or with alpha (VP8X): a full-size plane
             return WORK_BYTES if chunk == b"VP8 " else WORK_BYTES + w * h * 4
         return WORK_BYTES + w * h * 4 * 3  # Pillow: libwebp's frame, a bytes copy, the image
+    if fmt == "TIFF" and _tiff_plan(img, data, factor) is not None:
+        return WORK_BYTES + len(data)  # groups of strips; a copy of the file with their IFDs
     return WORK_BYTES + w * h * _PIXEL_BYTES.get(img.mode, 4)
 
 

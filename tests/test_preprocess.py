@@ -315,6 +315,29 @@ def test_png_decoded_in_strips_equals_the_whole_image_reduced(mode):
     np.testing.assert_array_equal(np.asarray(got), whole_then_reduced(data, 2))
 
 
+@pytest.mark.parametrize("compression", ["tiff_deflate", "tiff_lzw", "packbits", "jpeg"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_striped_tiff_decoded_in_groups_of_strips_equals_the_whole_image_reduced(compression, mode):
+    from serving.decode import _tiff_strips
+
+    a = scene(1100, 1300)
+    img = Image.fromarray(a) if mode == "RGB" else Image.fromarray(a[..., 0]).convert(mode)
+    if mode == "I;16":
+        if compression == "jpeg":
+            return
+        img = Image.fromarray(a[..., 0].astype(np.uint16) * 251 + a[..., 1])
+    data = encode_image(img, "TIFF", compression=compression)
+    assert _tiff_strips(Image.open(io.BytesIO(data)), data, 2) is not None
+    got = decode_image(data)
+    assert got.size == (550, 650)
+    np.testing.assert_array_equal(np.asarray(got), whole_then_reduced(data, 2))
+    if compression == "tiff_deflate":  # a corrupt strip: libtiff's error is a 422
+        third = len(data) // 3
+        with pytest.raises(InputError) as e:
+            decode_image(data[:third] + b"\xff" * third + data[2 * third:])
+        assert e.value.status == 422 and e.value.error == "corrupt_image"
+
+
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF", "BMP"])
 def test_other_formats_are_reduced_strip_by_strip_once_loaded(fmt):
     img = Image.fromarray(scene(1200, 1000))
@@ -433,7 +456,9 @@ def test_decode_bytes_estimate_counts_what_the_format_holds_at_full_size():
     png = encode_image(img, "PNG")
     assert decode_bytes_estimate(open_image(png), png) == WORK_BYTES  # strip by strip
     tiff = encode_image(img, "TIFF", compression="tiff_deflate")
-    assert decode_bytes_estimate(open_image(tiff), tiff) == WORK_BYTES + 1600 * 1200 * 4  # loaded whole
+    assert decode_bytes_estimate(open_image(tiff), tiff) == WORK_BYTES + len(tiff)  # strip groups
+    raw = encode_image(img, "TIFF")  # uncompressed: one strip, loaded whole
+    assert decode_bytes_estimate(open_image(raw), raw) == WORK_BYTES + 1600 * 1200 * 4
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
