@@ -143,8 +143,11 @@ def error_response(e: InputError) -> JSONResponse:
 
 # --- reading the upload ---------------------------------------------------------------------------
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) more than ``limit`` bytes, before or while reading."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None,
+                    call_later: t.Callable[..., t.Any] | None = None) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes, before or while reading, and
+    (408) an upload silent for ``timeout_s`` (default BNSERVE_BODY_TIMEOUT); ``call_later`` is
+    the timer's clock (the event loop's by default)."""
     declared = request.headers.get("content-length")
     too_big = InputError(413, "too_many_bytes",
                          f"the request body is over the limit of {limit} bytes (BNSERVE_MAX_BYTES)")
@@ -156,7 +159,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if declared_size > limit:
             raise too_big
     chunks, size = [], 0
-    silence = IdleTimer(body_timeout_s())  # an upload silent that long gets 408, not a held slot
+    silence = IdleTimer(timeout_s or body_timeout_s(), call_later)  # an upload silent that long gets 408, not a held slot
     try:
         async for chunk in request.stream():
             silence.restart()
@@ -342,6 +345,17 @@ def _traffic_counters():
     return lambda name: counters[name].inc()
 
 
+def _traffic_gauges():
+    """Prometheus gauges of one worker's /classify requests (a ``pid`` label per worker)."""
+    from prometheus_client import Gauge
+
+    gauges = {"reading": Gauge("bnserve_uploads_arriving", "Uploads whose body is still arriving",
+                               multiprocess_mode="liveall"),
+              "in_progress": Gauge("bnserve_in_progress", "Requests admitted and not yet answered",
+                                   multiprocess_mode="liveall")}
+    return lambda name, delta: gauges[name].inc(delta)
+
+
 def _env_float(name: str, default: float) -> float:
     try:
         return env_seconds(name, default)
@@ -380,7 +394,7 @@ class BnServe:
         # at least one full batch may wait: a closed loop of up to that many clients is never shed
         admission = Admission(max(time.perf_counter() - t0, 1e-4), max_wait_s, cap=max_inflight,
                               floor=min(batch, max_inflight))
-        self.traffic = Traffic(admission, on_event=_traffic_counters())
+        self.traffic = Traffic(admission, on_event=_traffic_counters(), on_count=_traffic_gauges())
         self.drain = Drain(self.traffic, drain_s)
         if self.drain.install():  # run by uvicorn (`bentoml serve`): SIGTERM drains
             open_front_door(self.drain.server, self.traffic)  # and overload is refused up front
