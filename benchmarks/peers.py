@@ -33,8 +33,8 @@ def bare_app():
     from starlette.routing import Route
 
     from serving.batching import MicroBatcher
+    from serving.decode import InputError
     from serving.model import answer
-    from serving.preprocess import InputError
     from serving.upload import model_input, read_image_upload
 
     settings = Settings.from_env()

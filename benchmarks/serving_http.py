@@ -52,8 +52,8 @@ def measure(name: str, server: Server, image: bytes, seconds: float, levels=LEVE
 def inprocess_ort_p50(model_path: Path, image: bytes) -> float:
     """ONNX Runtime p50 in this process on the same prepared image, through the service's own
     ``OnnxClassifier`` (same session settings, same environment): the floor for HTTP."""
+    from serving.conversions import prepare_image
     from serving.model import OnnxClassifier
-    from serving.preprocess import prepare_image
     clf = OnnxClassifier(model_path)
     info = clf.info
     x = prepare_image(image, info.channels, info.height, info.width, info.mean, info.std)[None]

@@ -16,7 +16,7 @@ of the checkpoint's sha256 (``source_checkpoint.sha256``): ``model_identity``.
 **The input is the model's own input**: the tensor ``input``, ``FP32`` (``FP16`` too for an fp16
 export), shape ``[N, C, H, W]``, pixels already NORMALISED with the metadata's mean and std:
 ``x = (p / 255 - mean) / std`` for pixels ``p`` in 0..255, per channel; bit for bit as /classify
-makes it: ``p * (1 / (255 std)) + (-mean / std)`` in float32 (``serving.preprocess.normalize_uint8``).
+makes it: ``p * (1 / (255 std)) + (-mean / std)`` in float32 (``serving.geometry.normalize_uint8``).
 The model metadata carries them as ``parameters`` (``mean``, ``std``, ``input_normalisation``,
 ``classes``). Nothing here decodes or converts images: that is ``/classify``'s job. Outputs: ``logits`` and ``probabilities``
 (softmax, computed in float64 as ``/classify`` does, sent as FP32), both ``[N, K]``.
@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .decode import InputError
 from .model import softmax
-from .preprocess import InputError
 
 logger = logging.getLogger("bentoml.bnserve.oip")
 

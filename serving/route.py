@@ -15,7 +15,7 @@ import typing as t
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
-from .preprocess import InputError
+from .decode import InputError
 from .settings import Settings
 from .upload import Upload, read_image_upload
 

@@ -13,16 +13,14 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-ConvertMode = t.Literal["auto", "dataset", "none"]
+from .conversions import CONVERT_HELP, ConvertMode
 
 # /classify's request as the OpenAPI schema and BentoML clients see it (ClassifyRoute parses it).
 ImageFile = t.Annotated[Path, bentoml.validators.ContentType("image/*"), Field(
     description="one image file (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM); over HTTP also the raw "
                 "body with Content-Type image/*")]
 ConvertOption = t.Annotated[ConvertMode, Field(description=(
-    "auto: convert a light-background photo or scan the way the model's dataset was made, leave "
-    "dataset-like images as they are; dataset: always convert; none: never. Also accepted as the "
-    "query parameter ?convert="))]
+    CONVERT_HELP + ". Also accepted as the query parameter ?convert="))]
 ShowInputOption = t.Annotated[bool, Field(description=(
     "also answer with the model's input after conversion (input_image). Also accepted as the "
     "query parameter ?show_input=true"))]
@@ -41,7 +39,7 @@ class Prediction(Choice):
     top: list[Choice] = Field(description="the 5 most probable classes, most probable first")
     converted: t.Literal["photo", "none"] = Field(
         description="'photo': the dataset's own conversion was applied (a light-background photo "
-                    "or scan: trimmed, fitted, centred, negated; serving/preprocess.py); 'none': "
+                    "or scan: trimmed, fitted, centred, negated; serving/conversions.py); 'none': "
                     "the image was only resized to the model's input, as a dataset image is")
     input_image: str | None = Field(
         None, description="with show_input=true: the model's input (after conversion) as a "

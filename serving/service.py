@@ -8,7 +8,7 @@ One service, one process per worker. A request's path through it:
 3. ``ClassifyRoute`` (serving/route.py) answers ``POST /classify`` ahead of BentoML's router:
    the upload is read with a byte limit and a whole-body deadline (serving/upload.py);
 4. ``BnServe.predict`` decodes and prepares it (on the event loop when small, else in one of
-   ``DECODE_THREADS`` threads; serving/preprocess.py), every bad input a 4xx JSON body;
+   ``DECODE_THREADS`` threads; serving/decode.py, serving/conversions.py), every bad input a 4xx JSON body;
 5. the ``MicroBatcher`` (serving/batching.py) runs ONNX Runtime on whatever rows are waiting;
 6. the answer (serving/schema.py ``Prediction``), ``Connection: close`` while draining
    (serving/drain.py, SIGTERM).
@@ -45,12 +45,12 @@ from starlette.responses import HTMLResponse, JSONResponse
 
 from .admission import Admission, UploadBudget
 from .batching import MicroBatcher
+from .decode import InputError
 from .drain import Drain
 from .frontdoor import Traffic, open_front_door
 from .model import ModelError, OnnxClassifier, answer
 from .oip import OipRoute
 from .page import page_html
-from .preprocess import InputError
 from .route import ClassifyRoute, ModelFailure, current_service, error_response
 from .schema import ConvertOption, ImageFile, Prediction, ShowInputOption, png_data_url
 from .settings import SettingError, Settings

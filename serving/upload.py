@@ -5,7 +5,7 @@ field ``image``, or the image itself as a ``image/*`` body; options ``convert`` 
 ``show_input`` as query parameters or form fields) with a byte limit and a deadline for the
 whole body, and answers every problem with an ``InputError`` (4xx). ``model_input`` turns the
 image file's bytes into the model's input row with the service's own preprocessing
-(serving/preprocess.py) and the model's metadata. The service, the benchmark peers and the
+(serving/decode.py, serving/conversions.py, serving/geometry.py) and the model's metadata. The service, the benchmark peers and the
 tests all use these two.
 """
 
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.requests import Request
 
+from .conversions import convert_image, parse_convert
 from .deadlines import CallLater, Deadline
-from .preprocess import CONVERT_MODES, InputError, convert_image, decode_image, normalize_uint8
+from .decode import InputError, decode_image
+from .geometry import normalize_uint8
 
 if t.TYPE_CHECKING:
     from .model import ModelInfo
@@ -76,7 +78,7 @@ class Upload:
     (query parameters or form fields ``convert`` and ``show_input``)."""
 
     image: bytes
-    convert: str = "auto"  # one of CONVERT_MODES (serving/preprocess.py)
+    convert: str = "auto"  # one of conversions.CONVERT_MODES
     show_input: bool = False  # also answer with the model's input as a PNG data URL
 
 
@@ -84,11 +86,7 @@ def parse_options(values: t.Mapping[str, str]) -> dict:
     """``convert`` and ``show_input`` from query parameters or form fields, checked (400)."""
     options = {}
     if "convert" in values:
-        convert = str(values["convert"]).strip().lower()
-        if convert not in CONVERT_MODES:
-            raise InputError(400, "bad_convert", f"convert must be one of {', '.join(CONVERT_MODES)}, "
-                                                 f"got {values['convert']!r}")
-        options["convert"] = convert
+        options["convert"] = parse_convert(values["convert"])
     if "show_input" in values:
         word = str(values["show_input"]).strip().lower()
         if word not in TRUE_WORDS + FALSE_WORDS:

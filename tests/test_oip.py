@@ -510,8 +510,8 @@ def test_rows_are_bit_identical_alone_batched_and_mixed_in_the_micro_batcher():
     each row's logits are the same bits alone (batch 1), as one request of 64 rows, and when
     requests of 1, 5 and 64 rows arrive together and share model runs."""
     from serving.batching import MicroBatcher
+    from serving.geometry import normalize_uint8
     from serving.model import OnnxClassifier
-    from serving.preprocess import normalize_uint8
     from serving.service import Classifier
 
     clf = OnnxClassifier(MODEL, want="cpu")
@@ -565,8 +565,8 @@ def images():
     normalised input, and the PyTorch eval-mode probabilities (float64)."""
     import torch
 
+    from serving.geometry import normalize_uint8
     from serving.model import read_model
-    from serving.preprocess import normalize_uint8
     from training.checkpoint import load_checkpoint
 
     pixels, labels = fashion_test_images(N_IMAGES)

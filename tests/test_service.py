@@ -20,8 +20,10 @@ import pytest
 from conftest import chromium_driver, tiny_model
 
 from benchmarks.http_harness import Server, wait_for
+from serving.conversions import convert_image
+from serving.decode import decode_image
+from serving.geometry import normalize_uint8
 from serving.model import read_model
-from serving.preprocess import convert_image, decode_image, normalize_uint8
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -167,7 +169,6 @@ def photo_of(index: int, fixture_data_dir: Path, seed: int = 3) -> tuple[bytes, 
 
 
 def test_photo_is_converted_and_classified_like_its_dataset_image(client, fixture_data_dir):
-    from serving.preprocess import convert_image
 
     data, label, image = photo_of(0, fixture_data_dir)
     r = client.post("/classify", params={"show_input": "true"}, files={"image": ("photo", data)})

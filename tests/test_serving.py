@@ -16,14 +16,10 @@ from conftest import AsgiClient, tiny_model
 from PIL import Image
 
 from serving import model as smodel
+from serving.conversions import prepare_image
+from serving.decode import InputError, decode_image
+from serving.geometry import normalize_uint8, to_model_pixels
 from serving.model import CPU, CUDA, ModelError, answer, choose_providers, read_model
-from serving.preprocess import (
-    InputError,
-    decode_image,
-    normalize_uint8,
-    prepare_image,
-    to_model_pixels,
-)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -492,8 +488,8 @@ def test_classify_route_answers_post_classify_and_passes_the_rest_on():
     from starlette.responses import JSONResponse
 
     from serving import route
+    from serving.decode import InputError
     from serving.frontdoor import Traffic
-    from serving.preprocess import InputError
     from serving.settings import Settings
     from serving.upload import Upload
 

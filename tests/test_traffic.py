@@ -340,7 +340,7 @@ def test_body_deadline_is_for_the_whole_body_not_per_chunk():
     the body starts, never restarted; then 408 and a closed connection."""
     from starlette.requests import Request
 
-    from serving.preprocess import InputError
+    from serving.decode import InputError
     from serving.route import error_response
     from serving.upload import read_body
 
