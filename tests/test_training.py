@@ -75,53 +75,6 @@ def test_plain_sgd_matches_torch_sgd_exactly():
         assert torch.equal(pa, pb), name
 
 
-def test_no_import_cycle_inside_training():
-    """Module-level imports between training's modules form no cycle (function-level imports
-    are not counted: they run after both modules exist)."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "training"
-    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in root.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        deps = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
-            if isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    parts = parts[: len(parts) - node.level + 1]
-                    base = ".".join(parts + ([base] if base else []))
-                for alias in node.names:
-                    for cand in (f"{base}.{alias.name}", base):
-                        if cand in modules and cand != name:
-                            deps.add(cand)
-                            break
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name in modules}
-        graph[name] = deps
-    # a package __init__ importing its own submodules is not a cycle back through it
-    for name in graph:
-        graph[name] = {d for d in graph[name] if not name.startswith(d + ".")}
-    state: dict[str, int] = {}
-
-    def visit(n, path):
-        state[n] = 1
-        for d in graph[n]:
-            assert state.get(d) != 1, "import cycle: " + " -> ".join(path + [n, d])
-            if d not in state:
-                visit(d, path + [n])
-        state[n] = 2
-
-    for n in graph:
-        if n not in state:
-            visit(n, [])
-    assert "training.santurkar.landscape" in graph and len(graph) > 15
-
-
 def test_run_steps_intervals_means_and_divergence():
     import torch
 
