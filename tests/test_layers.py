@@ -18,6 +18,8 @@ import ast
 import os
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".venv", ".git", "node_modules", "build", "dist", "runs", "__pycache__", "shared"}
 LAYERS = {"serving": 0, "training": 1, "export": 2, "studies": 3, "benchmarks": 3, "scripts": 3, "tests": 4}
@@ -194,31 +196,26 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
     return source_files(tmp_path)
 
 
-def test_function_level_and_import_module_imports_are_edges(tmp_path):
-    files = _tree(tmp_path, {
+@pytest.mark.parametrize("files, edges, found", [
+    pytest.param({  # function-level imports and import_module literals are edges
         "training/__init__.py": "",
         "training/a.py": "def f():\n    from .b import g\n    return g\n",
         "training/b.py": "import importlib\n\ndef g():\n    return importlib.import_module('training.a')\n",
         "training/c.py": "from importlib import import_module\nx = import_module('.a', 'training')\n",
-    })
-    graph = import_graph(files)
-    assert graph["training.a"] == {"training.b": 2}
-    assert graph["training.b"] == {"training.a": 4}
-    assert graph["training.c"] == {"training.a": 2}
-    assert cycles(graph) == [["training.a", "training.b", "training.a"]]
-
-
-def test_from_package_import_submodule_points_at_the_submodule(tmp_path):
-    files = _tree(tmp_path, {
+    }, {"training.a": {"training.b": 2}, "training.b": {"training.a": 4}, "training.c": {"training.a": 2}},
+        [["training.a", "training.b", "training.a"]], id="function-level"),
+    pytest.param({  # "from package import submodule" points at the submodule; y -> p -> x has no way back
         "training/__init__.py": "",
         "training/p/__init__.py": "from .x import X\n",
         "training/p/x.py": "X = 1\n",
         "training/p/y.py": "from . import x\nfrom .. import p\n",
-    })
-    graph = import_graph(files)
-    assert graph["training.p.y"] == {"training.p.x": 1, "training.p": 2}
-    assert graph["training.p"] == {"training.p.x": 1}
-    assert cycles(graph) == []  # y -> p -> x, no way back
+    }, {"training.p.y": {"training.p.x": 1, "training.p": 2}, "training.p": {"training.p.x": 1}}, [],
+        id="submodule"),
+])
+def test_import_graph_on_made_up_trees(tmp_path, files, edges, found):
+    graph = import_graph(_tree(tmp_path, files))
+    assert {m: graph[m] for m in edges} == edges
+    assert cycles(graph) == found
 
 
 def test_upward_import_is_named_with_its_file_and_line(tmp_path):
