@@ -29,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import classifier, inference_report, recalibrate
+from .config import add_config_args
 from .ioffe import report as ioffe_report
 from .ioffe.config import PRESETS as IOFFE_PRESETS
 from .ioffe.config import IoffeFig1Config
@@ -43,7 +44,7 @@ from .santurkar import report as santurkar_report
 
 # --- what reproduce runs ------------------------------------------------------------------------
 
-IOFFE, SANTURKAR, STUDIES = ("training/ioffe",), ("training/santurkar",), ("studies",)
+IOFFE, SANTURKAR, STUDIES = ("training/ioffe",), ("training/santurkar",), ("studies",)  # code of the jobs
 FIRST_SEED = 0  # every preset's first seed: the runs whose checkpoints the later jobs read
 
 
@@ -213,7 +214,6 @@ def studies_epilog() -> str:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """One subcommand per experiment this package runs."""
-    from .config import add_config_args
     for e in EXPERIMENTS.values():
         if e.module != "training":
             continue

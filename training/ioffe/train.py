@@ -90,7 +90,7 @@ def train_job(cfg: IoffeFig1Config, variant: str, lr: float, run_dir: str, posit
     train_seconds = 0.0
     accuracy: dict[int, dict[int, float]] = {s: {} for s in seeds}
     base = {"kind": "eval", "variant": variant, "lr": lr}
-    last: dict[str, list[float]] = {}  # the last interval's per-seed losses
+    last: dict[str, tuple[float, ...]] = {}  # the last interval's per-seed losses
 
     def step_fn(_step: int):
         x, labels = inputs.batch(sampler.next_indices())
