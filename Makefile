@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
-#   make serve   create .venv, install the serving dependencies, serve the default model
-#   make test    create .venv, install the pinned dependencies, run the tests
+#   make serve   create .venv, install the serving lock (requirements/serving.lock), serve the default model
+#   make test    create .venv, install the lock + the pinned dev tools (+ checkov's venv), run the tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,12 +13,25 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.dev-installed: requirements/dev.txt requirements/serving.txt | $(VENV)/bin/python
-	$(PY) -m pip install -q -r requirements/dev.txt
+$(VENV)/.dev-installed: requirements/dev.txt requirements/serving.in requirements/serving.lock | $(VENV)/bin/python
+	$(PY) -m pip install -q --require-hashes -r requirements/serving.lock
+	sed -e '/^ *--hash/d' -e 's/ *\\$$//' requirements/serving.lock > $(VENV)/serving-constraints.txt
+	$(PY) -m pip install -q -r requirements/dev.txt -c $(VENV)/serving-constraints.txt
 	touch $@
 
-test: $(VENV)/.dev-installed browser
+test: $(VENV)/.dev-installed policy-deps browser
 	$(PY) -m pytest
+
+# checkov, the Kubernetes policy check of tests/test_deploy.py, in a virtual environment of its
+# own (requirements/policy.txt says why); a failed install fails `make test`.
+POLICY_VENV := .venv-policy
+$(POLICY_VENV)/.installed: requirements/policy.txt
+	$(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/python -m pip install -q -r requirements/policy.txt
+	touch $@
+
+.PHONY: policy-deps lock
+policy-deps: $(POLICY_VENV)/.installed
 
 # The test page is checked in a real headless Chromium (tests/test_service.py): Debian's chromium
 # and chromium-driver, installed here when missing and this user may (root with apt-get);
@@ -53,23 +66,43 @@ fashion-mnist:
 # --- serving -------------------------------------------------------------------------------------
 HOST ?= 0.0.0.0
 PORT ?= 3000
-# onnxruntime-gpu (CUDA and cuDNN from pip wheels, loaded by onnxruntime.preload_dlls()) instead
-# of onnxruntime when nvidia-smi lists a GPU. 1.31.1: the newest onnxruntime-gpu on the package
-# index used here (no 1.32.0 there). Override: make serve ORT_GPU='onnxruntime-gpu==X'.
+# The serving environment is locked: requirements/serving.in names what the service needs
+# (exact versions), requirements/serving.lock is its whole closure with hashes, written by
+# `make lock` (uv pip compile); `make serve`, the Bento (bentofile.yaml) and the dev/CI install
+# (requirements/dev.txt: -c serving.lock) all take their versions from it.
+# On a GPU (nvidia-smi lists one) `make serve` installs requirements/serving-gpu.lock instead: the
+# same lock with onnxruntime-gpu (CUDA and cuDNN from pip wheels, loaded by
+# onnxruntime.preload_dlls()) in place of onnxruntime, every shared package at the same version.
+# 1.31.1: the newest onnxruntime-gpu on PyPI when locked (no 1.32.0). Another version:
+# make lock ORT_GPU='onnxruntime-gpu[cuda,cudnn]==X'.
 HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo yes)
 ORT_GPU ?= onnxruntime-gpu[cuda,cudnn]==1.31.1
+SERVING_LOCK := requirements/$(if $(HAS_GPU),serving-gpu,serving).lock
+# Python 3.11: the Bento image's (bentofile.yaml); --universal: markers for every platform.
+UV_COMPILE := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock'
 
-# The serving environment only (no torch): requirements/serving.txt.
-$(VENV)/.serving-installed: requirements/serving.txt | $(VENV)/bin/python
+# The serving environment only (no torch), every file checked against the lock's hashes.
+$(VENV)/.serving-installed: $(SERVING_LOCK) | $(VENV)/bin/python
 ifeq ($(HAS_GPU),yes)
-	grep -v '^onnxruntime==' requirements/serving.txt > $(VENV)/serving-gpu.txt
-	echo '$(ORT_GPU)' >> $(VENV)/serving-gpu.txt
 	$(PY) -m pip uninstall -q -y onnxruntime || true
-	$(PY) -m pip install -q -r $(VENV)/serving-gpu.txt
-else
-	$(PY) -m pip install -q -r requirements/serving.txt
 endif
+	$(PY) -m pip install -q --require-hashes -r $(SERVING_LOCK)
 	touch $@
+
+# Re-resolve both locks from requirements/serving.in (needs the package index; review the diff).
+# The dev set is resolved first and constrains the serving lock, so that one environment can hold
+# both (e.g. tritonclient caps ml-dtypes): a serving package at another version than the dev
+# tools accept would make the dev install fail. Locked versions that still fit are kept (uv
+# prefers the pins of the file it rewrites); `make lock UPGRADE=--upgrade` takes the newest.
+UPGRADE ?=
+lock: $(VENV)/.dev-installed
+	cp requirements/serving.lock $(VENV)/dev-resolved.txt
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 $(UPGRADE) \
+		requirements/dev.txt -o $(VENV)/dev-resolved.txt
+	$(UV_COMPILE) $(UPGRADE) requirements/serving.in -c $(VENV)/dev-resolved.txt -o requirements/serving.lock
+	sed 's/^onnxruntime==.*/$(ORT_GPU)/' requirements/serving.in > $(VENV)/serving-gpu.in
+	$(UV_COMPILE) $(UPGRADE) $(VENV)/serving-gpu.in -c requirements/serving.lock -o requirements/serving-gpu.lock
 
 serve-deps: $(VENV)/.serving-installed
 
@@ -100,4 +133,4 @@ bento: $(VENV)/.serving-installed
 	$(VENV)/bin/bentoml build .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(POLICY_VENV)

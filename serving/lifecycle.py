@@ -17,8 +17,11 @@
    BentoML's process manager and the other workers, so closing this process's copy alone would
    leave connections queueing in the kernel until they are reset). Connections already queued
    are accepted first. New connections are refused (ECONNREFUSED), which clients retry cleanly.
-3. Requests already accepted are answered. When none is in progress for ``QUIET_S`` (or no
-   connection is left), or at ``BNSERVE_DRAIN_TIMEOUT`` seconds, uvicorn's own shutdown runs
+   A signal that arrives while the worker is still starting waits for uvicorn to listen first
+   (its ``listen()`` would otherwise reopen the shared socket after the other workers closed it).
+3. Requests already accepted are answered, uploads still arriving included (each ends by its
+   body deadline). When none is in progress for ``QUIET_S`` (or no connection is left), or at
+   ``BNSERVE_DRAIN_TIMEOUT`` seconds, uvicorn's own shutdown runs
    with what is left of that bound as its graceful timeout: idle connections are closed,
    requests still running are cancelled at the bound. So the process exits within the bound
    plus a second, stalled uploads or not (they get 408 after ``BNSERVE_BODY_TIMEOUT`` anyway).
@@ -52,6 +55,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 10.0  # BNSERVE_DRAIN_TIMEOUT: SIGTERM -> exit, at mos
 DEFAULT_BODY_TIMEOUT_S = 5.0  # BNSERVE_BODY_TIMEOUT: an upload silent this long gets 408
 QUIET_S = 0.3  # drained once nothing has been in progress this long (keep-alive requests in transit)
 FINAL_GRACE_S = 0.5  # uvicorn's graceful timeout when the drain bound is already spent
+POLL_S = 0.02  # how often the drain looks at the worker
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
@@ -86,14 +90,15 @@ def drain_timeout_s() -> float:
 class IdleTimer:
     """Cancels the current task after ``seconds`` without a ``restart()`` (one timer handle, no
     extra task; ``asyncio.timeout`` would do it from Python 3.11 on). ``fired()`` tells a
-    cancellation of ours from any other, and takes ours back (``Task.uncancel``)."""
+    cancellation of ours from any other, and takes ours back (``Task.uncancel``).
+    ``call_later`` is the clock: the event loop's by default; tests pass one they fire by hand."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, call_later: Callable[..., t.Any] | None = None):
         self.seconds = seconds
-        self._loop = asyncio.get_running_loop()
+        self._call_later = call_later or asyncio.get_running_loop().call_later
         self._task = asyncio.current_task()
         self._fired = False
-        self._handle = self._loop.call_later(seconds, self._fire)
+        self._handle = self._call_later(seconds, self._fire)
 
     def _fire(self) -> None:
         self._fired = True
@@ -101,7 +106,7 @@ class IdleTimer:
 
     def restart(self) -> None:
         self._handle.cancel()
-        self._handle = self._loop.call_later(self.seconds, self._fire)
+        self._handle = self._call_later(self.seconds, self._fire)
 
     def stop(self) -> None:
         self._handle.cancel()
@@ -170,9 +175,11 @@ class Traffic:
     """Admission, disconnects and drain for one worker's /classify. ``on_event(name)`` counts
     ``shed``, ``client_gone`` (the service feeds these to Prometheus counters)."""
 
-    def __init__(self, admission: Admission, on_event: Callable[[str], None] = lambda name: None):
+    def __init__(self, admission: Admission, on_event: Callable[[str], None] = lambda name: None,
+                 on_count: Callable[[str, int], None] = lambda name, delta: None):
         self.admission = admission
         self.on_event = on_event
+        self.on_count = on_count  # ("reading" | "in_progress", +1 | -1): the service's gauges
         self.draining = False
         self._shed_messages: dict[tuple[int, int], list[dict]] = {}
         self.reading = 0  # uploads still arriving (their requests wait on the client, not on us)
@@ -200,12 +207,15 @@ class Traffic:
             admission.refuse()
             return await self._shed(send)
         self.reading += 1
+        self.on_count("reading", 1)
         try:
             upload = await read()  # raises ClientDisconnect if the client left mid-upload
         finally:
             self.reading -= 1
+            self.on_count("reading", -1)
         if not admission.try_enter():
             return await self._shed(send)
+        self.on_count("in_progress", 1)
         task = asyncio.current_task()
         gone = False
 
@@ -232,6 +242,7 @@ class Traffic:
             watch.remove_done_callback(client_left)
             watch.cancel()
             admission.leave(answered)
+            self.on_count("in_progress", -1)
         await response(scope, receive, send)
 
     async def _shed(self, send: Send) -> None:
@@ -329,17 +340,24 @@ def stop_listening(server: t.Any, loop: asyncio.AbstractEventLoop) -> int:
 
 
 class Drain:
-    """SIGTERM/SIGINT -> drain, then uvicorn's shutdown (see the module docstring)."""
+    """SIGTERM/SIGINT -> drain, then uvicorn's shutdown (see the module docstring).
+
+    ``clock`` (seconds) and ``pause`` (awaited between two looks at the worker) are injectable:
+    tests drive the drain with a clock of their own instead of waiting on the wall clock."""
 
     def __init__(self, traffic: Traffic, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
-                 quiet_s: float = QUIET_S):
+                 quiet_s: float = QUIET_S, clock: Callable[[], float] = time.monotonic,
+                 pause: Callable[[], Awaitable[None]] = lambda: asyncio.sleep(POLL_S)):
         self.traffic = traffic
         self.timeout_s, self.quiet_s = timeout_s, quiet_s
+        self.clock, self.pause = clock, pause
         self.server: t.Any | None = None
         self._uvicorn_handler: t.Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started: float | None = None
         self.task: asyncio.Task | None = None
+        self.taken = 0  # queued connections taken in when the worker stopped listening
+        self.reason = ""  # why the drain ended (logged; tests read it)
 
     @property
     def draining(self) -> bool:
@@ -371,32 +389,47 @@ class Drain:
         if self.draining:
             return
         self.traffic.draining = True
-        self.started = time.monotonic()
-        taken = stop_listening(self.server, self._loop) if self.server is not None else 0
-        logger.info("bnserve: %s: draining (readyz 503, new connections refused, %d queued taken "
-                    "in, at most %.0f s)", signal.Signals(sig).name, taken, self.timeout_s)
+        self.started = self.clock()
+        logger.info("bnserve: %s: draining (readyz 503, new connections refused, at most %.0f s)",
+                    signal.Signals(sig).name, self.timeout_s)
         self.task = self._loop.create_task(self._drain(sig))
 
+    def _busy(self) -> bool:
+        """Work this worker owes an answer: requests admitted, and uploads still arriving (each
+        ends by its body deadline or by the drain bound)."""
+        return bool(self.traffic.admission.in_progress or self.traffic.reading)
+
     async def _drain(self, sig: int) -> None:
-        admission = self.traffic.admission
         deadline = self.started + self.timeout_s
+        server = self.server
+        # A signal during start-up: uvicorn has not listened yet. Its listen() would make the
+        # socket, shared with the other workers, listen again after they stopped it (and with
+        # nobody left to accept, new connections would hang): stop listening only after it.
+        while server is not None and not getattr(server, "started", True) and self.clock() < deadline:
+            await self.pause()
+        if server is not None:
+            self.taken = stop_listening(server, self._loop)
         idle_since = None
-        while (now := time.monotonic()) < deadline:
-            connections = getattr(getattr(self.server, "server_state", None), "connections", None)
+        self.reason = f"the bound of {self.timeout_s:g} s was reached"
+        while (now := self.clock()) < deadline:
+            connections = getattr(getattr(server, "server_state", None), "connections", None)
             if connections is not None and not connections:
+                self.reason = "no connection left"
                 break
-            if admission.in_progress:
+            if self._busy():
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
             elif now - idle_since >= self.quiet_s:
+                self.reason = "every request answered"
                 break
-            await asyncio.sleep(0.02)
-        left = max(FINAL_GRACE_S, deadline - time.monotonic())
-        logger.info("bnserve: drained in %.2f s; shutting down (%d in progress, %.1f s left)",
-                    time.monotonic() - self.started, admission.in_progress, left)
-        if self.server is not None:
-            self.server.config.timeout_graceful_shutdown = left
+            await self.pause()
+        left = max(FINAL_GRACE_S, deadline - self.clock())
+        logger.info("bnserve: drained in %.2f s (%s; %d queued connections taken in); shutting down "
+                    "(%d in progress, %d uploads arriving, %.1f s left)", self.clock() - self.started,
+                    self.reason, self.taken, self.traffic.admission.in_progress, self.traffic.reading, left)
+        if server is not None:
+            server.config.timeout_graceful_shutdown = left
             self._uvicorn_handler(sig, None)
 
 

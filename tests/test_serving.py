@@ -313,6 +313,17 @@ def test_microbatcher_lone_request_runs_alone():
     b.close()
 
 
+async def until(condition, deadline_s: float = 60.0) -> None:
+    """Wait (on the event loop) until ``condition()`` is true; fail after a generous deadline."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
 def test_microbatcher_batches_what_waits_and_keeps_rows_apart():
     import asyncio
     import threading
@@ -320,19 +331,20 @@ def test_microbatcher_batches_what_waits_and_keeps_rows_apart():
     from serving.batching import MicroBatcher
 
     gate = threading.Event()
-    sizes = []
+    sizes, calls = [], []
 
     def fn(x):
-        gate.wait(5)  # the first run holds the worker while the others queue up
+        calls.append(len(x))
+        gate.wait(60)  # the first run holds the worker while the others queue up
         return x + 100
 
     b = MicroBatcher(fn, max_batch_size=4, on_batch=sizes.append)
 
     async def main():
         first = asyncio.ensure_future(b.submit(np.array([[0.0]])))
-        await asyncio.sleep(0.05)
+        await until(lambda: calls)  # the first run has started
         rest = [asyncio.ensure_future(b.submit(np.array([[float(i)]]))) for i in range(1, 10)]
-        await asyncio.sleep(0.05)
+        await until(lambda: len(b._pending) == 9)  # all queued behind it
         gate.set()
         return await asyncio.gather(first, *rest)
 
@@ -353,7 +365,7 @@ def test_microbatcher_failure_stays_in_its_batch_and_cancelled_requests_are_skip
 
     def fn(x):
         calls.append(x.shape[0])
-        gate.wait(5)
+        gate.wait(60)
         if np.any(x < 0):
             raise RuntimeError("bad batch")
         return x
@@ -362,10 +374,10 @@ def test_microbatcher_failure_stays_in_its_batch_and_cancelled_requests_are_skip
 
     async def main():
         bad = asyncio.ensure_future(b.submit(np.array([[-1.0]])))
-        await asyncio.sleep(0.05)
+        await until(lambda: calls)  # the bad batch is running
         gone = asyncio.ensure_future(b.submit(np.array([[5.0]])))
         good = asyncio.ensure_future(b.submit(np.array([[7.0]])))
-        await asyncio.sleep(0.01)
+        await until(lambda: len(b._pending) == 2)
         gone.cancel()
         gate.set()
         results = await asyncio.gather(bad, good, return_exceptions=True)
@@ -386,7 +398,7 @@ def test_microbatcher_rejects_nonsense_size():
 
 # --- BentoML's TimeoutMiddleware (serving/bentoml_fixes.py) ----------------------------------------
 
-def _run_through_timeout_middleware(call, requests: int, timeout: float, app_delay: float = 0.0):
+def _run_through_timeout_middleware(call, requests: int, timeout: float, app_hangs: bool = False):
     """Send ``requests`` HTTP requests through TimeoutMiddleware with ``call`` as its __call__;
     returns the response messages and the event loop's timers still armed afterwards."""
     import asyncio
@@ -394,7 +406,8 @@ def _run_through_timeout_middleware(call, requests: int, timeout: float, app_del
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
     async def app(scope, receive, send):
-        await asyncio.sleep(app_delay)
+        if app_hangs:  # until the middleware's timeout cancels it
+            await asyncio.Event().wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -414,7 +427,7 @@ def _run_through_timeout_middleware(call, requests: int, timeout: float, app_del
 
         for _ in range(requests):
             await middleware({"type": "http", "path": "/classify"}, receive, send)
-        for _ in range(3):  # let a cancelled app task unwind (its own sleep timer)
+        for _ in range(3):  # let a cancelled app task unwind
             await asyncio.sleep(0)
         armed = [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]
         return sent, armed
@@ -447,7 +460,7 @@ def test_bentoml_timeout_middleware_still_times_out():
 
     assert fix_timeout_timer_leak() is (TimeoutMiddleware.__call__.__module__ == "serving.bentoml_fixes")
     sent, armed = _run_through_timeout_middleware(TimeoutMiddleware.__call__, 1, timeout=0.05,
-                                                  app_delay=1.0)
+                                                  app_hangs=True)
     assert sent[0]["status"] == 504 and b"0.05 seconds" in sent[1]["body"]
     assert armed == []
 
