@@ -109,7 +109,7 @@ serve-deps: $(VENV)/.serving-installed
 # Serve models/default/model.onnx (or $$BNSERVE_MODEL) on $(HOST):$(PORT). The model is checked
 # first so that a bad file stops here with the reason.
 serve: $(VENV)/.serving-installed
-	$(PY) -c "from serving.model import read_model, model_path_from_env as p; i = read_model(p()); print(f'serving {i.path}')"
+	$(PY) -c "from serving.model import read_model; from serving.settings import Settings; i = read_model(Settings.from_env().model); print(f'serving {i.path}')"
 	$(VENV)/bin/bentoml serve . --host $(HOST) --port $(PORT)
 
 # The embedded default model: train (1151 s measured on 2 busy CPU cores, test accuracy 0.9194),

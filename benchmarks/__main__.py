@@ -1,4 +1,4 @@
-"""``python -m benchmarks {inference,serving,training,all} [--quick] [--write docs/BENCHMARKS.md]``
+"""``python -m benchmarks {inference,serving,training,upload,all} [--quick] [--write docs/BENCHMARKS.md]``
 
 Every table compares against its baseline measured in the same run and names the machine.
 ``all --write docs/BENCHMARKS.md`` regenerates the published page."""
@@ -17,11 +17,13 @@ SUITES = {
     "inference": "benchmarks.inference",
     "serving": "benchmarks.serving_http",
     "training": "benchmarks.training",
+    "upload": "benchmarks.upload_memory",
 }
 TITLES = {
     "inference": "Inference in process (batch-1 latency, batch-32 throughput)",
     "serving": "Serving over HTTP on 127.0.0.1",
     "training": "Training speed",
+    "upload": "Upload memory and time (one request's preprocessing, per image format)",
 }
 
 

@@ -17,7 +17,7 @@ for each concurrency level, one after the other:
   separates the server's cost of the OIP route from tritonclient's own.
 
 The tensor is the model's input for that image exactly as /classify prepares it
-(serving.preprocess.prepare_image), so the three do the same model work. Triton's
+(serving.conversions.prepare_image), so the three do the same model work. Triton's
 ``perf_analyzer`` would be the natural fourth, but it is not installable here: the package index
 serves only ``perf-analyzer`` 0.1.0, a 2 kB placeholder without the binary.
 """
@@ -50,8 +50,8 @@ def uptime() -> str:
 
 def model_tensor(image: bytes):
     """The model's input (1, C, H, W) for an image file, as /classify prepares it."""
+    from serving.conversions import prepare_image
     from serving.model import model_path_from_env, read_model
-    from serving.preprocess import prepare_image
 
     info = read_model(model_path_from_env())
     x = prepare_image(image, info.channels, info.height, info.width, info.mean, info.std,

@@ -91,7 +91,7 @@ def parity_inputs(data: dict, input_shape: tuple[int, ...], data_dir=None,
     """Float32 model inputs (normalised exactly as the service does), labels if real, and a
     description. Real test images of the checkpoint's dataset when present, else seeded
     random ones."""
-    from serving.preprocess import normalize_uint8
+    from serving.geometry import normalize_uint8
 
     try:
         ds = load_dataset(data["dataset"], data_dir=data_dir, download=False, progress=False)

@@ -31,6 +31,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from serving.conversions import CONVERT_MODES
+
 
 def http_vs_torch(url: str, checkpoint: str, n: int = 1000, concurrency: int = 8,
                   data_dir: str | None = None) -> dict:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", action="store_true", help="also send the test images rendered as photos")
     p.add_argument("--photo-seed", type=int, default=1, help="seed of the photo rendering")
     p.add_argument("--photos-dir", default=None, help="send these photos (make_photos layout) instead")
-    p.add_argument("--convert", default="auto", choices=("auto", "dataset", "none"),
+    p.add_argument("--convert", default="auto", choices=CONVERT_MODES,
                    help="the convert option sent with each photo")
     p.add_argument("--max-photo-gap", type=float, default=0.04)
     args = p.parse_args(argv)

@@ -25,17 +25,17 @@ def sha256(path: Path) -> str:
 
 
 def intended_use(meta: dict) -> str:
-    """What the model takes, from its input_convention (serving/preprocess.py converts photos)."""
+    """What the model takes, from its input_convention (serving/conversions.py converts photos)."""
     pipeline = (meta.get("input_convention") or {}).get("pipeline")
     if pipeline == "fashion-mnist":
         return ("One garment per image. Dataset-form images (light on black, 28x28) are used as they are;\n"
                 "a product photo on a light background is converted the way Fashion-MNIST was made\n"
-                "(Xiao et al. 2017, Sec. 2: trim, fit, sharpen, centre, negate; serving/preprocess.py).")
+                "(Xiao et al. 2017, Sec. 2: trim, fit, sharpen, centre, negate; serving/conversions.py).")
     if pipeline == "mnist":
         return ("One handwritten digit per image. Dataset-form images (white on black, 28x28) are used as\n"
                 "they are; a scan or photo of dark ink on light paper is converted the way MNIST was made\n"
-                "(negate, 20x20 box, centre of mass at the centre; serving/preprocess.py).")
-    return "Images like the training set's; see serving/preprocess.py for how uploads are converted."
+                "(negate, 20x20 box, centre of mass at the centre; serving/conversions.py).")
+    return "Images like the training set's; see serving/conversions.py for how uploads are converted."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCHNORM = "BatchNormalization"
 INPUT_DTYPES = ("float32", "float16")
-# The dataset conversions serving/preprocess.py knows (training/data.py's input_convention facts).
+# The dataset conversions serving/conversions.py knows (training/data.py's input_convention facts).
 PIPELINES = ("fashion-mnist", "mnist", "cifar10")
 
 

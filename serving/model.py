@@ -28,19 +28,12 @@ from .contract import (
 # Under "bentoml." so that `bentoml serve` shows it with its own logs.
 logger = logging.getLogger("bentoml.bnserve.model")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
 class ModelError(RuntimeError):
     """The model file cannot be served; the message says why and what to do."""
-
-
-def model_path_from_env() -> Path:
-    """``$BNSERVE_MODEL`` if set, else the default model shipped in the repository."""
-    return Path(os.environ.get("BNSERVE_MODEL") or DEFAULT_MODEL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,28 +91,19 @@ def choose_providers(available: list[str], want: str = "auto") -> list[str]:
     return [CPU]
 
 
-def default_threads() -> int:
-    """Cores this process may use (affinity mask and cgroup CPU quota), divided among the
-    BNSERVE_WORKERS worker processes: more threads than cores would only make the workers'
-    ONNX Runtime runs preempt one another."""
-    from .lifecycle import available_cores, workers_from_env
-
-    try:
-        workers = workers_from_env()
-    except ValueError:
-        workers = 1  # the service refuses a bad BNSERVE_WORKERS itself
-    return max(1, available_cores() // workers)
-
-
 class OnnxClassifier:
     """An ONNX Runtime session on a checked model. ``provider`` is what ONNX Runtime really
     uses: it silently falls back to CPU when CUDA cannot start, so we read get_providers()."""
 
-    def __init__(self, path: str | os.PathLike, want: str | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, want: str = "auto", threads: int | None = None,
+                 spin: bool = True):
+        """``want``, ``threads``, ``spin``: BNSERVE_PROVIDER, BNSERVE_THREADS (None: the default
+        of serving/settings.py) and BNSERVE_ORT_SPIN, passed by the service from its Settings."""
         import onnxruntime as ort
 
+        from .settings import Settings
+
         self.info = read_model(path)
-        want = want if want is not None else os.environ.get("BNSERVE_PROVIDER", "auto")
         available = ort.get_available_providers()
         requested = choose_providers(available, want)
         if CUDA in requested and hasattr(ort, "preload_dlls"):
@@ -127,7 +111,7 @@ class OnnxClassifier:
                 ort.preload_dlls()
             except Exception as e:  # noqa: BLE001 - system CUDA may still work
                 logger.warning("onnxruntime.preload_dlls() failed (%s); relying on system CUDA", e)
-        threads = threads or int(os.environ.get("BNSERVE_THREADS") or 0) or default_threads()
+        threads = threads or Settings().ort_threads
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -139,7 +123,7 @@ class OnnxClassifier:
         # 1.40 ms on the default model). Off, the spinning threads stop competing with the event
         # loop: 6-20% more requests/s and a thinner p99 at concurrency 32 on the small default
         # model. BNSERVE_ORT_SPIN=0 turns it off, for saturated hosts or shared cores.
-        self.spinning = os.environ.get("BNSERVE_ORT_SPIN", "1") != "0"
+        self.spinning = spin
         if not self.spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import idx_bytes
 
-from serving.preprocess import normalize_uint8
+from serving.geometry import normalize_uint8
 from training import data
 from training.data import (
     FIXTURE_SUBSET,

@@ -83,7 +83,7 @@ class DatasetSpec:
     citation: str = ""
     debian_package: str | None = None
     # How the dataset's images were made from real pictures, so that serving can convert a
-    # user's photo or scan the same way (serving/preprocess.py, docs/ARTIFACTS.md):
+    # user's photo or scan the same way (serving/conversions.py, docs/ARTIFACTS.md):
     # "pipeline" names the recipe, "background" the background of the stored images.
     input_convention: dict = field(default_factory=dict)
     subsets: tuple[Subset, ...] = ()
@@ -485,7 +485,7 @@ def load_dataset(name: str | DatasetSpec, data_dir: str | os.PathLike | None = N
 
 def normalize(images_u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32 normalised: ``x * (1 / (255 std)) - mean / std``. The one
-    definition used by training and tests; serving.preprocess is its NumPy twin (tested equal)."""
+    definition used by training and tests; serving.geometry.normalize_uint8 is its NumPy twin (tested equal)."""
     return Normalizer(mean, std, images_u8.device)(images_u8)
 
 

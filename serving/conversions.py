@@ -1,147 +1,35 @@
-"""Image preprocessing for the service, in plain NumPy + Pillow (no torch: the Bento ships
-without it). Tests import these same functions to feed PyTorch, which is how "the service
-answers as the PyTorch eval-mode model" is proven for real files."""
+"""The dataset's own conversion of a photo or scan into the kind of image the model was trained
+on (the ``convert`` option), and ``prepare_image`` (bytes -> model input): decode.decode_image ->
+convert_image -> geometry.normalize_uint8. The service, the peers, the tests and the scripts all
+call these same functions, which is how "the service answers as the PyTorch eval-mode model" is
+proven for real files. Plain NumPy + Pillow (the Bento ships without torch)."""
 
 from __future__ import annotations
 
-import io
-import warnings
+import typing as t
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter
+
+from .decode import DEFAULT_MAX_PIXELS, InputError, decode_image
+from .geometry import BACKGROUND, flatten, normalize_uint8, to_model_pixels
+
+# --- the ``convert`` option: its one definition and its one validator ---------------------------
+ConvertMode = t.Literal["auto", "dataset", "none"]
+CONVERT_MODES: tuple[str, ...] = t.get_args(ConvertMode)
+CONVERT_HELP = ("auto: convert a light-background photo or scan the way the model's dataset was "
+                "made, leave dataset-like images as they are; dataset: always convert; none: never")
 
 
-def normalize_uint8(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 (..., C, H, W) -> float32 ``x * (1 / (255 std)) + (-mean / std)``, with the exact
-    float32 operations of ``training.data.Normalizer`` (bit-identical results)."""
-    if pixels.dtype != np.uint8:
-        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
-    c = len(mean)
-    if pixels.ndim < 3 or pixels.shape[-3] != c:
-        raise ValueError(f"expected (..., {c}, H, W) pixels, got shape {pixels.shape}")
-    std32 = np.asarray(std, dtype=np.float32)
-    scale = (np.float32(1.0) / (np.float32(255.0) * std32)).reshape(c, 1, 1)
-    shift = (-np.asarray(mean, dtype=np.float32) / std32).reshape(c, 1, 1)
-    return pixels.astype(np.float32) * scale + shift
-
-
-# --- from an image file to model pixels -----------------------------------------------------------
-# decode_image (bytes -> PIL image, every check of untrusted input) -> to_model_pixels (any mode,
-# any size -> uint8 (C, H, W) as the model's dataset stores it) -> normalize_uint8. The service,
-# the tests that compare it with PyTorch and scripts/http_accuracy.py all call these same three.
-
-# Formats we decode. Restricting Pillow's plugins keeps files that need external programs (EPS
-# needs Ghostscript) or that have no magic number (TGA: random bytes may "identify" as TGA) out.
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
-DEFAULT_MAX_PIXELS = 25_000_000  # width * height of the first frame; ~75 MB decoded as RGB
-BACKGROUND = 0  # transparent areas and letterbox bars: black, the background of (Fashion-)MNIST
-
-
-class InputError(ValueError):
-    """Bad client input. ``status`` is the HTTP status the service answers with (4xx), ``error``
-    a short stable code, ``detail`` what was wrong and what to send instead."""
-
-    def __init__(self, status: int, error: str, detail: str):
-        super().__init__(f"{error}: {detail}")
-        self.status, self.error, self.detail = status, error, detail
-
-    def to_json(self) -> dict:
-        return {"error": self.error, "detail": self.detail}
-
-
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode untrusted bytes into a fully loaded, EXIF-upright PIL image (first frame only).
-
-    Raises InputError: 400 empty, 415 not an image in ALLOWED_FORMATS, 413 more than
-    ``max_pixels`` pixels (checked from the header, before decoding: decompression bombs),
-    422 truncated or corrupt."""
-    if not data:
-        raise InputError(400, "empty_image", "the image is empty (0 bytes)")
-    try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise _too_many_pixels(None, max_pixels) from e
-    except UnidentifiedImageError as e:
-        raise InputError(415, "unsupported_image",
-                         "not an image in a supported format (" + ", ".join(ALLOWED_FORMATS)
-                         + f"); got {len(data)} bytes starting with {data[:8]!r}") from e
-    except Exception as e:  # noqa: BLE001 - a plugin choking on a corrupt header
-        raise InputError(422, "corrupt_image", f"cannot read the image header: {e}") from e
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise InputError(422, "corrupt_image", f"image has size {width}x{height}")
-    if width * height > max_pixels:
-        raise _too_many_pixels(img, max_pixels)
-    fmt = img.format
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit rules
-            img.load()
-    except Image.DecompressionBombError as e:
-        raise _too_many_pixels(img, max_pixels) from e
-    except Exception as e:  # noqa: BLE001 - truncated data: OSError, SyntaxError, zlib, ...
-        raise InputError(422, "corrupt_image",
-                         f"the {fmt} image is truncated or corrupt: {e}") from e
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001, S110 - malformed EXIF: keep the pixels as stored
-        pass
-    return img
-
-
-def _too_many_pixels(img: Image.Image | None, max_pixels: int) -> InputError:
-    size = (f"{img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]} pixels" if img
-            else "beyond Pillow's decompression-bomb limit")
-    return InputError(413, "too_many_pixels",
-                      f"image is {size}; the limit is {max_pixels} pixels (BNSERVE_MAX_PIXELS)")
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """Modes without an 8-bit meaning, to L or RGB(A). 16-bit (I;16*) is scaled 65535 -> 255;
-    I (32-bit int) and F (float) keep Pillow's own convention (0..255, as ``convert("I")`` and
-    ``convert("F")`` of an L image give), clipped."""
-    mode = img.mode
-    if mode.startswith("I;16"):
-        a = np.asarray(img, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if mode in ("I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if mode == "1":
-        return img.convert("L")
-    if mode in ("P", "PA"):
-        return img.convert("RGBA")  # resolves palette transparency into alpha
-    if mode in ("L", "LA", "RGB", "RGBA"):
-        return img
-    if mode in ("La", "RGBa"):  # premultiplied alpha
-        return img.convert("RGBA")
-    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
-
-
-def to_model_pixels(img: Image.Image, channels: int, height: int, width: int) -> np.ndarray:
-    """Any PIL image -> uint8 (channels, height, width), as the model's dataset stores images.
-
-    - alpha (RGBA, LA, P with transparency) is composited onto black, the (Fashion-)MNIST
-      background; then ``convert("L")`` (ITU-R 601-2 luma) for 1 channel, ``"RGB"`` for 3;
-    - a non-square image is padded to a square with black, centred (Fashion-MNIST's own
-      recipe: longest side fitted, then extended to a square), then resized with Pillow's
-      BILINEAR filter; an image already at (width, height) is not resampled.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    img = _flatten(img, "L" if channels == 1 else "RGB", BACKGROUND)
-    w, h = img.size
-    if (w, h) != (width, height) and w * height != h * width:  # aspect differs: letterbox
-        side_w, side_h = (w, w * height // width) if w * height > h * width else (h * width // height, h)
-        padded = Image.new(img.mode, (side_w, side_h), (BACKGROUND,) * channels if channels > 1 else BACKGROUND)
-        padded.paste(img, ((side_w - w) // 2, (side_h - h) // 2))
-        img = padded
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.uint8)
-    a = a[None] if channels == 1 else a.transpose(2, 0, 1)
-    return np.ascontiguousarray(a)
+def parse_convert(value: object) -> str:
+    """The ``convert`` option as sent (query parameter, form field, argument) -> one of
+    CONVERT_MODES (case and surrounding blanks ignored); InputError 400 ``bad_convert`` else."""
+    mode = value.strip().lower() if isinstance(value, str) else None
+    if mode not in CONVERT_MODES:
+        raise InputError(400, "bad_convert",
+                         f"convert must be one of {', '.join(CONVERT_MODES)}, got {value!r}")
+    return mode
 
 
 # --- the dataset's own conversion for photos and scans --------------------------------------------
@@ -154,10 +42,9 @@ def to_model_pixels(img: Image.Image, channels: int, height: int, width: int) ->
 #   cifar10: natural photos, a plain resize of the centre crop (nothing to trim or negate).
 # ``convert``: "auto" converts when the image looks like a photo (light_background for the MNIST
 # family; any size other than the model's for cifar10), "dataset" always converts, "none" never
-# (the pixels of to_model_pixels). Dataset-form images (dark background) stay on "none", so they
+# (the pixels of geometry.to_model_pixels). Dataset-form images (dark background) stay on "none", so they
 # give exactly the pixels they gave before, bit for bit.
 
-CONVERT_MODES: tuple[str, ...] = ("auto", "dataset", "none")
 # Mean of the outermost ring of pixels at or above which the background counts as light. The
 # highest ring mean over all 70,000 Fashion-MNIST images is 107.5 (MNIST: 8.6), so no dataset
 # image is ever converted; a photo on paper or a white studio background is well above it.
@@ -201,9 +88,12 @@ def _ring(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def background_plane(gray: np.ndarray, iterations: int = 3, outlier: float = 20.0) -> np.ndarray:
     """The background's brightness at every pixel, float32 (H, W): a plane a + b row + c column
     fitted to the border ring by least squares (light falls off across a photo or a scan), refitted
-    without the ring pixels more than ``outlier`` gray levels off it (an object touching the edge)."""
-    g = np.asarray(gray, dtype=np.float64)
+    without the ring pixels more than ``outlier`` gray levels off it (an object touching the edge).
+    The fit uses the ring only (float64, 2 (H + W) values); the plane is one float32 array built by
+    broadcasting a column of row terms against a row of column terms (no index grids)."""
+    g = np.asarray(gray)
     v, r, c = _ring(g)
+    v = v.astype(np.float64)
     h, w = g.shape
     design = np.stack([np.ones_like(v), r / max(h - 1, 1), c / max(w - 1, 1)], axis=1)
     keep = np.ones(v.shape, dtype=bool)
@@ -213,9 +103,10 @@ def background_plane(gray: np.ndarray, iterations: int = 3, outlier: float = 20.
             break
         coef, *_ = np.linalg.lstsq(design[keep], v[keep], rcond=None)
         keep = np.abs(design @ coef - v) <= outlier
-    rows, cols = np.indices(g.shape, dtype=np.float64)
-    plane = coef[0] + coef[1] * rows / max(h - 1, 1) + coef[2] * cols / max(w - 1, 1)
-    return np.maximum(plane, 1.0).astype(np.float32)
+    row_terms = (coef[0] + coef[1] * np.arange(h) / max(h - 1, 1)).astype(np.float32)[:, None]
+    col_terms = (coef[2] * np.arange(w) / max(w - 1, 1)).astype(np.float32)[None, :]
+    plane = row_terms + col_terms
+    return np.maximum(plane, np.float32(1.0), out=plane)
 
 
 def negate(gray: np.ndarray) -> np.ndarray:
@@ -223,10 +114,13 @@ def negate(gray: np.ndarray) -> np.ndarray:
     to the background's own brightness ``b`` (background_plane): ``(b - v) * 255 / b``, clipped.
     For a white background (b = 255) this is exactly 255 - v; on grey paper or under uneven light
     it also undoes the dimmer light, so the result does not depend on the shade. Float32 (H, W)
-    in 0..255."""
-    g = np.asarray(gray, dtype=np.float32)
+    in 0..255, computed in place on two arrays of the image's size."""
+    g = np.asarray(gray)
     b = background_plane(g)
-    return np.clip((b - g) * (np.float32(255.0) / b), 0.0, 255.0)
+    ink = np.subtract(b, g, dtype=np.float32)
+    np.divide(np.float32(255.0), b, out=b)
+    ink *= b
+    return np.clip(ink, 0.0, 255.0, out=ink)
 
 
 def trim_box(ink: np.ndarray, fraction: float = TRIM_FRACTION) -> tuple[int, int, int, int]:
@@ -357,15 +251,11 @@ def cifar10_pipeline(img: Image.Image, height: int = 32, width: int = 32) -> np.
     return np.asarray(img.resize((width, height), Image.BICUBIC), dtype=np.uint8)
 
 
-def _flatten(img: Image.Image, mode: str, background: int) -> Image.Image:
-    """8-bit ``mode`` ("L" or "RGB") with any alpha composited onto ``background``."""
-    img = _to_8bit(img)
-    if img.mode in ("LA", "RGBA"):
-        base = "L" if img.mode == "LA" else "RGB"
-        canvas = Image.new(base, img.size, (background,) * len(base))
-        canvas.paste(img.convert(base), mask=img.getchannel("A"))
-        img = canvas
-    return img.convert(mode)
+# The recipes by the name a model's input_convention gives (the names are serving.contract's
+# PIPELINES, which the exporter and the model check accept; a test holds the two equal): the
+# MNIST family works on a gray (H, W) array, cifar10 on an RGB image.
+GRAY_RECIPES = {"fashion-mnist": fashion_mnist_pipeline, "mnist": mnist_pipeline}
+RGB_RECIPES = {"cifar10": cifar10_pipeline}
 
 
 def convert_image(img: Image.Image, channels: int, height: int, width: int,
@@ -373,17 +263,16 @@ def convert_image(img: Image.Image, channels: int, height: int, width: int,
     """Any PIL image -> (uint8 (channels, height, width), converted), where ``converted`` is
     "photo" when the dataset's own conversion was applied and "none" when the image went through
     to_model_pixels unchanged (dataset-form images: bit-identical to before). ``convention`` None
-    (a model exported before input_convention existed) means "none"."""
-    if convert not in CONVERT_MODES:
-        raise InputError(400, "bad_convert",
-                         f"convert must be one of {', '.join(CONVERT_MODES)}, got {convert!r}")
+    (a model exported before input_convention existed) means "none". ``convert`` is checked with
+    parse_convert (400 for anything else)."""
+    convert = parse_convert(convert)
     pipeline = convention.get("pipeline") if convention else None
-    if convert == "none" or pipeline is None:
+    if convert == "none" or (pipeline not in GRAY_RECIPES and pipeline not in RGB_RECIPES):
         return to_model_pixels(img, channels, height, width), "none"
-    if pipeline == "cifar10":
+    if pipeline in RGB_RECIPES:
         if convert == "auto" and img.size == (width, height):
             return to_model_pixels(img, channels, height, width), "none"
-        rgb = cifar10_pipeline(_flatten(img, "RGB", BACKGROUND), height, width)
+        rgb = RGB_RECIPES[pipeline](flatten(img, "RGB", BACKGROUND), height, width)
         px = rgb.transpose(2, 0, 1) if channels == 3 else np.asarray(
             Image.fromarray(rgb, "RGB").convert("L"), dtype=np.uint8)[None]
         return np.ascontiguousarray(px), "photo"
@@ -395,10 +284,10 @@ def convert_image(img: Image.Image, channels: int, height: int, width: int,
         px = to_model_pixels(img, channels, height, width)
         if not light_background(px[0]):
             return px, "none"
-    gray = np.asarray(_flatten(img, "L", BACKGROUND), dtype=np.uint8)
+    gray = np.asarray(flatten(img, "L", BACKGROUND), dtype=np.uint8)
     if convert == "auto" and not light_background(gray):
         return to_model_pixels(img, channels, height, width), "none"
-    px = (fashion_mnist_pipeline if pipeline == "fashion-mnist" else mnist_pipeline)(gray, height, width)
+    px = GRAY_RECIPES[pipeline](gray, height, width)
     if channels == 3:
         return np.ascontiguousarray(np.repeat(px[None], 3, axis=0)), "photo"
     return px[None], "photo"
