@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.report import (
-    Claim,
-    Question,
-    RunInfo,
-    Section,
-    build_report,
-    find_runs,
-    render_html,
-    write_report,
-)
+from training.report import build_report, find_runs, render_html, write_report
+from training.report_types import Claim, Question, RunInfo, Section
 
 # The smallest valid PNG (1x1, grey).
 PNG = bytes.fromhex(
@@ -226,3 +218,15 @@ def test_santurkar_interpretation_names_what_differs():
     ok, bad = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False)
     assert interpretation([ok], "All good.", "Caveat.") == "All good."
     assert interpretation([ok, bad], "All good.", "Caveat.") == "Caveat. Differs here (1 of 2): B holds."
+
+
+def test_a_santurkar_section_is_built_without_torch_or_the_training_loop():
+    """The report of a Santurkar figure reads its run record and metrics alone."""
+    import subprocess
+    import sys
+    code = ("import sys, training.santurkar.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') "
+            "or m in ('training.loop', 'training.experiments', 'training.santurkar.experiments')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "[]"

@@ -17,16 +17,16 @@ from torch import nn
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
 from training.models import NoisyBatchNorm2d, create_model, model_from_config
-from training.runs import read_metrics
-from training.santurkar import (
+from training.records import read_metrics
+from training.santurkar import claims
+from training.santurkar.config import (
     FIG1_PRESETS,
     FIG2_PRESETS,
     FIG3_PRESETS,
     FIG4_PRESETS,
     FIG5_PRESETS,
-    claims,
+    weight_layer_count,
 )
-from training.santurkar.config import weight_layer_count
 from training.santurkar.dln import dln_data, summed_squared_error
 from training.santurkar.ics import cosine, ics, layer_parameter_names
 from training.santurkar.probes import batch_quantiles, unit_values
@@ -294,7 +294,7 @@ DLN_TINY = ["--dln-steps", "20", "--dln-record-every", "10", "--dln-samples", "5
 
 def _check_run(out: Path, experiment: str, jobs: list[str], seeds=(0,)) -> None:
     record = json.loads((out / "config.json").read_text())
-    assert record["experiment"] == experiment and record["seed"] == 0
+    assert record["experiment"] == experiment and record["seeds"][0] == 0 and record["partial"] is False
     assert record["preset"].startswith("cpu + ") and "--steps" in record["preset"]
     assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
     summary = (out / "summary.md").read_text()

@@ -4,10 +4,11 @@ accuracy, mean over seeds with the min-max band; (b), (c) the probe unit's sigmo
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from pathlib import Path
 
-from ..runs import read_metrics
+from ..plotting import pyplot
+from ..records import RunRecord, read_metrics
 from ..seeds import BAND, by_seed, plot_mean_band
 from .config import IoffeFig1Config
 
@@ -16,11 +17,11 @@ LABELS = {"standard": "Without BN", "bn": "With BN"}
 
 
 def run_config(run_dir: Path) -> tuple[dict, IoffeFig1Config]:
-    record = json.loads((Path(run_dir) / "config.json").read_text())
+    record = RunRecord.read(run_dir)
     known = IoffeFig1Config.__dataclass_fields__
     cfg = IoffeFig1Config(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in record.get("config", {}).items() if k in known})
-    return record, cfg
+                             for k, v in record.config.items() if k in known})
+    return asdict(record), cfg
 
 
 def load_jobs(run_dir: Path) -> tuple[dict, IoffeFig1Config, dict[tuple[str, float], list[dict]]]:
@@ -39,10 +40,7 @@ def load_jobs(run_dir: Path) -> tuple[dict, IoffeFig1Config, dict[tuple[str, flo
 
 
 def plot_ioffe_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     run_dir = Path(run_dir)
     record, cfg, jobs = load_jobs(run_dir)
     lrs = [lr for lr in cfg.lr_list if any(k[1] == lr for k in jobs)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import get_spec
-from ..report import Claim, RunInfo, Section
+from ..report_types import Claim, RunInfo, Section
 from ..seeds import ahead, at_step, by_seed, stats
 from .figures import load_jobs
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..report import Claim
+from ..report_types import Claim
 from ..seeds import ahead, at_step, by_seed, common_steps
 
 Rows = Sequence[Mapping]
@@ -20,7 +20,7 @@ Jobs = Mapping[tuple[str, float], Rows]
 
 
 def claim(statement: str, passed: bool, ours: str, paper: str = "") -> Claim:
-    """A ``training.report.Claim`` (the one claim contract of every experiment)."""
+    """A ``training.report_types.Claim`` (the one claim contract of every experiment)."""
     return Claim(statement=statement, paper=paper, ours=ours, passed=bool(passed))
 
 
@@ -315,3 +315,25 @@ def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int) -> list[Claim]:
 
 __all__ = ["Claim", "claim", "claim_line", "common_steps", "eval_mode_note", "eval_series", "fig1_claims", "fig2_claims", "fig3_claims",
            "fig4_claims", "fig5_claims", "final_loss", "ics_stats", "instability", "landscape_stats"]
+
+
+# --- every figure's claims ------------------------------------------------------------------
+
+PAPER_TEST_ACCURACY = {"bn": 0.83, "standard": 0.80}  # CIFAR-10, no augmentation (Appendix A.1)
+
+
+def claims_for(experiment: str, c: Mapping, vgg: Jobs, dln: Jobs) -> list[Claim]:
+    """The paper's claims of ``experiment``, checked over the run's metrics (``c``: the run's
+    config, as recorded in its run record)."""
+    mid, end = c["steps"] // 2, c["steps"]
+    if experiment == "santurkar-fig1":
+        return fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10")
+    if experiment == "santurkar-fig2":
+        return fig2_claims(vgg, min(c["lrs"]), mid, end, c["probe_layers"])
+    if experiment == "santurkar-fig3":
+        return fig3_claims(vgg, dln)
+    if experiment == "santurkar-fig4":
+        return fig4_claims(vgg, "VGG", c["steps"]) + fig4_claims(dln, "DLN", c["dln_steps"])
+    if experiment == "santurkar-fig5":
+        return fig5_claims(vgg, dln, mid, end)
+    raise ValueError(f"no claims for {experiment!r}")

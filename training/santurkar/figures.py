@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..plotting import COLORS, LABELS, dataset_title, plt, run_record, save, share_ylim
+from ..plotting import COLORS, LABELS, dataset_title, pyplot, run_record, save, share_ylim
 from ..seeds import by_seed, plot_mean_band
 from . import claims as C
 from .jobs import load_jobs
@@ -74,7 +74,7 @@ def plot_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
     layers = cfg.get("probe_layers", [])
     lr0 = min(lr for _, lr in vgg)
     rows_n = max(2, len(layers))
-    fig = plt.figure(figsize=(17, 3.6 * rows_n))
+    fig = pyplot().figure(figsize=(17, 3.6 * rows_n))
     gs = fig.add_gridspec(rows_n, 4)
     _accuracy(fig.add_subplot(gs[:, 0]), vgg, "train_eval_accuracy", "(a) Training Accuracy")
     _accuracy(fig.add_subplot(gs[:, 1]), vgg, "test_accuracy", "(b) Test Accuracy")
@@ -102,7 +102,7 @@ def plot_fig2(run_dir: str | Path, out: str | Path | None = None) -> Path:
     variants = [v for v in ("standard", "bn", "noisy_bn") if any(k[0] == v for k in vgg)]
     lr0 = min(lr for _, lr in vgg)
     rows_n = max(2, len(layers))
-    fig = plt.figure(figsize=(5 + 3.8 * len(variants), 2.9 * rows_n))
+    fig = pyplot().figure(figsize=(5 + 3.8 * len(variants), 2.9 * rows_n))
     gs = fig.add_gridspec(rows_n, 1 + len(variants))
     half = rows_n // 2 if rows_n > 2 else 1
     _accuracy(fig.add_subplot(gs[:half, 0]), vgg, "train_accuracy", "Training Accuracy (mini-batches, train mode)")
@@ -128,7 +128,7 @@ def plot_fig3(run_dir: str | Path, out: str | Path | None = None) -> Path:
     blocks = ([("VGG", lr, cfg.get("ics_layers", []), vgg) for lr in sorted({lr for _, lr in vgg}, reverse=True)]
               + [("DLN", lr, cfg.get("dln_ics_layers", []), dln) for lr in sorted({lr for _, lr in dln}, reverse=True)])
     ncol = 1 + max((len(b[2]) for b in blocks), default=0)
-    fig = plt.figure(figsize=(5 * ncol, 4.6 * len(blocks)))
+    fig = pyplot().figure(figsize=(5 * ncol, 4.6 * len(blocks)))
     gs = fig.add_gridspec(2 * len(blocks), ncol)
     for b, (net, lr, layers, jobs) in enumerate(blocks):
         ax = fig.add_subplot(gs[2 * b:2 * b + 2, 0])
@@ -165,17 +165,13 @@ def plot_fig3(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return save(fig, run_dir, out)
 
 
-def _landscape_series(rows: list[dict], key: str) -> dict[int, dict[int, float]]:
-    return by_seed(C.kind(rows, "landscape"), key)
-
-
 def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Rows: VGG, DLN. Columns: (a) loss landscape (the range of the loss along the gradient,
     shaded), (b) gradient predictiveness (the range of ||g - g'||, shaded), (c) effective
     beta-smoothness; with and without BN."""
     run_dir, record, cfg, vgg, dln = _load(run_dir)
     nets = [(n, j) for n, j in (("VGG", vgg), ("DLN", dln)) if j]
-    fig, axes = plt.subplots(len(nets), 3, figsize=(16, 4.4 * len(nets)), squeeze=False)
+    fig, axes = pyplot().subplots(len(nets), 3, figsize=(16, 4.4 * len(nets)), squeeze=False)
     for row, (net, jobs) in zip(axes, nets, strict=True):
         for (v, _lr), rows in jobs.items():
             land = C.kind(rows, "landscape")
@@ -212,7 +208,7 @@ def plot_fig5(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir, record, cfg, vgg, dln = _load(run_dir)
     variants = [v for v in ("standard", "bn", "l1", "l2", "linf") if any(k[0] == v for k in vgg)]
     layers = cfg.get("probe_layers", [])
-    fig = plt.figure(figsize=(4 * max(4, len(variants)), 4.2 * (1 + 2 * bool(layers))))
+    fig = pyplot().figure(figsize=(4 * max(4, len(variants)), 4.2 * (1 + 2 * bool(layers))))
     gs = fig.add_gridspec(1 + 2 * bool(layers), max(4, len(variants)))
     half = max(4, len(variants)) // 2
     _accuracy(fig.add_subplot(gs[0, :half]), vgg, "train_eval_accuracy", "Fig. 5(a) VGG: Training Accuracy")
