@@ -245,6 +245,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
             "bn_statistics": ckpt.get("bn_statistics") or (
                 {"estimate": "ema", "what": "not recorded by the checkpoint; PyTorch's running averages"}
                 if fold_report.get("batchnorms") else None),
+            "calibration": ckpt.get("calibration"),  # temperature + OOD threshold, if fitted
             "fold_report": fold_report,
             "parity": parity,
             "precision": precision,

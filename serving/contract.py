@@ -29,6 +29,11 @@ BATCHNORM = "BatchNormalization"
 INPUT_DTYPES = ("float32", "float16")
 # The dataset conversions serving/preprocess.py knows (training/data.py's input_convention facts).
 PIPELINES = ("fashion-mnist", "mnist", "cifar10")
+# Calibration (serving/calibration.py): the metadata's optional ``calibration`` object holds the
+# softmax temperature and the out-of-distribution threshold on OOD_SCORE. Files without it are
+# answered with plain softmax probabilities and ``in_distribution: null``.
+CALIBRATION_KEY = "calibration"
+OOD_SCORE = "max_probability"  # the calibrated top probability
 
 
 class ContractError(ValueError):
@@ -47,6 +52,7 @@ class ServingSpec:
     classes: tuple[str, ...]
     dtype: str  # of the input: "float32" or "float16"
     input_convention: dict | None = None  # {"pipeline", "background"}; None: files before it
+    calibration: tuple[float, float] | None = None  # (temperature, ood_threshold); None: not fitted
 
 
 # --- the node walk --------------------------------------------------------------------------
@@ -119,8 +125,24 @@ def check_metadata(meta) -> ServingSpec:
                                    or convention.get("pipeline") not in PIPELINES):
         raise ContractError(f"input_convention must be an object whose pipeline is one of "
                             f"{', '.join(PIPELINES)}, got {convention!r}")
+    record = meta.get(CALIBRATION_KEY)
     return ServingSpec(channels, height, width, mean, std, classes, dtype,
-                       dict(convention) if convention is not None else None)
+                       dict(convention) if convention is not None else None,
+                       None if record is None else check_calibration(record))
+
+
+def check_calibration(record) -> tuple[float, float]:
+    """(temperature, ood_threshold) of a ``calibration`` object; ContractError when malformed."""
+    try:
+        t, thr = float(record["temperature"]), float(record["ood_threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ContractError(f"calibration must be an object with a numeric temperature and "
+                            f"ood_threshold, got {record!r}") from e
+    if record.get("ood_score") != OOD_SCORE:
+        raise ContractError(f"calibration ood_score must be {OOD_SCORE!r}, got {record.get('ood_score')!r}")
+    if not (0.0 < t < float("inf")) or not 0.0 <= thr <= 1.0:
+        raise ContractError(f"calibration needs 0 < temperature < inf and 0 <= ood_threshold <= 1, got {t}, {thr}")
+    return t, thr
 
 
 def check_graph(model) -> None:

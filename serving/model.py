@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import in_distribution
 from .contract import ContractError, check_model
 
 # Under "bentoml." so that `bentoml serve` shows it with its own logs.
@@ -48,6 +49,7 @@ class ModelInfo:
     classes: tuple[str, ...]
     dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
     input_convention: dict | None = None  # how the training images were made (contract.py)
+    calibration: tuple[float, float] | None = None  # (temperature, ood_threshold); calibration.py
 
 
 def read_model(path: str | os.PathLike) -> ModelInfo:
@@ -72,7 +74,7 @@ def read_model(path: str | os.PathLike) -> ModelInfo:
     except ContractError as e:
         raise ModelError(f"{path}: {e} (contract: docs/ARTIFACTS.md); {hint}") from e
     return ModelInfo(path, meta, spec.channels, spec.height, spec.width, spec.mean, spec.std,
-                     spec.classes, np.dtype(spec.dtype), spec.input_convention)
+                     spec.classes, np.dtype(spec.dtype), spec.input_convention, spec.calibration)
 
 
 # --- execution provider ---------------------------------------------------------------------------
@@ -172,10 +174,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5) -> dict:
+def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5,
+           calibration: tuple[float, float] | None = None) -> dict:
     """One image's logits -> the /classify answer (probabilities by softmax, top-k by
-    probability; ties keep the lower index first, as argmax does)."""
-    p = softmax(np.asarray(logits).reshape(-1))
+    probability; ties keep the lower index first, as argmax does). With ``calibration``
+    (temperature, ood_threshold; serving/calibration.py) the probabilities are softmax(logits / T)
+    and ``in_distribution`` says whether the top one reaches the threshold; without, it is None."""
+    temperature, threshold = calibration if calibration is not None else (1.0, None)
+    p = softmax(np.asarray(logits).reshape(-1) / np.float64(temperature))
     order = np.argsort(-p, kind="stable")[: max(1, min(k, p.size))]
     top = [{"label": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
-    return {**top[0], "top": top}
+    ood = {"in_distribution": None if threshold is None else in_distribution(top[0]["probability"], threshold),
+           "ood_threshold": threshold}
+    return {**top[0], "top": top, **ood}

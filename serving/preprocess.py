@@ -368,6 +368,20 @@ def _flatten(img: Image.Image, mode: str, background: int) -> Image.Image:
     return img.convert(mode)
 
 
+def alpha_background(img: Image.Image) -> int:
+    """The background to composite a transparent image onto before the dataset's conversion:
+    white (255) when what is drawn is dark on average (a black icon or drawing on a transparent
+    background would vanish on black), else black (BACKGROUND). Opaque images: BACKGROUND."""
+    img = _to_8bit(img)
+    if img.mode not in ("LA", "RGBA"):
+        return BACKGROUND
+    alpha = np.asarray(img.getchannel("A"), dtype=np.float64)
+    if alpha.min() == 255 or alpha.sum() == 0:
+        return BACKGROUND
+    luma = np.asarray(img.convert("L"), dtype=np.float64)  # the colour channels, alpha dropped
+    return 255 if (luma * alpha).sum() / alpha.sum() < 128 else BACKGROUND
+
+
 def convert_image(img: Image.Image, channels: int, height: int, width: int,
                   convention: dict | None, convert: str = "auto") -> tuple[np.ndarray, str]:
     """Any PIL image -> (uint8 (channels, height, width), converted), where ``converted`` is
@@ -395,7 +409,7 @@ def convert_image(img: Image.Image, channels: int, height: int, width: int,
         px = to_model_pixels(img, channels, height, width)
         if not light_background(px[0]):
             return px, "none"
-    gray = np.asarray(_flatten(img, "L", BACKGROUND), dtype=np.uint8)
+    gray = np.asarray(_flatten(img, "L", alpha_background(img)), dtype=np.uint8)
     if convert == "auto" and not light_background(gray):
         return to_model_pixels(img, channels, height, width), "none"
     px = (fashion_mnist_pipeline if pipeline == "fashion-mnist" else mnist_pipeline)(gray, height, width)

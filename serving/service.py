@@ -287,6 +287,10 @@ class Prediction(Choice):
         description="'photo': the dataset's own conversion was applied (a light-background photo "
                     "or scan: trimmed, fitted, centred, negated; serving/preprocess.py); 'none': "
                     "the image was only resized to the model's input, as a dataset image is")
+    in_distribution: bool | None = Field(
+        None, description="false: the image looks like none of the classes (its calibrated top "
+                          "probability is below ood_threshold); null: the model carries no calibration")
+    ood_threshold: float | None = Field(None, description="the threshold, chosen on held-out data")
     input_image: str | None = Field(
         None, description="with show_input=true: the model's input (after conversion) as a "
                           "data:image/png;base64 URL")
@@ -457,7 +461,7 @@ class BnServe:
         except Exception as e:  # noqa: BLE001 - ONNX Runtime failing on a valid input: our fault
             logger.exception("the model failed on a valid image")
             raise ModelFailure("the model failed on this image; see the server log") from e
-        result = {**answer(logits, self.info.classes), "converted": converted}
+        result = {**answer(logits, self.info.classes, calibration=self.info.calibration), "converted": converted}
         if upload.show_input:
             result["input_image"] = png_data_url(pixels)
         return result

@@ -275,6 +275,36 @@ def test_page_in_headless_chromium_classifies_an_upload(client, server, tmp_path
         browser.quit()
 
 
+def test_page_offers_the_samples_and_shows_the_calibrated_answer(client, server):
+    """Before any upload: the shipped samples as one-click examples and no image placeholders;
+    a click classifies the sample as /classify does, with its probability and the OOD flag."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serving.page import SAMPLES, SAMPLES_DIR
+
+    names = [n for n in SAMPLES["fashion-mnist"] if (SAMPLES_DIR / n).is_file()]
+    browser = chromium_driver()
+    try:
+        browser.get(server + "/ui")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#examples button")) == len(names))
+        assert browser.find_element(By.ID, "examples").is_displayed()
+        assert not browser.find_element(By.ID, "result").is_displayed()
+        shown = [i for i in browser.find_elements(By.TAG_NAME, "img") if i.is_displayed()]
+        assert shown and all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in shown)
+        expected = client.post("/classify", files={"image": (names[0], (SAMPLES_DIR / names[0]).read_bytes())}).json()
+        browser.find_elements(By.CSS_SELECTOR, "#examples button")[0].click()
+        wait.until(lambda b: b.find_element(By.ID, "top").text)
+        assert browser.find_element(By.ID, "top").text == expected["label"]
+        assert browser.find_element(By.ID, "prob").text == f"{100 * expected['probability']:.1f}%"
+        flag = {True: "true", False: "false", None: "null"}[expected["in_distribution"]]
+        assert f"in_distribution: {flag}" in browser.find_element(By.ID, "ood").text
+        assert browser.find_element(By.ID, "upload").is_displayed()
+    finally:
+        browser.quit()
+
+
 # --- bad input: 4xx JSON, never 5xx, and the server stays healthy --------------------------------------
 
 def _png(path_filter=".png") -> bytes:
