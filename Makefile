@@ -82,16 +82,16 @@ serve: $(VENV)/.serving-installed
 # The embedded default model, in two runs (issue 20): the plain Fashion-MNIST model (1151 s on 2
 # busy CPU cores, test accuracy 0.9194), then a fine-tune of it for what users send (training/
 # augment.py: half of each batch mirrored, scaled, shifted, rotated, outlined/filled/thickened,
-# contrast-changed, or round-tripped through the service's photo conversion), with 5,000 training
+# contrast-changed, or round-tripped through the service's photo conversion), with 3,000 training
 # images held out to fit the temperature and the out-of-distribution threshold. Then export with
 # BN folded and parity-checked, and the model card. Needs the dev environment (torch).
 DEFAULT_BASE_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --steps 2000 --seed 0
 DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --init runs/default-base/checkpoint.pt \
-	--steps 1000 --lr 0.02 --eval-every 250 --augment 0.5 --holdout 5000 --seed 0
+	--steps 200 --batch-size 64 --lr 0.02 --eval-every 200 --augment 0.5 --aug-photo 0.2 --holdout 3000 --seed 0
 MNIST_BASE_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --steps 1500 --seed 0
 MNIST_MODEL_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --init runs/mnist-base/checkpoint.pt \
-	--steps 800 --lr 0.02 --eval-every 400 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 --aug-degrees 12 \
-	--aug-scale 0.8 1.1 --aug-style 0.5 --holdout 5000 --seed 0
+	--steps 200 --batch-size 64 --lr 0.02 --eval-every 200 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 \
+	--aug-degrees 12 --aug-scale 0.8 1.1 --aug-style 0.5 --aug-photo 0.2 --holdout 3000 --seed 0
 default-model: $(VENV)/.dev-installed
 	rm -rf runs/default-base runs/default-model
 	$(PY) -m training classifier $(DEFAULT_BASE_ARGS) --out runs/default-base --no-progress

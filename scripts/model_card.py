@@ -54,12 +54,21 @@ def calibration_section(meta: dict) -> str:
 """
 
 
+# real_images*.json files a run directory may hold, and what each measured
+REAL_IMAGE_TITLES = {
+    "real_images": "this model: garments and non-garments",
+    "real_images-digits": "this model: digit scans that are not MNIST",
+    "real_images-before": "before: the previous model and preprocessing (transparent uploads onto black)",
+    "real_images-digits-before": "before: the previous model, digit scans",
+}
+
+
 def real_images_section(run: Path) -> str:
     """The real-image evaluation (scripts/real_images.py eval --json) saved beside the run."""
     out = []
     for path in sorted(run.glob("real_images*.json")):
         s = json.loads(path.read_text())
-        what = path.stem.replace("real_images", "").strip("-_") or "this model"
+        what = REAL_IMAGE_TITLES.get(path.stem, path.stem)
         rows = "\n".join(f"| {g} | {a}/{n} | {a / n:.3f} |" for key in ("per_class", "per_style", "per_background")
                          for g, a, n in s[key])
         flags = ("" if s.get("flagged_garments") is None else

@@ -135,3 +135,29 @@ def test_summarise_counts_accuracy_confusion_and_flags():
     assert s["accuracy"] == pytest.approx(2 / 3) and s["class_balanced_accuracy"] == pytest.approx(0.75)
     assert s["confusion"] == [[1, 1], [0, 1]]
     assert s["flagged_garments"] == pytest.approx(1 / 3) and s["flagged_other"] == 1.0
+
+
+@pytest.mark.slow
+def test_augmented_fine_tune_carries_its_calibration_into_the_served_file(tmp_path, fixture_data_dir):
+    """classifier --init --augment --holdout -> checkpoint with a calibration record -> export ->
+    the service's answer has in_distribution and the calibrated probability."""
+    from export import export_checkpoint
+    from serving.model import OnnxClassifier, answer, read_model
+    from training.__main__ import main
+    from training.checkpoint import load_checkpoint
+
+    common = ["--model", "vgg11", "--width", "0.125", "--batch-size", "32", "--data-dir", str(fixture_data_dir),
+              "--no-progress"]
+    assert main(["classifier", *common, "--steps", "6", "--eval-every", "6", "--out", str(tmp_path / "base")]) == 0
+    assert main(["classifier", *common, "--steps", "4", "--eval-every", "4", "--augment", "0.5", "--holdout", "200",
+                 "--init", str(tmp_path / "base" / "checkpoint.pt"), "--out", str(tmp_path / "ft")]) == 0
+    _, ckpt = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")
+    rec = ckpt["calibration"]
+    assert rec["temperature"] > 0 and 0 <= rec["ood_threshold"] <= 1
+    assert rec["measured"]["held_flagged"] == pytest.approx(0.05, abs=0.01)  # 5% of 200 by design
+    export_checkpoint(tmp_path / "ft" / "checkpoint.pt", tmp_path / "m.onnx", data_dir=fixture_data_dir, max_images=64)
+    info = read_model(tmp_path / "m.onnx")
+    assert info.calibration == (rec["temperature"], rec["ood_threshold"])
+    logits = OnnxClassifier(tmp_path / "m.onnx", want="cpu", threads=1)(np.zeros((1, 1, 28, 28), np.float32))[0]
+    out = answer(logits, info.classes, calibration=info.calibration)
+    assert out["in_distribution"] == (out["probability"] >= rec["ood_threshold"])
