@@ -71,9 +71,10 @@ def real_images_section(run: Path) -> str:
         what = REAL_IMAGE_TITLES.get(path.stem, path.stem)
         rows = "\n".join(f"| {g} | {a}/{n} | {a / n:.3f} |" for key in ("per_class", "per_style", "per_background")
                          for g, a, n in s[key])
-        flags = ("" if s.get("flagged_garments") is None else
-                 f"; `in_distribution: false` for {s['flagged_garments']:.1%} of them and for "
-                 f"{s['flagged_other']:.1%} of {s['n_other']} images that are none of the classes")
+        flags = "" if s.get("flagged_garments") is None else (
+            f"; `in_distribution: false` for {s['flagged_garments']:.1%} of them"
+            + ("" if s.get("flagged_other") is None else
+               f" and for {s['flagged_other']:.1%} of {s['n_other']} images that are none of the classes"))
         out.append(f"""
 ### {what} (`{path.name}`)
 {s['n_garments']} labelled images through HTTP: accuracy **{s['accuracy']:.3f}**, class-balanced
