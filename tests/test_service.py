@@ -123,8 +123,9 @@ def torch_answer(model, ckpt, path: Path) -> np.ndarray:
     convention = read_model(MODEL).input_convention
     px, _ = convert_image(decode_image(path.read_bytes()), data["channels"], size, size, convention, "auto")
     x = torch.from_numpy(normalize_uint8(px, data["mean"], data["std"]))[None]
+    temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)  # the service's calibration
     with torch.no_grad():
-        return torch.softmax(model(x).double(), dim=1)[0].numpy()
+        return torch.softmax(model(x).double() / temperature, dim=1)[0].numpy()
 
 
 def classify_file(client: httpx.Client, path: Path) -> httpx.Response:
