@@ -223,6 +223,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
             model={"name": config["name"], "config": config}, dataset=data["dataset"], classes=data["classes"],
             channels=shape[0], height=shape[1], width=shape[2], dtype="float16" if fp16 else "float32",
             mean=data["mean"], std=data["std"], input_convention=input_convention(data), parity=parity,
+            calibration=ckpt.get("calibration"),  # temperature + OOD threshold, if fitted
             test_accuracy=ckpt.get("test_accuracy"),
             source_checkpoint={"file": checkpoint.name, "sha256": file_sha256(checkpoint),
                                "step": ckpt.get("step")},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
 from pathlib import Path
 
@@ -36,6 +37,60 @@ def intended_use(meta: dict) -> str:
                 "they are; a scan or photo of dark ink on light paper is converted the way MNIST was made\n"
                 "(negate, 20x20 box, centre of mass at the centre; serving/conversions.py).")
     return "Images like the training set's; see serving/conversions.py for how uploads are converted."
+
+
+def calibration_section(meta: dict) -> str:
+    """Temperature, OOD threshold and their measured effect, from the file's ``calibration``."""
+    c = meta.get("calibration")
+    if not c:
+        return ""
+    m = c.get("measured", {})
+    return f"""
+## Calibration and "none of my classes" (stored in the file's metadata, key `calibration`)
+- temperature **{c['temperature']:.4f}**: every answer's probabilities are softmax(logits / T) (the answer
+  itself never changes); fitted on {c['fitted_on']} by minimising the negative log-likelihood
+  (held-out NLL {m.get('nll_held_before', float('nan')):.4f} -> {m.get('nll_held_after', float('nan')):.4f})
+- expected calibration error on the test split (15 bins): **{m.get('ece_test_before', float('nan')):.4f} before, {m.get('ece_test_after', float('nan')):.4f} after**
+- `in_distribution: false` when the calibrated top probability is below **{c['ood_threshold']:.4f}**: the
+  {c['ood_quantile']:.0%} quantile of that score on the held-out images (augmented copies), so
+  {m.get('held_flagged', float('nan')):.1%} of them are flagged by design
+"""
+
+
+# real_images*.json files a run directory may hold, and what each measured
+REAL_IMAGE_TITLES = {
+    "real_images": "this model: garments and non-garments",
+    "real_images-digits": "this model: digit scans that are not MNIST",
+    "real_images-before": "before: the previous model and preprocessing (transparent uploads onto black)",
+    "real_images-digits-before": "before: the previous model, digit scans",
+}
+
+
+def real_images_section(run: Path) -> str:
+    """The real-image evaluation (scripts/real_images.py eval --json) saved beside the run."""
+    out = []
+    for path in sorted(run.glob("real_images*.json")):
+        s = json.loads(path.read_text())
+        what = REAL_IMAGE_TITLES.get(path.stem, path.stem)
+        rows = "\n".join(f"| {g} | {a}/{n} | {a / n:.3f} |" for key in ("per_class", "per_style", "per_background")
+                         for g, a, n in s[key])
+        flags = "" if s.get("flagged_garments") is None else (
+            f"; `in_distribution: false` for {s['flagged_garments']:.1%} of them"
+            + ("" if s.get("flagged_other") is None else
+               f" and for {s['flagged_other']:.1%} of {s['n_other']} images that are none of the classes"))
+        out.append(f"""
+### {what} (`{path.name}`)
+{s['n_garments']} labelled images through HTTP: accuracy **{s['accuracy']:.3f}**, class-balanced
+{s['class_balanced_accuracy']:.3f}, mean top probability {s['mean_probability_garments']:.3f}{flags}.
+
+| class / style / background | right | accuracy |
+|---|---|---|
+{rows}
+""")
+    if not out:
+        return ""
+    return ("\n## Real images (scripts/real_images.py: third-party emoji, icons, drawings, digit scans; "
+            "white and transparent backgrounds)\n" + "".join(out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +143,7 @@ from the run's files and the ONNX file's metadata.
   ONNX accuracy {parity.get('onnx_accuracy')}, PyTorch accuracy {parity.get('torch_accuracy')};
   ONNX Runtime {parity['ort_graph_optimization']} on {parity.get('ort_provider')}, batch sizes {parity['batch_sizes']}
 
+{calibration_section(meta)}{real_images_section(run)}
 ## Intended use and limits
 {intended_use(meta)}
 """

@@ -33,6 +33,11 @@ BATCHNORM = "BatchNormalization"
 INPUT_DTYPES = ("float32", "float16")
 # The dataset conversions serving/conversions.py knows (training/data.py's input_convention facts).
 PIPELINES = ("fashion-mnist", "mnist", "cifar10")
+# Calibration (serving/calibration.py): the metadata's optional ``calibration`` object holds the
+# softmax temperature and the out-of-distribution threshold on OOD_SCORE. Files without it are
+# answered with plain softmax probabilities and ``in_distribution: null``.
+CALIBRATION_KEY = "calibration"
+OOD_SCORE = "max_probability"  # the calibrated top probability
 
 
 class ContractError(ValueError):
@@ -51,6 +56,7 @@ class ServingSpec:
     classes: tuple[str, ...]
     dtype: str  # of the input: "float32" or "float16"
     input_convention: dict | None = None  # {"pipeline", "background"}; None: files before it
+    calibration: tuple[float, float] | None = None  # (temperature, ood_threshold); None: not fitted
 
 
 # --- the node walk --------------------------------------------------------------------------
@@ -103,7 +109,7 @@ def check_no_batchnorm(model) -> None:
 
 def build_metadata(*, model: dict, dataset: str, classes, channels: int, height: int, width: int,
                    mean, std, parity: dict, dtype: str = "float32", input_convention: dict | None = None,
-                   **provenance) -> dict:
+                   calibration: dict | None = None, **provenance) -> dict:
     """The ``bnserve`` metadata object of a file whose graph maps ``input`` (N, C, H, W) to
     ``logits`` (N, classes). ``provenance``: the exporter's record (test accuracy, source
     checkpoint, BN statistics, fold report, precision, opset, version, git revision, time),
@@ -120,6 +126,8 @@ def build_metadata(*, model: dict, dataset: str, classes, channels: int, height:
     if input_convention is not None:
         meta["input_convention"] = input_convention
     meta["output"] = {"name": OUTPUT_NAME, "shape": [None, len(meta["classes"])]}
+    if calibration is not None:
+        meta[CALIBRATION_KEY] = calibration
     return {**meta, **provenance, "parity": parity}
 
 
@@ -164,8 +172,24 @@ def check_metadata(meta) -> ServingSpec:
                                    or convention.get("pipeline") not in PIPELINES):
         raise ContractError(f"input_convention must be an object whose pipeline is one of "
                             f"{', '.join(PIPELINES)}, got {convention!r}")
+    record = meta.get(CALIBRATION_KEY)
     return ServingSpec(channels, height, width, mean, std, classes, dtype,
-                       dict(convention) if convention is not None else None)
+                       dict(convention) if convention is not None else None,
+                       None if record is None else check_calibration(record))
+
+
+def check_calibration(record) -> tuple[float, float]:
+    """(temperature, ood_threshold) of a ``calibration`` object; ContractError when malformed."""
+    try:
+        t, thr = float(record["temperature"]), float(record["ood_threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ContractError(f"calibration must be an object with a numeric temperature and "
+                            f"ood_threshold, got {record!r}") from e
+    if record.get("ood_score") != OOD_SCORE:
+        raise ContractError(f"calibration ood_score must be {OOD_SCORE!r}, got {record.get('ood_score')!r}")
+    if not (0.0 < t < float("inf")) or not 0.0 <= thr <= 1.0:
+        raise ContractError(f"calibration needs 0 < temperature < inf and 0 <= ood_threshold <= 1, got {t}, {thr}")
+    return t, thr
 
 
 def check_graph(model) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import in_distribution
 from .contract import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -170,10 +171,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5) -> dict:
+def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5,
+           calibration: tuple[float, float] | None = None) -> dict:
     """One image's logits -> the /classify answer (probabilities by softmax, top-k by
-    probability; ties keep the lower index first, as argmax does)."""
-    p = softmax(np.asarray(logits).reshape(-1))
+    probability; ties keep the lower index first, as argmax does). With ``calibration``
+    (temperature, ood_threshold; serving/calibration.py) the probabilities are softmax(logits / T)
+    and ``in_distribution`` says whether the top one reaches the threshold; without, it is None."""
+    temperature, threshold = calibration if calibration is not None else (1.0, None)
+    p = softmax(np.asarray(logits).reshape(-1) / np.float64(temperature))
     order = np.argsort(-p, kind="stable")[: max(1, min(k, p.size))]
     top = [{"label": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
-    return {**top[0], "top": top}
+    ood = {"in_distribution": None if threshold is None else in_distribution(top[0]["probability"], threshold),
+           "ood_threshold": threshold}
+    return {**top[0], "top": top, **ood}

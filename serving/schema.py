@@ -41,6 +41,10 @@ class Prediction(Choice):
         description="'photo': the dataset's own conversion was applied (a light-background photo "
                     "or scan: trimmed, fitted, centred, negated; serving/conversions.py); 'none': "
                     "the image was only resized to the model's input, as a dataset image is")
+    in_distribution: bool | None = Field(
+        None, description="false: the image looks like none of the classes (its calibrated top "
+                          "probability is below ood_threshold); null: the model carries no calibration")
+    ood_threshold: float | None = Field(None, description="the threshold, chosen on held-out data")
     input_image: str | None = Field(
         None, description="with show_input=true: the model's input (after conversion) as a "
                           "data:image/png;base64 URL")

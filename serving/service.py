@@ -169,7 +169,7 @@ class Classifier:
             logger.exception("unexpected error preparing an image")
             raise InputError(422, "corrupt_image", f"cannot decode the image: {e}") from e
         logits = (await self.infer_rows(prepared.x))[0]
-        result = {**answer(logits, self.info.classes), "converted": prepared.converted}
+        result = {**answer(logits, self.info.classes, calibration=self.info.calibration), "converted": prepared.converted}
         if upload.show_input:
             result["input_image"] = png_data_url(prepared.pixels)
         return result

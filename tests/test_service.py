@@ -93,8 +93,9 @@ def torch_answer(model, ckpt, path: Path) -> np.ndarray:
     convention = read_model(MODEL).input_convention
     px, _ = convert_image(decode_image(path.read_bytes()), data["channels"], size, size, convention, "auto")
     x = torch.from_numpy(normalize_uint8(px, data["mean"], data["std"]))[None]
+    temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)  # the service's calibration
     with torch.no_grad():
-        return torch.softmax(model(x).double(), dim=1)[0].numpy()
+        return torch.softmax(model(x).double() / temperature, dim=1)[0].numpy()
 
 
 def classify_file(client: httpx.Client, path: Path) -> httpx.Response:
@@ -199,7 +200,7 @@ def test_convert_override_by_query_or_form_field(client, fixture_data_dir):
 
 def test_openapi_describes_the_real_request_and_answer(client):
     spec = json.dumps(client.get("/docs.json").json())
-    for word in ("convert", "show_input", "converted", "input_image", '"image"'):
+    for word in ("convert", "show_input", "converted", "input_image", '"image"', "in_distribution", "ood_threshold"):
         assert word in spec, word
 
 
@@ -240,6 +241,36 @@ def test_page_in_headless_chromium_classifies_an_upload(client, server, tmp_path
         seen = browser.find_element(By.ID, "seen")
         assert seen.get_attribute("src").startswith("data:image/png;base64,")
         assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
+    finally:
+        browser.quit()
+
+
+def test_page_offers_the_samples_and_shows_the_calibrated_answer(client, server):
+    """Before any upload: the shipped samples as one-click examples and no image placeholders;
+    a click classifies the sample as /classify does, with its probability and the OOD flag."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serving.page import SAMPLES, SAMPLES_DIR
+
+    names = [n for n in SAMPLES["fashion-mnist"] if (SAMPLES_DIR / n).is_file()]
+    browser = chromium_driver()
+    try:
+        browser.get(server + "/ui")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#examples button")) == len(names))
+        assert browser.find_element(By.ID, "examples").is_displayed()
+        assert not browser.find_element(By.ID, "result").is_displayed()
+        shown = [i for i in browser.find_elements(By.TAG_NAME, "img") if i.is_displayed()]
+        assert shown and all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in shown)
+        expected = client.post("/classify", files={"image": (names[0], (SAMPLES_DIR / names[0]).read_bytes())}).json()
+        browser.find_elements(By.CSS_SELECTOR, "#examples button")[0].click()
+        wait.until(lambda b: b.find_element(By.ID, "top").text)
+        assert browser.find_element(By.ID, "top").text == expected["label"]
+        assert browser.find_element(By.ID, "prob").text == f"{100 * expected['probability']:.1f}%"
+        flag = {True: "true", False: "false", None: "null"}[expected["in_distribution"]]
+        assert f"in_distribution: {flag}" in browser.find_element(By.ID, "ood").text
+        assert browser.find_element(By.ID, "upload").is_displayed()
     finally:
         browser.quit()
 
