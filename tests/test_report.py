@@ -81,7 +81,8 @@ def test_report_from_metrics_markdown_and_html(tmp_path):
     assert "- accuracy `0.90` at step 10" in md  # the number read from metrics.jsonl
     assert "| BN ahead | 83% vs 80% | 0.90 vs 0.50 | **PASS** |" in md
     assert "| lr 0.5 \\| diverges | yes | no | **DIFFERS** |" in md
-    assert "Claims checked: 2; PASS 1, DIFFERS 1." in md
+    assert "**The papers' claims**: 2 checked; PASS 1, DIFFERS 1, INCONCLUSIVE 0." in md
+    assert "**The project's own checks" in md and "0 checked" in md
     assert "Not run (no run directory found): exp-missing." in md
     assert "![Figure A: a test](figures/exp-a.png)" in md
     assert (docs / "figures" / "exp-a.png").read_bytes() == PNG

@@ -46,10 +46,10 @@ def run_figure(cfg: VGGRunsConfig, preset: str | None, experiment: str, dln: dic
     jobs: list[tuple] = [(train_vgg, cfg, v, lr, s, str(run_dir), experiment)
                          for s in seeds for lr in cfg.lrs for v in cfg.variants]
     if dln is not None:
-        dln_seeds = seeds[:1]  # the DLN curves are one seed; the VGG accuracy curves have them all
+        # The DLN runs have every seed too: each claim is judged against the spread over seeds.
         jobs += [(train_dln, cfg, v, lr, s, str(run_dir), dln.get("ics_layers", ()),
                   dln.get("landscape_points", 0))
-                 for s in dln_seeds for lr in cfg.dln_lrs for v in cfg.dln_variants]
+                 for s in seeds for lr in cfg.dln_lrs for v in cfg.dln_variants]
     results = _run_jobs(jobs, cfg, device)
     wall = time.perf_counter() - t0
     PLOTTERS[experiment](run_dir)
@@ -140,10 +140,12 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
     elif experiment == "santurkar-fig4":
         lines += _landscape_table(vgg, "VGG") + _landscape_table(dln, "DLN")
     elif experiment == "santurkar-fig5":
-        lines += ["l_p normalisation (Sec. 3.3), ours where the paper is silent: centre each unit "
-                  "over the batch (and positions), divide by the batch average of each sample's "
-                  "power-mean l_p norm over the layer's units, (mean_j |c_j|^p)^(1/p) (max for "
-                  "p = inf); one scale per layer, learnable gamma and beta per unit (training.models.LpNorm).", ""]
+        lines += ["l_p normalisation (Sec. 3.3): centre each unit over the batch (and positions), and divide "
+                  "by the batch average of each sample's l_p norm of the raw activations, taken before the "
+                  "mean is subtracted (the paper's \"before shifting the mean\"). Ours where the paper is "
+                  "silent: the norm runs over all the layer's units as a power mean, (mean_j |x_j|^p)^(1/p) "
+                  "(max for p = inf); one scale per layer, learnable gamma and beta per unit "
+                  "(training.models.LpNorm).", ""]
     lines += [CLAIMS_HEADING, ""] + [C.claim_line(c) for c in claims]
     lines += ["", f"figure.png redraws and these claims recompute from the metrics alone: "
               f"`python -m training plot {run_dir}`.", ""]
@@ -159,7 +161,7 @@ def claims_for(experiment: str, cfg, vgg: dict, dln: dict) -> list:
     c = cfg if isinstance(cfg, dict) else _as_dict(cfg)
     mid, end = c["steps"] // 2, c["steps"]
     if experiment == "santurkar-fig1":
-        return C.fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10")
+        return C.fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10", c["probe_layers"])
     if experiment == "santurkar-fig2":
         return C.fig2_claims(vgg, min(c["lrs"]), mid, end, c["probe_layers"])
     if experiment == "santurkar-fig3":
@@ -167,7 +169,7 @@ def claims_for(experiment: str, cfg, vgg: dict, dln: dict) -> list:
     if experiment == "santurkar-fig4":
         return C.fig4_claims(vgg, "VGG", c["steps"]) + C.fig4_claims(dln, "DLN", c["dln_steps"])
     if experiment == "santurkar-fig5":
-        return C.fig5_claims(vgg, dln, mid, end)
+        return C.fig5_claims(vgg, dln, mid, end, c["probe_layers"])
     raise ValueError(f"no claims for {experiment!r}")
 
 
