@@ -499,3 +499,24 @@ def test_probe_reads_the_layer_input_the_same_site_in_every_network():
         assert mom["var"][0][0] == pytest.approx(float(v.var(unbiased=False)), rel=1e-4)
         assert seen["x"].min() >= 0  # layer 3's input comes out of a ReLU (and a pool) in every network
         probe.remove()
+
+
+@pytest.mark.parametrize("variant", ["standard", "bn", "l1", "linf"])
+def test_stacked_dln_seeds_are_the_one_seed_runs(tmp_path, variant):
+    """Fig. 5 trains its DLN seeds stacked: each seed's losses are those of its own train_dln run."""
+    from training.santurkar.config import Fig5Config
+    from training.santurkar.dln import train_dln
+    from training.santurkar.dln_stacked import train_dln_stacked
+    cfg = Fig5Config(dln_steps=30, dln_record_every=10, dln_samples=64)
+    got = train_dln_stacked(cfg, variant, 1e-5, [0, 1, 2], str(tmp_path / "stacked"))
+    assert [r["seed"] for r in got] == [0, 1, 2] and all(r["diverged_at"] is None for r in got)
+    for seed in (0, 2):
+        one = train_dln(cfg, variant, 1e-5, seed, str(tmp_path / "one"))
+        name = f"dln_{variant}_lr1e-05_seed{seed}/metrics.jsonl"
+        a = [r for r in read_metrics(tmp_path / "stacked" / name) if r["kind"] == "loss"]
+        b = [r for r in read_metrics(tmp_path / "one" / name) if r["kind"] == "loss"]
+        assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 10, 20, 30]
+        assert all(r["seed"] == seed for r in a)
+        torch.testing.assert_close(torch.tensor([r["loss"] for r in a]), torch.tensor([r["loss"] for r in b]),
+                                   rtol=1e-3, atol=0)  # float32 summation order, through 25 layers
+        assert got[seed]["final_loss"] == pytest.approx(one["final_loss"], rel=1e-3)

@@ -98,19 +98,21 @@ def _iid_like(y: torch.Tensor, fill) -> torch.Tensor:
 LP_NORMS = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
 
 
-def batch_lp_norm(x: torch.Tensor, p: float) -> torch.Tensor:
+def batch_lp_norm(x: torch.Tensor, p: float, sample_dim: int = 0) -> torch.Tensor:
     """The batch average of each sample's power-mean l_p norm over its units (and positions),
     ``mean_i (mean_j |x_ij|^p)^(1/p)`` (``mean_i max_j |x_ij|`` for p = inf), of ``x`` as given:
-    ``LpNorm`` passes the raw activations. One reduction over the non-batch dims (no flatten: a
-    channels_last tensor would be copied)."""
-    unit_dims = tuple(range(1, x.dim()))
+    ``LpNorm`` passes the raw activations. Samples run along ``sample_dim``, units over every dim
+    after it (dims before it are kept: a stack of seeds). One reduction over the unit dims (no
+    flatten: a channels_last tensor would be copied)."""
+    unit_dims = tuple(range(sample_dim + 1, x.dim()))
     if math.isinf(p):
         per_sample = x.abs().amax(dim=unit_dims)  # vector_norm(inf)'s backward is ~2x slower
     elif p == 1:
         per_sample = x.abs().mean(dim=unit_dims)
     else:
-        per_sample = torch.linalg.vector_norm(x, ord=p, dim=unit_dims) / (x[0].numel() ** (1.0 / p))
-    return per_sample.mean()
+        n = math.prod(x.shape[sample_dim + 1:])
+        per_sample = torch.linalg.vector_norm(x, ord=p, dim=unit_dims) / (n ** (1.0 / p))
+    return per_sample.mean(dim=sample_dim)
 
 
 class LpNorm(nn.Module):

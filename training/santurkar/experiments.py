@@ -10,11 +10,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ..data import get_spec, load_dataset
+from ..models import LP_NORMS
 from ..runs import pick_device, start_run
 from ..seeds import BAND, at_step, seed_list
 from . import claims as C
 from .config import INIT_NAMES, PAPER_TEST_ACCURACY, VGGRunsConfig
 from .dln import train_dln
+from .dln_stacked import train_dln_stacked
 from .figures import PLOTTERS
 from .jobs import load_jobs
 from .vgg import train_vgg
@@ -47,10 +49,16 @@ def run_figure(cfg: VGGRunsConfig, preset: str | None, experiment: str, dln: dic
                          for s in seeds for lr in cfg.lrs for v in cfg.variants]
     if dln is not None:
         # The DLN runs have every seed too: each claim is judged against the spread over seeds.
-        jobs += [(train_dln, cfg, v, lr, s, str(run_dir), dln.get("ics_layers", ()),
-                  dln.get("landscape_points", 0))
-                 for s in seeds for lr in cfg.dln_lrs for v in cfg.dln_variants]
-    results = _run_jobs(jobs, cfg, device)
+        # Without ICS or landscape probes (Fig. 5) the l_p DLNs' seeds train together, stacked
+        # (one job per variant, about the CPU time of one seed: their many small ops cost per
+        # op, not per seed); Standard and BN gain nothing from it on a CPU (a batched matmul
+        # costs more than three plain ones), and the probes measure one model at a time.
+        probes = bool(dln.get("ics_layers") or dln.get("landscape_points"))
+        stacked = [] if probes else [v for v in cfg.dln_variants if v in LP_NORMS]
+        jobs += [(train_dln_stacked, cfg, v, lr, seeds, str(run_dir)) for lr in cfg.dln_lrs for v in stacked]
+        jobs += [(train_dln, cfg, v, lr, s, str(run_dir), dln.get("ics_layers", ()), dln.get("landscape_points", 0))
+                 for s in seeds for lr in cfg.dln_lrs for v in cfg.dln_variants if v not in stacked]
+    results = [r for res in _run_jobs(jobs, cfg, device) for r in (res if isinstance(res, list) else [res])]
     wall = time.perf_counter() - t0
     PLOTTERS[experiment](run_dir)
     write_summary(run_dir, experiment, cfg, preset, results, wall)
