@@ -15,6 +15,7 @@ from training.report import (
     build_report,
     find_runs,
     render_html,
+    render_markdown,
     write_report,
 )
 
@@ -183,7 +184,7 @@ def test_report_html_in_headless_chromium_shows_every_part_and_fetches_nothing(t
         browser.get(page.as_uri())
         assert browser.title == "bnserve: reproduced figures"
         h2 = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
-        assert h2 == ["Figure A: a test", "Figure A: a test", "Why?"]
+        assert h2 == ["Verdicts", "Figure A: a test", "Figure A: a test", "Why?"]
         h3 = [h.text for h in browser.find_elements(By.TAG_NAME, "h3")]
         assert h3 == ["Context", "What is plotted", "What we observe", "Interpretation"] * 2
         images = browser.find_elements(By.TAG_NAME, "img")
@@ -227,3 +228,24 @@ def test_santurkar_interpretation_names_what_differs():
     ok, bad = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False)
     assert interpretation([ok], "All good.", "Caveat.") == "All good."
     assert interpretation([ok, bad], "All good.", "Caveat.") == "Caveat. Differs here (1 of 2): B holds."
+
+
+def test_own_checks_are_counted_apart_and_the_departures_come_first(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "a", "exp-a")
+    make_run(runs, "c", "recalibrate")
+    fig = make_run(runs, "f", "santurkar-fig5")
+    record = json.loads((fig / "config.json").read_text())
+    record["config"] = {"dataset": "fashion-mnist", "width": 0.125, "steps": 1000, "init": "kaiming", "seed": 0}
+    (fig / "config.json").write_text(json.dumps(record))
+    builders = {"exp-a": section_from_metrics, "recalibrate": section_from_metrics}
+    md = render_markdown(build_report(runs, builders, []))
+    assert "**The papers' claims**: 2 checked; PASS 1, DIFFERS 1, INCONCLUSIVE 0." in md
+    assert ("**The project's own checks (BN at test time, Algorithm 2: not claims of the papers)**: 2 checked; "
+            "PASS 1, DIFFERS 1, INCONCLUSIVE 0.") in md
+    # the departures table is read from the runs' configs, and stands above the verdicts
+    assert md.index("## Departures from the papers") < md.index("## Verdicts") < md.index("## Contents")
+    assert "| Santurkar Figs. 5 | fashion-mnist (28 px, 1 channel) instead of CIFAR-10" in md
+    assert "1,000 training steps instead of 15,000" in md and "He (kaiming) init instead of Glorot" in md
+    assert "INCONCLUSIVE" in md.split("## Verdicts", 1)[1].split("## Contents", 1)[0]
+    assert Claim("x", "p", "o", None).verdict == "INCONCLUSIVE"

@@ -79,8 +79,9 @@ def section(run_dir: Path) -> Section:
     binary = "binary (pixel >= 128 of 255)" if cfg.binarize else "greyscale"
     return Section(
         key="ioffe-fig1", title="Ioffe & Szegedy 2015, Figure 1: MNIST, 3x100 sigmoid MLP with and without BN",
-        context=(f"A 3x100 sigmoid MLP trained on {spec.name} ({binary} input) with plain SGD, batch "
-                 f"{cfg.batch_size}, {cfg.steps:,} steps, once with BatchNorm before every sigmoid and once "
+        context=(f"A 3x100 sigmoid MLP trained on {spec.name} ({binary} input) with plain SGD at lr {lr:g} (our "
+                 "choice: the paper states no optimiser and no learning rate), batch "
+                 f"{cfg.batch_size}, {cfg.steps:,} steps (the paper's), once with BatchNorm before every sigmoid and once "
                  "without. The paper uses it to show what BN was introduced for: the distribution of each "
                  "layer's input keeps changing during training without BN (internal covariate shift), "
                  "which slows training; BN fixes each unit's mean and variance over the mini-batch."),

@@ -275,42 +275,55 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return save(fig, run_dir, out)
 
 
+HIST_STYLES = (("dotted", 0.45), ("dashed", 0.7), ("solid", 1.0))  # (linestyle, shade) by the order of the steps
+
+
 def plot_fig5(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Fig. 5: (a) VGG training accuracy and (b) DLN training loss of Standard, + BN, + L1, L2,
-    L-inf normalisation. Fig. 6 below: the probed unit of VGG layer #11 per network over
-    training, and its histogram at the last step."""
+    L-inf normalisation (mean over seeds, min-max band). Fig. 6 below: the probed input unit of
+    VGG layer #11 per network over training (first seed), and its histograms at the first, middle
+    and last step, each step its own line style and shade, on one x-range shared by every panel."""
     run_dir, record, cfg, vgg, dln = _load(run_dir)
     variants = [v for v in ("standard", "bn", "l1", "l2", "linf") if any(k[0] == v for k in vgg)]
     layers = cfg.get("probe_layers", [])
-    fig = plt.figure(figsize=(4 * max(4, len(variants)), 4.2 * (1 + 2 * bool(layers))))
-    gs = fig.add_gridspec(1 + 2 * bool(layers), max(4, len(variants)))
-    half = max(4, len(variants)) // 2
+    ncol = max(4, len(variants))
+    fig = plt.figure(figsize=(4 * ncol, 4.2 * (1 + 2 * bool(layers)) + 0.6))
+    gs = fig.add_gridspec(1 + 2 * bool(layers), ncol)
+    half = ncol // 2
     _accuracy(fig.add_subplot(gs[0, :half]), vgg, "train_eval_accuracy", "Fig. 5(a) VGG: Training Accuracy")
     ax = fig.add_subplot(gs[0, half:])
     for (v, _lr), rows in dln.items():
         plot_mean_band(ax, by_seed(C.kind(rows, "loss"), "loss"), LABELS[v], color=COLORS[v])
-    ax.set(title="Fig. 5(b) Deep Linear Model: Training Loss", xlabel="Steps", ylabel="Training Loss", yscale="log")
+    ax.set(title="Fig. 5(b) Deep Linear Model: Training Loss", xlabel="Steps", ylabel="Training Loss (summed squared error)",
+           yscale="log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    h, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=h + _band_handle(_n_seeds(dln)), fontsize=7)
     if layers:
         lr0 = min(lr for _, lr in vgg)
-        axes_q, axes_h = [], []
+        axes_q, axes_h, edges = [], [], []
         for c, v in enumerate(variants):
             rows = vgg.get((v, lr0), [])
             ax = fig.add_subplot(gs[1, c])
-            _quantiles(ax, rows, 0, COLORS[v], f"Fig. 6: {LABELS[v]}, Layer #{layers[0]}")
+            _quantiles(ax, rows, 0, COLORS[v], f"Fig. 6: {SHORT[v]}, layer #{layers[0]} input")
             axes_q.append(ax)
             ax = fig.add_subplot(gs[2, c])
             hists = [r for r in C.kind(rows, "histogram") if r["layer"] == layers[0] and r["counts"]]
             first = min((r.get("seed", 0) for r in hists), default=0)
             hists = sorted((r for r in hists if r.get("seed", 0) == first), key=lambda r: r["step"])
-            for k, h in enumerate(hists):
-                e = h["edges"]
-                ax.stairs(h["counts"], e, color=COLORS[v], alpha=0.3 + 0.7 * (k + 1) / len(hists),
-                          label=f"step {h['step']:,}")
-            ax.set(title=f"{LABELS[v]}, Layer #{layers[0]}: histogram", xlabel="activation")
-            ax.legend(fontsize=6)
+            for k, hrow in enumerate(hists):
+                style, shade = HIST_STYLES[min(k, len(HIST_STYLES) - 1)]
+                ax.stairs(hrow["counts"], hrow["edges"], color=COLORS[v], alpha=shade, linestyle=style, lw=1.5,
+                          label=f"step {hrow['step']:,}")
+                edges += [hrow["edges"][0], hrow["edges"][-1]]
+            ax.set(title=f"{SHORT[v]}, layer #{layers[0]} input: histogram (seed {first})",
+                   xlabel="layer input value", ylabel=f"count (of {sum(hists[0]['counts']) if hists else 0} values)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
             axes_h.append(ax)
+        if edges:
+            for ax in axes_h:
+                ax.set_xlim(min(edges), max(edges))
     fig.suptitle(_title("5 and 6", "l_p normalisation (Sec. 3.3)", record), fontsize=11)
     return save(fig, run_dir, out)
 
