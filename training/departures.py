@@ -48,6 +48,7 @@ def santurkar_rows(cfgs: Mapping[str, Mapping]) -> list[Row]:
     if not cfgs:
         return []
     cfg = next(iter(cfgs.values()))
+    f3, f4 = cfgs.get("santurkar-fig3", {}), cfgs.get("santurkar-fig4", {})
     figs = ", ".join(sorted(k.split("-")[-1].replace("fig", "") for k in cfgs))
     where = f"Santurkar Figs. {figs}"
     rows: list[Row] = []
@@ -81,8 +82,8 @@ def santurkar_rows(cfgs: Mapping[str, Mapping]) -> list[Row]:
          "the paper does not say how its training accuracy is measured",
          "noisy BN in eval mode runs without its noise on statistics gathered with it (the report says by how much)"),
         ("Santurkar Figs. 1(c), 2, 6", "the probed activation: one random input unit (a channel) of the "
-         "layer, its 5/25/50/75/95th percentiles over the batch every 20 steps; its batch mean and variance "
-         "at every step",
+         f"layer, its 5/25/50/75/95th percentiles over the batch every {cfg.get('record_every', 50)} steps; its "
+         "batch mean and variance at every step",
          "the paper plots the distribution of \"a random input\" of the layer without saying how it is drawn",
          "another unit moves by a different amount: the claims are judged over 3 seeds, each its own unit"),
         ("Santurkar Fig. 2", "distributional stability measured as Fig. 8 does, by the raw changes of the "
@@ -95,11 +96,12 @@ def santurkar_rows(cfgs: Mapping[str, Mapping]) -> list[Row]:
          "the paper: \"normalizes them by the average of their l_p-norm (before shifting the mean)\", without "
          "saying over which units the norm runs; the power mean (norm / n^(1/p)) is a constant factor per layer",
          "a per-unit norm would control each unit's scale, as BN does, and make l_p more BN-like"),
-        ("Santurkar Fig. 3", "ICS measured every 50 VGG steps and every 100 DLN steps, on the step's own batch",
+        ("Santurkar Fig. 3", f"ICS measured every {f3.get('ics_every', 100)} VGG steps and every "
+         f"{f3.get('dln_record_every', 100)} DLN steps, on the step's own batch",
          "the paper does not give its measurement interval", "nothing beyond the curves' resolution"),
-        ("Santurkar Fig. 4", "8 step lengths evenly spaced over the paper's ranges ([1/2, 4] x lr VGG, "
-         "[1/100, 30] x lr DLN, log-spaced); probes every 50 VGG steps on the step's own mini-batch, BN's "
-         "running statistics frozen",
+        ("Santurkar Fig. 4", f"{f4.get('landscape_points', 8)} step lengths over the paper's ranges ([1/2, 4] x lr "
+         "VGG, evenly spaced; [1/100, 30] x lr DLN, log-spaced); probes every "
+         f"{f4.get('landscape_every', 100)} VGG steps on the step's own mini-batch, BN's running statistics frozen",
          "the paper gives the ranges, not the number of points or the batch",
          "the maxima over the line (loss range, gradient change) grow with more points"),
         ("Santurkar Figs. 3-5 (DLN)", "3 seeds, each its own A, x and init",

@@ -13,6 +13,7 @@ from ..data import get_spec, load_dataset
 from ..models import LP_NORMS
 from ..runs import pick_device, start_run
 from ..seeds import BAND, at_step, seed_list
+from ..verdicts import RULE
 from . import claims as C
 from .config import INIT_NAMES, PAPER_TEST_ACCURACY, VGGRunsConfig
 from .dln import train_dln
@@ -154,7 +155,7 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
                   "silent: the norm runs over all the layer's units as a power mean, (mean_j |x_j|^p)^(1/p) "
                   "(max for p = inf); one scale per layer, learnable gamma and beta per unit "
                   "(training.models.LpNorm).", ""]
-    lines += [CLAIMS_HEADING, ""] + [C.claim_line(c) for c in claims]
+    lines += [CLAIMS_HEADING, "", RULE, ""] + [C.claim_line(c) for c in claims]
     lines += ["", f"figure.png redraws and these claims recompute from the metrics alone: "
               f"`python -m training plot {run_dir}`.", ""]
     (Path(run_dir) / "summary.md").write_text("\n".join(lines))
@@ -191,7 +192,7 @@ def refresh_claims(run_dir: str | Path) -> Path:
     claims = claims_for(record["experiment"], record["config"], vgg, dln)
     path = run_dir / "summary.md"
     head = path.read_text().split(CLAIMS_HEADING, 1)[0] if path.exists() else ""
-    path.write_text(head + "\n".join([CLAIMS_HEADING, ""] + [C.claim_line(c) for c in claims] + [
+    path.write_text(head + "\n".join([CLAIMS_HEADING, "", RULE, ""] + [C.claim_line(c) for c in claims] + [
         "", f"figure.png redraws and these claims recompute from the metrics alone: "
         f"`python -m training plot {run_dir}`.", ""]))
     return path
