@@ -200,10 +200,11 @@ def render_markdown(report: Report, figure_links: dict[Path, str] | None = None)
     out += ["## Verdicts", "", RULE, ""]
     for heading, rows in _verdict_summary(report):
         allv = [v for _, vs in rows for v in vs]
-        out += [f"**{heading}**: {len(allv)} checked; {count_verdicts(allv)}.", "",
-                "| section | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
-        out += [f"| {_cell(t)} | " + " | ".join(str(vs.count(v)) for v in VERDICTS) + " |" for t, vs in rows]
-        out.append("")
+        out += [f"**{heading}**: {len(allv)} checked; {count_verdicts(allv)}.", ""]
+        if rows:
+            out += ["| section | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
+            out += [f"| {_cell(t)} | " + " | ".join(str(vs.count(v)) for v in VERDICTS) + " |" for t, vs in rows]
+            out.append("")
     if report.missing:
         out += [f"Not run (no run directory found): {', '.join(report.missing)}.", ""]
     out += ["## Contents", ""]

@@ -47,6 +47,7 @@ def plot_ioffe_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.ticker import NullFormatter
 
     run_dir = Path(run_dir)
     record, cfg, jobs = load_jobs(run_dir)
@@ -74,6 +75,7 @@ def plot_ioffe_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
             early.set_ylim(max(0.0, min(accs) - 0.02), min(1.0, max(accs) + 0.01))
         early.set(xscale="log", title="(a) the same, log steps, full range: the early steps",
                   xlabel="training steps (log scale)", ylabel="test accuracy")
+        early.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: the minor ones overlap
         for a in (ax, early):
             a.grid(alpha=0.3)
             h, _ = a.get_legend_handles_labels()

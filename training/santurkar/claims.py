@@ -83,7 +83,8 @@ def fmt_seeds(values: Mapping[int, float], digits: int = 4) -> str:
     if not all(math.isfinite(x) for x in v):
         return "inf (a run diverged)"
     st = stats(v)
-    return f"{st.mean:.{digits}g}" + (f" +- {st.std:.2g}" if st.n > 1 else "")
+    std = st.std if st.std > 1e-9 * max(1.0, abs(st.mean)) else 0.0  # float noise of equal values
+    return f"{st.mean:.{digits}g}" + (f" +- {std:.2g}" if st.n > 1 else "")
 
 
 PAPER_SPEED = "Fig. 1(a): a consistent gain in training speed with BN, at both learning rates"

@@ -231,6 +231,7 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
         rng = "[1/2, 4]" if net == "VGG" else "[1/100, 30]"
         notes = {0: [], 1: []}
         tops: dict[int, list[float | None]] = {0: [], 1: []}
+        lows: dict[int, list[float]] = {0: [], 1: []}
         for k, ((v, _lr), rows) in enumerate(jobs.items()):
             land = [r for r in C.kind(rows, "landscape") if r.get("seed", 0) == seed0]
             if not land:
@@ -245,14 +246,17 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
                           label=f"{LABELS[v]}: min-max over step lengths {rng} x LR (seed {seed0})")
                 top, note = _off_scale([r[hi] for r in land], steps)
                 tops[c].append(top)
+                lows[c] += [r[lo] for r in land if math.isfinite(r[lo]) and r[lo] > 0]
                 if note:
                     notes[c].append(f"{SHORT[v]} {note}")
             plot_mean_band(row[2], by_seed(C.kind(rows, "landscape"), "beta"), LABELS[v], color=COLORS[v])
         lr = min(lr for _, lr in jobs)
+        row[0].set(yscale="log", ylabel="loss along the gradient")
+        row[1].set(ylabel="||g - g'|| along the gradient", yscale="log" if net == "DLN" else "linear")
         for c in (0, 1):
             finite = [t for t in tops[c] if t is not None]
-            if finite and len(finite) == len(tops[c]):
-                row[c].set_ylim(top=max(finite))
+            if finite and len(finite) == len(tops[c]) and lows[c]:  # clip the spike, the scale set first
+                row[c].set_ylim(min(lows[c]) / 2 if row[c].get_yscale() == "log" else 0, max(finite))
             if notes[c]:
                 row[c].plot([], [], " ", label="; ".join(notes[c]))
         if net == "DLN":
@@ -265,11 +269,8 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
         row[2].legend(handles=h + _band_handle(_n_seeds(jobs)), fontsize=7)
         row[0].legend(fontsize=7)
         row[1].legend(fontsize=7)
-        row[0].set(yscale="log", ylabel="loss along the gradient")
-        row[1].set(ylabel="||g - g'|| along the gradient")
         row[2].set(ylabel="max ||g - g'|| / distance")
         if net == "DLN":
-            row[1].set_yscale("log")
             row[2].set_yscale("log")
     fig.suptitle(_title("4", "the loss landscape along the gradient (Sec. 3.1)", record), fontsize=11)
     return save(fig, run_dir, out)
