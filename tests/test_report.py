@@ -203,8 +203,8 @@ def test_smoothness_question_follows_the_verdicts_of_figures_2_to_5(tmp_path, mo
     import training.santurkar.report as sr
     from training.inference_report import smoothness_question
 
-    verdicts = {"santurkar-fig2": [True, True, False], "santurkar-fig3": [True, True],
-                "santurkar-fig4": [True, False, True], "santurkar-fig5": [True]}
+    verdicts = {"santurkar-fig2": [True, True, True], "santurkar-fig3": [True, True],
+                "santurkar-fig4": [True, True, True], "santurkar-fig5": [True]}
 
     def fake_section(run_dir):
         name = Path(run_dir).name
@@ -214,20 +214,27 @@ def test_smoothness_question_follows_the_verdicts_of_figures_2_to_5(tmp_path, mo
     monkeypatch.setattr(sr, "section", fake_section)
     runs = {name: [tmp_path / name] for name in verdicts}
     q = smoothness_question(runs)
-    assert "smoother with BN" in q.answer and "does not reduce ICS" in q.answer
+    assert "smoother with BN (smaller loss range" in q.answer and "(all 3 claims PASS)" in q.answer
     assert "evidence for the smoothness view" in q.answer
-    assert q.evidence[0].startswith("**Fig. 2") and "2 of 3 claims PASS. Differs: santurkar-fig2 claim 2 (ours 2)" in q.evidence[0]
-    verdicts["santurkar-fig4"] = [False, False, True]
+    # one DIFFERS and one INCONCLUSIVE: named in the evidence and counted in the answer, no conclusion drawn
+    verdicts["santurkar-fig2"] = [True, False, None]
     q = smoothness_question(runs)
-    assert "do not show BN's landscape as smoother" in q.answer and "the evidence is weaker there" in q.answer
+    assert q.evidence[0].startswith("**Fig. 2") and "3 claims: PASS 1, DIFFERS 1, INCONCLUSIVE 1" in q.evidence[0]
+    assert "DIFFERS: santurkar-fig2 claim 1 (ours 1)" in q.evidence[0]
+    assert "INCONCLUSIVE: santurkar-fig2 claim 2 (ours 2)" in q.evidence[0]
+    assert "here 1 of 3 claims PASS, 1 DIFFER and 1 are INCONCLUSIVE" in q.answer
+    assert "the evidence is mixed" in q.answer and "evidence for the smoothness view" not in q.answer
     assert smoothness_question({}) is None
 
 
-def test_santurkar_interpretation_names_what_differs():
+def test_santurkar_interpretation_names_every_verdict():
     from training.santurkar.report import interpretation
-    ok, bad = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False)
+    ok, bad, unsure = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False), Claim("C", "p", "o", None)
     assert interpretation([ok], "All good.", "Caveat.") == "All good."
-    assert interpretation([ok, bad], "All good.", "Caveat.") == "Caveat. Differs here (1 of 2): B holds."
+    got = interpretation([ok, bad, unsure], "All good.", "Caveat.")
+    assert got.startswith("Caveat. **DIFFERS** (1 of 3, the opposite of the paper, beyond the seed spread): B holds.")
+    assert "**INCONCLUSIVE** (1 of 3, within the seed spread or seeds disagree: no verdict): C." in got
+    assert got.endswith("**PASS** (1 of 3, as the paper, beyond the seed spread): A holds.")
 
 
 def test_own_checks_are_counted_apart_and_the_departures_come_first(tmp_path):
