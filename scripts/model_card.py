@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shlex
 from pathlib import Path
 
 import onnx
+
+from serving.contract import read_metadata
+from training.records import RunRecord, read_metrics
 
 
 def sha256(path: Path) -> str:
@@ -42,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir", type=Path)
     args = p.parse_args(argv)
     run, out = args.run_dir, args.model_dir
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = RunRecord.read(run)
     onnx_path = out / "model.onnx"
-    meta = json.loads({q.key: q.value for q in onnx.load(str(onnx_path)).metadata_props}["bnserve"])
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    meta = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
+    metrics = read_metrics(run / "metrics.jsonl")
     summary = (run / "summary.md").read_text().strip() if (run / "summary.md").exists() else ""
     summary = summary.replace("# ", "### Training run: ", 1) if summary.startswith("# ") else summary
     export_txt = (run / "export.txt").read_text().strip() if (run / "export.txt").exists() else ""
     parity = meta["parity"]
-    env = cfg.get("environment", {})
+    env = cfg.environment
     curve = "\n".join(f"| {m['step']} | {m.get('test_accuracy')} | {m.get('elapsed_s')} |" for m in metrics)
     default = out.resolve() == (Path(__file__).resolve().parent.parent / "models" / "default")
     intro = ("The model `make serve` serves when `BNSERVE_MODEL` is not set. Regenerate with "
@@ -62,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 from the run's files and the ONNX file's metadata.
 
 ## How it was made
-- training: `{shlex.join(cfg['command'])}`
-- seed {cfg['seed']}, git revision `{cfg['git_revision']}`, started {cfg['started_at']}
+- training: `{shlex.join(cfg.command)}`
+- seed {', '.join(map(str, cfg.seeds))}, git revision `{cfg.git_revision}`, started {cfg.started_at}
 - environment: python {env.get('python')}, torch {env.get('torch')}, {env.get('cpu_count')} CPU cores, device {env.get('device')}
 - export: `python -m export {run}/checkpoint.pt -o {onnx_path}` (BatchNorm folded, opset {meta['opset']}, {meta['precision']}), exported {meta['exported_at']}
 

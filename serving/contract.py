@@ -3,7 +3,8 @@ with it, the service checks what it loads with it, so "exported" and "servable" 
 set of files. Torch-free (onnx protobufs + the standard library), so serving can import it.
 
 A file is servable when:
-- the graph has an input named ``input`` and an output named ``logits``;
+- the graph has an input named ``input`` and an output named ``logits``, whose last dimension
+  (when the file states it) is the number of classes;
 - no ``BatchNormalization`` node is left anywhere: main graph, If/Loop/Scan subgraphs, and the
   model's local functions (``model.functions``, which torch.onnx's dynamo exporter can emit);
 - ``metadata_props[METADATA_KEY]`` is a JSON object with ``format == FORMAT``,
@@ -12,6 +13,9 @@ A file is servable when:
   ``input_convention`` (how the training images were made, for converting photos and scans),
   when present, is an object whose ``pipeline`` is one of PIPELINES. Files exported before it
   existed have none: the service then converts nothing (``"converted": "none"``).
+
+The metadata object is built by ``build_metadata`` (the exporter, and tests that make files by
+hand) and stored by ``set_metadata``.
 """
 
 from __future__ import annotations
@@ -85,6 +89,47 @@ def batchnorm_nodes(model) -> list[str]:
     return [n.name or "(unnamed)" for n in iter_nodes(model) if n.op_type == BATCHNORM]
 
 
+def check_no_batchnorm(model) -> None:
+    """The one "no BatchNormalization left" check. Raises ContractError naming the nodes."""
+    bn = batchnorm_nodes(model)
+    if bn:
+        raise ContractError(f"{len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
+                            f"{', ...' if len(bn) > 3 else ''}); the service serves only models "
+                            "with BN folded into the preceding conv/linear weights")
+
+
+# --- the metadata object --------------------------------------------------------------------
+
+
+def build_metadata(*, model: dict, dataset: str, classes, channels: int, height: int, width: int,
+                   mean, std, parity: dict, dtype: str = "float32", input_convention: dict | None = None,
+                   **provenance) -> dict:
+    """The ``bnserve`` metadata object of a file whose graph maps ``input`` (N, C, H, W) to
+    ``logits`` (N, classes). ``provenance``: the exporter's record (test accuracy, source
+    checkpoint, BN statistics, fold report, precision, opset, version, git revision, time),
+    stored as given."""
+    meta = {
+        "format": FORMAT,
+        "model": model,
+        "dataset": dataset,
+        "classes": list(classes),
+        "input": {"name": INPUT_NAME, "shape": [None, channels, height, width],
+                  "channels": channels, "height": height, "width": width, "dtype": dtype, "layout": "NCHW"},
+        "normalization": {"mean": list(mean), "std": list(std)},
+    }
+    if input_convention is not None:
+        meta["input_convention"] = input_convention
+    meta["output"] = {"name": OUTPUT_NAME, "shape": [None, len(meta["classes"])]}
+    return {**meta, **provenance, "parity": parity}
+
+
+def set_metadata(model, meta: dict) -> None:
+    """Store ``meta`` as the model's metadata (replacing any other metadata entry)."""
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+
+
 # --- the checks -----------------------------------------------------------------------------
 
 
@@ -127,11 +172,7 @@ def check_graph(model) -> None:
     """Input/output names and no BatchNormalization node anywhere. Raises ContractError."""
     if len(model.graph.node) == 0:
         raise ContractError("empty graph")
-    bn = batchnorm_nodes(model)
-    if bn:
-        raise ContractError(f"{len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
-                            f"{', ...' if len(bn) > 3 else ''}); the service serves only models "
-                            "with BN folded into the preceding conv/linear weights")
+    check_no_batchnorm(model)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs[:1] != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAME]:
@@ -151,9 +192,27 @@ def read_metadata(model) -> dict:
         raise ContractError(f"the {METADATA_KEY!r} metadata is not valid JSON ({e})") from e
 
 
+def output_size(model) -> int | None:
+    """The last dimension of the ``logits`` output as the file states it (None when symbolic)."""
+    out = next((o for o in model.graph.output if o.name == OUTPUT_NAME), None)
+    dims = out.type.tensor_type.shape.dim if out is not None else []
+    return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
+
+
+def check_output_size(n_outputs: int | None, classes) -> None:
+    """One logit per class. Raises ContractError (``n_outputs`` None: not stated, not checked)."""
+    if n_outputs is not None and n_outputs != len(classes):
+        raise ContractError(f"the model outputs {n_outputs} logits per image but its metadata names "
+                            f"{len(classes)} classes ({', '.join(list(classes)[:5])}"
+                            f"{', ...' if len(classes) > 5 else ''}): every answer would name the "
+                            "wrong class or none; export the model with the classes of its dataset")
+
+
 def check_model(model) -> tuple[dict, ServingSpec]:
-    """The whole contract on a ModelProto: metadata present and valid, graph servable."""
+    """The whole contract on a ModelProto: metadata present and valid, graph servable, one
+    logit per class."""
     meta = read_metadata(model)
     spec = check_metadata(meta)
     check_graph(model)
+    check_output_size(output_size(model), spec.classes)
     return meta, spec

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .contract import ContractError, check_model
+from .contract import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ContractError,
+    ServingSpec,
+    check_model,
+    check_output_size,
+)
 
 # Under "bentoml." so that `bentoml serve` shows it with its own logs.
 logger = logging.getLogger("bentoml.bnserve.model")
@@ -36,24 +43,23 @@ def model_path_from_env() -> Path:
     return Path(os.environ.get("BNSERVE_MODEL") or DEFAULT_MODEL)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo(ServingSpec):
+    """A checked model file: the contract's ``ServingSpec`` (input spec, normalisation, classes,
+    input dtype, input convention), plus where the file is and its whole metadata."""
+
     path: Path
     metadata: dict  # the bnserve JSON, as written by the exporter
-    channels: int
-    height: int
-    width: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-    dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
-    input_convention: dict | None = None  # how the training images were made (contract.py)
+
+    @classmethod
+    def of(cls, path: Path, metadata: dict, spec: ServingSpec) -> ModelInfo:
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(ServingSpec)}, path=path, metadata=metadata)
 
 
 def read_model(path: str | os.PathLike) -> ModelInfo:
     """Check a model file against the contract (serving/contract.py) and return what serving
     needs from it. Raises ModelError (missing, corrupt, no/invalid metadata, parity not passed,
-    BN nodes, no image input spec)."""
+    BN nodes, no image input spec, output size not the number of classes)."""
     import onnx
 
     path = Path(path)
@@ -71,8 +77,7 @@ def read_model(path: str | os.PathLike) -> ModelInfo:
         meta, spec = check_model(proto)
     except ContractError as e:
         raise ModelError(f"{path}: {e} (contract: docs/ARTIFACTS.md); {hint}") from e
-    return ModelInfo(path, meta, spec.channels, spec.height, spec.width, spec.mean, spec.std,
-                     spec.classes, np.dtype(spec.dtype), spec.input_convention)
+    return ModelInfo.of(path, meta, spec)
 
 
 # --- execution provider ---------------------------------------------------------------------------
@@ -147,6 +152,7 @@ class OnnxClassifier:
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
         self.threads = threads
+        self._check_output_size()
         if CUDA in requested and self.provider != CUDA:
             logger.warning("CUDAExecutionProvider was requested but onnxruntime fell back to %s "
                            "(CUDA or cuDNN libraries missing or mismatched?); serving on CPU",
@@ -158,8 +164,16 @@ class OnnxClassifier:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """float (N, C, H, W) normalised pixels -> float32 logits (N, classes)."""
         x = np.ascontiguousarray(batch, dtype=self.info.dtype)
-        (logits,) = self.session.run(["logits"], {"input": x})
+        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return np.asarray(logits, dtype=np.float32)
+
+    def _check_output_size(self) -> None:
+        """One logit per class, on a real run: the file may leave its output size symbolic."""
+        one = np.zeros((1, self.info.channels, self.info.height, self.info.width), self.info.dtype)
+        try:
+            check_output_size(int(self(one).shape[-1]), self.info.classes)
+        except ContractError as e:
+            raise ModelError(f"{self.info.path}: {e}") from e
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         for n in batch_sizes:

@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.report import (
-    Claim,
-    Question,
-    RunInfo,
-    Section,
-    build_report,
-    find_runs,
-    render_html,
-    render_markdown,
-    write_report,
-)
+from training.report import build_report, find_runs, render_html, render_markdown, write_report
+from training.report_types import Claim, Question, RunInfo, Section
 
 # The smallest valid PNG (1x1, grey).
 PNG = bytes.fromhex(
@@ -256,3 +247,15 @@ def test_own_checks_are_counted_apart_and_the_departures_come_first(tmp_path):
     assert "1,000 training steps instead of 15,000" in md and "He (kaiming) init instead of Glorot" in md
     assert "INCONCLUSIVE" in md.split("## Verdicts", 1)[1].split("## Contents", 1)[0]
     assert Claim("x", "p", "o", None).verdict == "INCONCLUSIVE"
+
+
+def test_a_santurkar_section_is_built_without_torch_or_the_training_loop():
+    """The report of a Santurkar figure reads its run record and metrics alone."""
+    import subprocess
+    import sys
+    code = ("import sys, training.santurkar.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') "
+            "or m in ('training.loop', 'training.experiments', 'training.santurkar.experiments')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "[]"

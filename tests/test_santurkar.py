@@ -18,16 +18,16 @@ from torch import nn
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
 from training.models import NoisyBatchNorm2d, create_model, model_from_config
-from training.runs import read_metrics
-from training.santurkar import (
+from training.records import read_metrics
+from training.santurkar import claims
+from training.santurkar.config import (
     FIG1_PRESETS,
     FIG2_PRESETS,
     FIG3_PRESETS,
     FIG4_PRESETS,
     FIG5_PRESETS,
-    claims,
+    weight_layer_count,
 )
-from training.santurkar.config import weight_layer_count
 from training.santurkar.dln import dln_data, summed_squared_error
 from training.santurkar.ics import cosine, ics, layer_parameter_names
 from training.santurkar.probes import batch_quantiles, unit_values

@@ -12,7 +12,8 @@ from torch import nn
 
 from .data import DatasetSpec
 from .models import model_from_config
-from .runs import git_revision, to_jsonable
+from .records import to_jsonable
+from .runs import git_revision
 
 FORMAT = "bnserve-checkpoint/1"
 

@@ -23,7 +23,8 @@ from .config import RunOptions, require_positive
 from .data import BatchSampler, Normalizer, load_dataset
 from .loop import evaluate, interval_ends, prepare_model, run_steps, sgd_step, step_bar
 from .models import MODELS, create_model
-from .runs import MetricsWriter, pick_device, start_run
+from .records import MetricsWriter
+from .runs import finish_run, pick_device, start_run
 
 
 @dataclass
@@ -90,7 +91,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
             acc = evaluate(model, test.images, test.labels, norm, amp=cfg.amp).item()
             state["acc"] = acc
             state["train_seconds"] += iv.seconds + time.perf_counter() - t0
-            row = {"step": iv.step, "loss": iv.loss, "train_accuracy": iv.train_accuracy,
+            row = {"kind": "eval", "step": iv.step, "loss": iv.loss, "train_accuracy": iv.train_accuracy,
                    "test_accuracy": acc, "lr": lr_at(iv.step - 1, cfg),
                    "elapsed_s": round(state["train_seconds"], 3), "seed": cfg.seed}
             if iv.diverged:
@@ -120,4 +121,5 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         f"- training time: {train_seconds:.1f} s, {step / train_seconds:.1f} steps/s on {device}\n"
         f"- settings: batch {cfg.batch_size}, SGD lr {cfg.lr} momentum {cfg.momentum}, "
         f"weight decay {cfg.weight_decay}, linear decay {cfg.lr_decay}, seed {cfg.seed}\n")
+    finish_run(run_dir)
     return run_dir

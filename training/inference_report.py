@@ -1,5 +1,6 @@
 """The report's sections on BN at inference (training/report.py): Algorithm 2's statistics
-(``recalibrate --run-dir``), BN for one image at test time (``bn-test-time``), and the two
+(``recalibrate --run-dir``), BN for one image at test time (``python -m studies bn-test-time``,
+read from its ``results.json``), and the two
 conceptual questions a reader asks, answered from the runs' own numbers.
 
 Everything here reads ``config.json`` / ``results.json`` / metrics only: nothing is retrained.
@@ -10,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import Claim, Question, RunInfo, Section
+from .ioffe import report as ioffe_report
+from .report_types import Claim, Question, RunInfo, Section
+from .santurkar import report as santurkar_report
 
 
 def _results(run_dir: Path):
@@ -173,12 +176,11 @@ def _verdicts(claims: list[Claim]) -> str:
 
 
 def smoothness_question(runs: dict[str, list[Path]]) -> Question | None:
-    from .santurkar.report import section as santurkar_section
     from .verdicts import DIFFERS, INCONCLUSIVE, PASS
     parts = {}
     for fig in ("santurkar-fig2", "santurkar-fig3", "santurkar-fig4", "santurkar-fig5"):
         if runs.get(fig):
-            parts[fig] = santurkar_section(runs[fig][0]).claims
+            parts[fig] = santurkar_report.section(runs[fig][0]).claims
     if not parts:
         return None
     what = {"santurkar-fig2": "Fig. 2, noisy BN (distributions made unstable on purpose)",
@@ -194,8 +196,7 @@ def smoothness_question(runs: dict[str, list[Path]]) -> Question | None:
                 line += f". {v}: " + "; ".join(f"{c.statement} ({c.ours})" for c in named)
         evidence.append(line + ".")
     if "ioffe-fig1" in runs:
-        from .ioffe.report import section as ioffe_section
-        stable = [c for c in ioffe_section(runs["ioffe-fig1"][0]).claims if "distribution" in c.statement]
+        stable = [c for c in ioffe_report.section(runs["ioffe-fig1"][0]).claims if "distribution" in c.statement]
         evidence += [f"**Ioffe Fig. 1**, the original ICS picture: {c.verdict}: {c.statement} ({c.ours})." for c in stable]
 
     paper = {"santurkar-fig2": "BN with noise that destroys distributional stability still trains about as well as BN",

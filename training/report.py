@@ -7,8 +7,8 @@ claims marked PASS or DIFFERS with the paper's own number or statement beside ou
 
 Everything is read from the run directories (``config.json``, metrics files, figures): nothing is
 retrained, so the report can be regenerated and diffed. The experiments supply their sections
-through ``registered()`` (experiment name -> function of a run directory), so this module only
-assembles and renders: Markdown, and a self-contained HTML page (figures embedded as data URIs,
+through the experiment registry (``training.experiments``: each experiment's section builder, a
+function of a run directory), so this module only assembles and renders: Markdown, and a self-contained HTML page (figures embedded as data URIs,
 no external resources).
 """
 
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .verdicts import DIFFERS, INCONCLUSIVE, PASS, RULE, VERDICTS
+from .experiments import EXPERIMENTS, QUESTIONS
+from .records import RunRecord
+from .report_types import Question, QuestionBuilder, Section, SectionBuilder
+from .verdicts import RULE, VERDICTS
 from .verdicts import count as count_verdicts
 
 # Experiments whose checks are the project's own (BN at test time, Algorithm 2's statistics),
@@ -30,111 +32,13 @@ from .verdicts import count as count_verdicts
 OWN_CHECKS = ("recalibrate", "bn-test-time")
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One of the paper's claims, checked against our numbers."""
-
-    statement: str  # the claim, in the paper's terms
-    paper: str  # what the paper reports or states
-    ours: str  # what we measured
-    passed: bool | None  # None: INCONCLUSIVE (training/verdicts.py: the effect is within the seed spread)
-
-    @property
-    def verdict(self) -> str:
-        return INCONCLUSIVE if self.passed is None else PASS if self.passed else DIFFERS
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Where a section's numbers come from: read from the run's ``config.json``."""
-
-    run_dir: Path
-    experiment: str
-    preset: str | None
-    dataset: str | None
-    seeds: list[int]
-    git_revision: str
-    started_at: str
-    machine: str
-
-    @classmethod
-    def read(cls, run_dir: str | Path) -> RunInfo:
-        run_dir = Path(run_dir)
-        record = json.loads((run_dir / "config.json").read_text())
-        cfg = record.get("config", {})
-        env = record.get("environment", {})
-        seeds = record.get("seeds")  # the list, where the run recorded it
-        if not isinstance(seeds, list):
-            first, n = record.get("seed", cfg.get("seed")), cfg.get("seeds", 1)
-            seeds = [] if first is None else list(range(first, first + (n if isinstance(n, int) else 1)))
-        machine = ", ".join(str(x) for x in (
-            env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} torch threads)",
-            env.get("platform"), f"torch {env.get('torch')}" if env.get("torch") else None) if x)
-        return cls(run_dir=run_dir, experiment=record.get("experiment", run_dir.name),
-                   preset=record.get("preset"), dataset=cfg.get("dataset"), seeds=list(seeds),
-                   git_revision=record.get("git_revision", "unknown"),
-                   started_at=record.get("started_at", "unknown"), machine=machine)
-
-    def provenance(self) -> str:
-        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})" \
-            if self.seeds else "seed not recorded"
-        return (f"Run `{self.run_dir.name}`: preset **{self.preset or 'defaults'}**, dataset "
-                f"**{self.dataset or 'n/a'}**, {seeds}; {self.machine}; started {self.started_at}; "
-                f"git {self.git_revision}.")
-
-
-@dataclass(frozen=True)
-class Section:
-    """One figure (or one experiment) of the report."""
-
-    key: str  # the experiment's name, e.g. "ioffe-fig1"
-    title: str
-    context: str
-    plotted: str
-    observed: list[str]  # bullet points with our numbers
-    interpretation: str
-    claims: list[Claim]
-    figures: list[Path]  # PNG files inside the run directory
-    run: RunInfo
-
-
-@dataclass(frozen=True)
-class Question:
-    """A conceptual question answered with this repository's own measurements."""
-
-    title: str
-    answer: str
-    evidence: list[str] = field(default_factory=list)
-
-
-SectionBuilder = Callable[[Path], Section]
-QuestionBuilder = Callable[[dict[str, list[Path]]], Question | None]
-
-
-def registered() -> tuple[dict[str, SectionBuilder], list[QuestionBuilder]]:
-    """Experiment name -> section builder (one section per run directory of that experiment), and
-    the conceptual questions (given every run found, by experiment name). Imported here, lazily:
-    the experiments import this module's types."""
-    from .inference_report import questions, recalibrate_section, test_time_section
-    from .ioffe.report import section as ioffe_fig1
-    from .santurkar.report import TEXT
-    from .santurkar.report import section as santurkar
-    return ({"ioffe-fig1": ioffe_fig1, "recalibrate": recalibrate_section, "bn-test-time": test_time_section,
-             **{name: santurkar for name in TEXT}}, questions())
-
-
 def find_runs(runs_dir: str | Path) -> dict[str, list[Path]]:
     """Experiment name -> its run directories (sorted by path), for every directory under
-    ``runs_dir`` (itself included) that holds a ``config.json`` naming an experiment. An
+    ``runs_dir`` (itself included) that holds a run record naming an experiment. An
     experiment can have several runs (e.g. ``bn-test-time`` on the MLP and on the VGG)."""
     runs: dict[str, list[Path]] = {}
-    for cfg in sorted(Path(runs_dir).rglob("config.json")):
-        try:
-            experiment = json.loads(cfg.read_text()).get("experiment")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(experiment, str) and experiment:
-            runs.setdefault(experiment, []).append(cfg.parent)
+    for run_dir, record in RunRecord.find(runs_dir):
+        runs.setdefault(record.experiment, []).append(run_dir)
     return runs
 
 
@@ -149,10 +53,10 @@ class Report:
 
 def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | None = None,
                  questions: list[QuestionBuilder] | None = None) -> Report:
-    if builders is None or questions is None:
-        default_builders, default_questions = registered()
-        builders = default_builders if builders is None else builders
-        questions = default_questions if questions is None else questions
+    if builders is None:
+        builders = {e.name: e.section for e in EXPERIMENTS.values() if e.section is not None}
+    if questions is None:
+        questions = list(QUESTIONS)
     runs = find_runs(runs_dir)
     sections = [builders[name](run) for name in builders for run in runs.get(name, [])]
     answered = [q for q in (qb(runs) for qb in questions) if q is not None]
@@ -313,7 +217,6 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None,
 
 
 def _relative(path: Path, start: Path) -> str:
-    import os
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 

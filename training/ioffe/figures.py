@@ -6,10 +6,11 @@ solid, 85th dotted) without and with BN, the first seed bold, the others thin.""
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from pathlib import Path
 
-from ..runs import read_metrics
+from ..plotting import pyplot
+from ..records import RunRecord, read_metrics
 from ..seeds import BAND, by_seed, plot_mean_band
 from .config import IoffeFig1Config
 
@@ -19,11 +20,11 @@ LABELS = {"standard": "Without BN", "bn": "With BN"}
 
 
 def run_config(run_dir: Path) -> tuple[dict, IoffeFig1Config]:
-    record = json.loads((Path(run_dir) / "config.json").read_text())
+    record = RunRecord.read(run_dir)
     known = IoffeFig1Config.__dataclass_fields__
     cfg = IoffeFig1Config(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in record.get("config", {}).items() if k in known})
-    return record, cfg
+                             for k, v in record.config.items() if k in known})
+    return asdict(record), cfg
 
 
 def load_jobs(run_dir: Path) -> tuple[dict, IoffeFig1Config, dict[tuple[str, float], list[dict]]]:
@@ -42,9 +43,7 @@ def load_jobs(run_dir: Path) -> tuple[dict, IoffeFig1Config, dict[tuple[str, flo
 
 
 def plot_ioffe_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import NullFormatter

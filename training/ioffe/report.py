@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import verdicts as V
 from ..data import get_spec
-from ..report import Claim, RunInfo, Section
+from ..report_types import Claim, RunInfo, Section
 from ..seeds import ahead, at_step, by_seed, stats
 from .figures import load_jobs
 

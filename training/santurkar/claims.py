@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from .. import verdicts as V
-from ..report import Claim
+from ..report_types import Claim
 from ..seeds import by_seed, common_steps, stats
 
 Rows = Sequence[Mapping]
@@ -24,7 +24,7 @@ CHANCE = 0.1  # ten classes
 
 
 def claim(statement: str, judged, ours: str, paper: str = "") -> Claim:
-    """A ``training.report.Claim``; ``judged`` is a ``verdicts.Judgement`` (its verdict and
+    """A ``training.report_types.Claim``; ``judged`` is a ``verdicts.Judgement`` (its verdict and
     numbers are appended to ``ours``) or a plain verdict (True, False, None)."""
     if isinstance(judged, V.Judgement):
         return Claim(statement=statement, paper=paper, ours=f"{ours} [{judged.fmt()}]",
@@ -422,6 +422,28 @@ def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int, layers: Sequence[int] 
     return claims
 
 
-__all__ = ["Claim", "auc", "claim", "claim_line", "common_steps", "eval_mode_note", "eval_series", "fig1_claims",
+__all__ = ["Claim", "auc", "claim", "claims_for", "claim_line", "common_steps", "eval_mode_note", "eval_series", "fig1_claims",
            "fig2_claims", "fig3_claims", "fig4_claims", "fig5_claims", "final_loss", "ics_stats", "landscape_stats",
            "loss_auc", "moment_change"]
+
+
+# --- every figure's claims ------------------------------------------------------------------
+
+PAPER_TEST_ACCURACY = {"bn": 0.83, "standard": 0.80}  # CIFAR-10, no augmentation (Appendix A.1)
+
+
+def claims_for(experiment: str, c: Mapping, vgg: Jobs, dln: Jobs) -> list[Claim]:
+    """The paper's claims of ``experiment``, checked over the run's metrics (``c``: the run's
+    config, as recorded in its run record)."""
+    mid, end = c["steps"] // 2, c["steps"]
+    if experiment == "santurkar-fig1":
+        return fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10", c["probe_layers"])
+    if experiment == "santurkar-fig2":
+        return fig2_claims(vgg, min(c["lrs"]), mid, end, c["probe_layers"])
+    if experiment == "santurkar-fig3":
+        return fig3_claims(vgg, dln)
+    if experiment == "santurkar-fig4":
+        return fig4_claims(vgg, "VGG", c["steps"]) + fig4_claims(dln, "DLN", c["dln_steps"])
+    if experiment == "santurkar-fig5":
+        return fig5_claims(vgg, dln, mid, end, c["probe_layers"])
+    raise ValueError(f"no claims for {experiment!r}")

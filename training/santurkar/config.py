@@ -14,7 +14,6 @@ from ..models import NORMALISATIONS, VGG_LAYOUTS
 
 VARIANTS = tuple(NORMALISATIONS)  # standard, bn, noisy_bn, l1, l2, linf
 DLN_VARIANTS = ("standard", "bn", "l1", "l2", "linf")
-PAPER_TEST_ACCURACY = {"bn": 0.83, "standard": 0.80}  # CIFAR-10, no augmentation (Appendix A.1)
 
 # The paper's layer numbers (weight layers 1..k of its VGG, 1..25 of the DLN).
 FIG1_LAYERS = (3, 11)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..models import LP_NORMS, NORMALISATIONS, batch_lp_norm, create_model
-from ..runs import MetricsWriter
+from ..records import MetricsWriter
 from .config import DLNOptions
 from .dln import dln_data
 from .jobs import dln_job_name

@@ -5,36 +5,23 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from dataclasses import asdict
 from pathlib import Path
 
 from ..data import get_spec, load_dataset
 from ..models import LP_NORMS
-from ..runs import pick_device, start_run
+from ..pool import run_jobs
+from ..records import RunRecord
+from ..runs import finish_run, pick_device, start_run
 from ..seeds import BAND, at_step, seed_list
 from ..verdicts import RULE
 from . import claims as C
-from .config import INIT_NAMES, PAPER_TEST_ACCURACY, VGGRunsConfig
+from .config import INIT_NAMES, VGGRunsConfig
 from .dln import train_dln
 from .dln_stacked import train_dln_stacked
 from .figures import PLOTTERS
 from .jobs import load_jobs
 from .vgg import train_vgg
-
-
-def _run_jobs(jobs: list[tuple], cfg, device) -> list[dict]:
-    """Run ``(fn, *args)`` jobs: on a multi-core CPU side by side (one process per core),
-    otherwise one after the other in this process (a GPU runs them sequentially)."""
-    cores = os.cpu_count() or 1
-    if cfg.parallel and device.type == "cpu" and len(jobs) > 1 and cores >= 2:
-        workers = min(cores, len(jobs))
-        threads = max(1, cores // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(fn, *args, position=i % workers, threads=threads)
-                       for i, (fn, *args) in enumerate(jobs)]
-            return [f.result() for f in futures]
-    return [fn(*args) for fn, *args in jobs]
 
 
 def run_figure(cfg: VGGRunsConfig, preset: str | None, experiment: str, dln: dict | None = None) -> Path:
@@ -59,10 +46,11 @@ def run_figure(cfg: VGGRunsConfig, preset: str | None, experiment: str, dln: dic
         jobs += [(train_dln_stacked, cfg, v, lr, seeds, str(run_dir)) for lr in cfg.dln_lrs for v in stacked]
         jobs += [(train_dln, cfg, v, lr, s, str(run_dir), dln.get("ics_layers", ()), dln.get("landscape_points", 0))
                  for s in seeds for lr in cfg.dln_lrs for v in cfg.dln_variants if v not in stacked]
-    results = [r for res in _run_jobs(jobs, cfg, device) for r in (res if isinstance(res, list) else [res])]
+    results = [r for res in run_jobs(jobs, cfg.parallel, device.type) for r in (res if isinstance(res, list) else [res])]
     wall = time.perf_counter() - t0
     PLOTTERS[experiment](run_dir)
     write_summary(run_dir, experiment, cfg, preset, results, wall)
+    finish_run(run_dir)
     return run_dir
 
 
@@ -96,7 +84,7 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
     dln_res = [r for r in results if "evals" not in r]
     mid, end = cfg.steps // 2, cfg.steps
     seeds = seed_list(cfg.seed, cfg.seeds)
-    vgg, dln = load_jobs(run_dir, _as_dict(cfg))
+    vgg, dln = load_jobs(run_dir, asdict(cfg))
     lines = [
         f"# Santurkar et al. 2018, Figure {fig}{' and 6' if fig == '5' else ''}: reproduction",
         "",
@@ -143,7 +131,7 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
         lines.append("")
     lines += [f"Wall time for the whole figure (all runs side by side, data, figure): **{wall:.0f} s** "
               f"({os.cpu_count()} cores; load average at the end: {_loadavg()}).", ""]
-    claims = claims_for(experiment, cfg, vgg, dln)
+    claims = C.claims_for(experiment, asdict(cfg), vgg, dln)
     if experiment == "santurkar-fig3":
         lines += _ics_table(vgg, "VGG") + _ics_table(dln, "DLN")
     elif experiment == "santurkar-fig4":
@@ -164,43 +152,19 @@ def write_summary(run_dir: Path, experiment: str, cfg, preset: str | None, resul
 CLAIMS_HEADING = "## The paper's claims, checked"
 
 
-def claims_for(experiment: str, cfg, vgg: dict, dln: dict) -> list:
-    """The paper's claims of ``experiment``, checked over the run's metrics (``cfg``: the config
-    dataclass or its ``config.json`` dict)."""
-    c = cfg if isinstance(cfg, dict) else _as_dict(cfg)
-    mid, end = c["steps"] // 2, c["steps"]
-    if experiment == "santurkar-fig1":
-        return C.fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10", c["probe_layers"])
-    if experiment == "santurkar-fig2":
-        return C.fig2_claims(vgg, min(c["lrs"]), mid, end, c["probe_layers"])
-    if experiment == "santurkar-fig3":
-        return C.fig3_claims(vgg, dln)
-    if experiment == "santurkar-fig4":
-        return C.fig4_claims(vgg, "VGG", c["steps"]) + C.fig4_claims(dln, "DLN", c["dln_steps"])
-    if experiment == "santurkar-fig5":
-        return C.fig5_claims(vgg, dln, mid, end, c["probe_layers"])
-    raise ValueError(f"no claims for {experiment!r}")
-
-
 def refresh_claims(run_dir: str | Path) -> Path:
     """Recompute the claims section of a run's ``summary.md`` from its metrics (the claims are
     pure functions of them): ``python -m training plot RUN_DIR`` calls this."""
-    import json
     run_dir = Path(run_dir)
-    record = json.loads((run_dir / "config.json").read_text())
-    vgg, dln = load_jobs(run_dir, record["config"])
-    claims = claims_for(record["experiment"], record["config"], vgg, dln)
+    record = RunRecord.read(run_dir)
+    vgg, dln = load_jobs(run_dir, record.config)
+    claims = C.claims_for(record.experiment, record.config, vgg, dln)
     path = run_dir / "summary.md"
     head = path.read_text().split(CLAIMS_HEADING, 1)[0] if path.exists() else ""
     path.write_text(head + "\n".join([CLAIMS_HEADING, "", RULE, ""] + [C.claim_line(c) for c in claims] + [
         "", f"figure.png redraws and these claims recompute from the metrics alone: "
         f"`python -m training plot {run_dir}`.", ""]))
     return path
-
-
-def _as_dict(cfg) -> dict:
-    from dataclasses import asdict
-    return asdict(cfg)
 
 
 def _loadavg() -> str:

@@ -8,10 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-
-from ..plotting import COLORS, LABELS, dataset_title, plt, run_record, save, share_ylim
+from ..plotting import COLORS, LABELS, dataset_title, pyplot, run_record, save, share_ylim
 from ..seeds import BAND, by_seed, plot_mean_band
 from . import claims as C
 from .jobs import load_jobs
@@ -29,6 +26,7 @@ def _title(fig_no: str, what: str, record: dict) -> str:
 
 def _band_handle(n: int) -> list:
     """The legend entry that names the shaded bands (nothing for one seed)."""
+    from matplotlib.patches import Patch
     return [Patch(color="grey", alpha=0.25, label=f"shaded: {BAND} ({n})")] if n > 1 else []
 
 
@@ -64,6 +62,7 @@ def _accuracy(ax, vgg: dict, key: str, title: str, variants=None) -> None:
     handles, _ = ax.get_legend_handles_labels()
     handles += _band_handle(_n_seeds(vgg))
     if diverged:
+        from matplotlib.lines import Line2D
         handles.append(Line2D([], [], marker="x", color="k", linestyle="", ms=8, label="x: a seed diverged (step)"))
     ax.set(title=title, xlabel="Steps", ylabel="accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)
@@ -99,7 +98,7 @@ def plot_fig1(run_dir: str | Path, out: str | Path | None = None) -> Path:
     layers = cfg.get("probe_layers", [])
     lr0 = min(lr for _, lr in vgg)
     rows_n = max(2, len(layers))
-    fig = plt.figure(figsize=(18, 3.8 * rows_n + 0.6))
+    fig = pyplot().figure(figsize=(18, 3.8 * rows_n + 0.6))
     gs = fig.add_gridspec(rows_n, 4)
     _accuracy(fig.add_subplot(gs[:, 0]), vgg, "train_eval_accuracy", "(a) Training Accuracy")
     _accuracy(fig.add_subplot(gs[:, 1]), vgg, "test_accuracy", "(b) Test Accuracy")
@@ -128,7 +127,7 @@ def plot_fig2(run_dir: str | Path, out: str | Path | None = None) -> Path:
     variants = [v for v in ("standard", "bn", "noisy_bn") if any(k[0] == v for k in vgg)]
     lr0 = min(lr for _, lr in vgg)
     rows_n = max(2, len(layers))
-    fig = plt.figure(figsize=(5.5 + 3.8 * len(variants), 3.0 * rows_n + 0.6))
+    fig = pyplot().figure(figsize=(5.5 + 3.8 * len(variants), 3.0 * rows_n + 0.6))
     gs = fig.add_gridspec(2 * rows_n, 1 + len(variants))
     big = 2 * rows_n - 1 if rows_n > 1 else 1  # the paper's panel; eval mode (not in the paper) a small one below
     _accuracy(fig.add_subplot(gs[:big, 0]), vgg, "train_accuracy", "Training Accuracy\n(mini-batches, train mode: the paper's)")
@@ -162,7 +161,7 @@ def plot_fig3(run_dir: str | Path, out: str | Path | None = None) -> Path:
     blocks = ([("VGG", lr, cfg.get("ics_layers", []), vgg) for lr in sorted({lr for _, lr in vgg}, reverse=True)]
               + [("DLN", lr, cfg.get("dln_ics_layers", []), dln) for lr in sorted({lr for _, lr in dln}, reverse=True)])
     ncol = 1 + max((len(b[2]) for b in blocks), default=0)
-    fig = plt.figure(figsize=(5 * ncol, 4.6 * len(blocks)))
+    fig = pyplot().figure(figsize=(5 * ncol, 4.6 * len(blocks)))
     gs = fig.add_gridspec(2 * len(blocks), ncol)
     for b, (net, lr, layers, jobs) in enumerate(blocks):
         ax = fig.add_subplot(gs[2 * b:2 * b + 2, 0])
@@ -202,10 +201,6 @@ def plot_fig3(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return save(fig, run_dir, out)
 
 
-def _landscape_series(rows: list[dict], key: str) -> dict[int, dict[int, float]]:
-    return by_seed(C.kind(rows, "landscape"), key)
-
-
 def _off_scale(values: list[float], steps: list[int]) -> tuple[float | None, str]:
     """An upper y-limit that keeps a lone early spike (e.g. the DLN's step-0 loss range, ~1e18)
     from flattening the rest: 10x the largest value after the first probe, when the first is
@@ -225,7 +220,7 @@ def plot_fig4(run_dir: str | Path, out: str | Path | None = None) -> Path:
     beta = 2/lr (gradient descent with step lr is stable only where beta < 2/lr)."""
     run_dir, record, cfg, vgg, dln = _load(run_dir)
     nets = [(n, j) for n, j in (("VGG", vgg), ("DLN", dln)) if j]
-    fig, axes = plt.subplots(len(nets), 3, figsize=(17, 4.8 * len(nets) + 0.6), squeeze=False)
+    fig, axes = pyplot().subplots(len(nets), 3, figsize=(17, 4.8 * len(nets) + 0.6), squeeze=False)
     for row, (net, jobs) in zip(axes, nets, strict=True):
         seed0 = _first_seed(jobs)
         rng = "[1/2, 4]" if net == "VGG" else "[1/100, 30]"
@@ -288,7 +283,7 @@ def plot_fig5(run_dir: str | Path, out: str | Path | None = None) -> Path:
     variants = [v for v in ("standard", "bn", "l1", "l2", "linf") if any(k[0] == v for k in vgg)]
     layers = cfg.get("probe_layers", [])
     ncol = max(4, len(variants))
-    fig = plt.figure(figsize=(4 * ncol, 4.2 * (1 + 2 * bool(layers)) + 0.6))
+    fig = pyplot().figure(figsize=(4 * ncol, 4.2 * (1 + 2 * bool(layers)) + 0.6))
     gs = fig.add_gridspec(1 + 2 * bool(layers), ncol)
     half = ncol // 2
     _accuracy(fig.add_subplot(gs[0, :half]), vgg, "train_eval_accuracy", "Fig. 5(a) VGG: Training Accuracy")

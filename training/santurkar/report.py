@@ -1,14 +1,15 @@
 """Figures 1-6's sections of the report (training/report.py): the four parts per figure, with the
-claims of claims.py recomputed from the run's metrics (nothing is retrained)."""
+claims of claims.py recomputed from the run's metrics (nothing is retrained; no torch, no
+training loop: the run record and the metrics files are all it reads)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..report import RunInfo, Section
+from ..records import RunRecord
+from ..report_types import Claim, RunInfo, Section
 from ..verdicts import DIFFERS, INCONCLUSIVE, PASS
-from .experiments import claims_for
+from .claims import claims_for, eval_mode_note
 from .jobs import load_jobs
 
 # Per figure: title, context (what was run, what problem it addresses), what is plotted, and the
@@ -92,26 +93,31 @@ def interpretation(claims, if_pass: str, if_not: str) -> str:
                                 for v, g in groups.items() if g])
 
 
+def figure_claims(run_dir: Path) -> list[Claim]:
+    """The figure's claims, recomputed from the run's metrics."""
+    record = RunRecord.read(run_dir)
+    vgg, dln = load_jobs(run_dir, record.config)
+    return claims_for(record.experiment, record.config, vgg, dln)
+
+
 def section(run_dir: Path) -> Section:
     run_dir = Path(run_dir)
-    record = json.loads((run_dir / "config.json").read_text())
-    experiment = record["experiment"]
+    record = RunRecord.read(run_dir)
+    experiment = record.experiment
     title, context, plotted, if_pass, if_differs = TEXT[experiment]
-    vgg, dln = load_jobs(run_dir, record["config"])
-    claims = claims_for(experiment, record["config"], vgg, dln)
-    partial = (run_dir / "summary.md").exists() and "Partial run" in (run_dir / "summary.md").read_text()
+    vgg, dln = load_jobs(run_dir, record.config)
+    claims = claims_for(experiment, record.config, vgg, dln)
     observed = [f"{c.statement}: {c.ours}." for c in claims]
     if experiment == "santurkar-fig2":
-        from .claims import eval_mode_note
-        cfg = record["config"]
+        cfg = record.config
         note = eval_mode_note(vgg, min(cfg["lrs"]), cfg["steps"])
         if note:
             observed.append(note + ".")
-    if record["config"].get("init", "glorot") != "glorot":
-        observed.insert(0, f"Init: {record['config']['init']} (He), not the paper's Glorot: with Glorot the cpu preset's "
+    if record.config.get("init", "glorot") != "glorot":
+        observed.insert(0, f"Init: {record.config['init']} (He), not the paper's Glorot: with Glorot the cpu preset's "
                            "Standard VGG-16 stays at chance for its few hundred steps (README, Santurkar section).")
-    if partial:
-        observed.insert(0, "Partial run: some jobs stopped before their last step (summary.md says which).")
+    if record.partial:
+        observed.insert(0, "Partial run: the run stopped before every job had finished (its record says partial).")
     figure = run_dir / "figure.png"
     if not figure.exists():
         observed.insert(0, f"No figure.png in this run directory (`python -m training plot {run_dir}` draws it).")
