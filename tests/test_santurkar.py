@@ -330,7 +330,7 @@ DLN_TINY = ["--dln-steps", "20", "--dln-record-every", "10", "--dln-samples", "5
 
 def _check_run(out: Path, experiment: str, jobs: list[str], seeds=(0,)) -> None:
     record = json.loads((out / "config.json").read_text())
-    assert record["experiment"] == experiment and record["seed"] == 0
+    assert record["experiment"] == experiment and record["seeds"][0] == 0 and record["partial"] is False
     assert record["preset"].startswith("cpu + ") and "--steps" in record["preset"]
     assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
     summary = (out / "summary.md").read_text()
