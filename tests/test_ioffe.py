@@ -203,9 +203,10 @@ def test_report_section_reads_its_numbers_from_the_metrics(seeds_run):
     from training.seeds import at_step, by_seed
 
     s = section(seeds_run)
-    assert s.key == "ioffe-fig1" and [c.verdict in ("PASS", "DIFFERS") for c in s.claims] == [True] * 3
+    assert s.key == "ioffe-fig1" and [c.verdict in ("PASS", "DIFFERS", "INCONCLUSIVE") for c in s.claims] == [True] * 3
     bn = by_seed(read_metrics(seeds_run / "bn_lr0.1" / "metrics.jsonl"), "test_accuracy")
-    assert f"BN {at_step(bn, 60).fmt()}" in s.observed[-2]  # the last step, mean +- std over the 2 seeds
+    assert f"BN {at_step(bn, 60).fmt()}" in s.observed[-3]  # the last step, mean +- std over the 2 seeds
+    assert all(c.verdict == "INCONCLUSIVE" for c in s.claims)  # 2 seeds: never more (training/verdicts.py)
     assert s.run.seeds == [0, 1] and s.figures == [seeds_run / "figure.png"]
     rows = [{"seed": 0, "step": t, "p15": -1.0, "p50": m, "p85": 1.0} for t, m in ((0, 9.0), (10, 0.0), (20, 0.5))]
     assert p50_drift(rows, 0, from_step=10) == 0.25  # (0.5 - 0) / spread 2

@@ -18,12 +18,18 @@ import base64
 import html
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiments import EXPERIMENTS, QUESTIONS
 from .records import RunRecord
-from .report_types import DIFFERS, PASS, Question, QuestionBuilder, Section, SectionBuilder
+from .report_types import Question, QuestionBuilder, Section, SectionBuilder
+from .verdicts import RULE, VERDICTS
+from .verdicts import count as count_verdicts
+
+# Experiments whose checks are the project's own (BN at test time, Algorithm 2's statistics),
+# not claims of the papers: counted and tabled apart from them.
+OWN_CHECKS = ("recalibrate", "bn-test-time")
 
 
 def find_runs(runs_dir: str | Path) -> dict[str, list[Path]]:
@@ -42,6 +48,7 @@ class Report:
     questions: list[Question]
     missing: list[str]  # experiments with a builder but no run directory
     generated_by: str
+    departures: list[tuple[str, str, str, str]] = field(default_factory=list)  # (where, what, why, may change)
 
 
 def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | None = None,
@@ -54,8 +61,27 @@ def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | Non
     sections = [builders[name](run) for name in builders for run in runs.get(name, [])]
     answered = [q for q in (qb(runs) for qb in questions) if q is not None]
     missing = [name for name in builders if name not in runs]
+    from .departures import departures
     return Report(sections=sections, questions=answered, missing=missing,
-                  generated_by=f"python -m training report {runs_dir}")
+                  generated_by=f"python -m training report {runs_dir}", departures=departures(runs))
+
+
+def is_own_check(section: Section) -> bool:
+    """The project's own checks (BN at test time, Algorithm 2), not a claim of the papers."""
+    return section.run.experiment in OWN_CHECKS
+
+
+def verdict_rows(report: Report, own: bool) -> list[tuple[str, list[str]]]:
+    """(section title, its verdicts) of the papers' sections (``own`` False) or of the project's
+    own checks (``own`` True)."""
+    return [(s.title, [c.verdict for c in s.claims]) for s in report.sections
+            if s.claims and is_own_check(s) == own]
+
+
+def _verdict_summary(report: Report) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    return [("The papers' claims", verdict_rows(report, own=False)),
+            ("The project's own checks (BN at test time, Algorithm 2: not claims of the papers)",
+             verdict_rows(report, own=True))]
 
 
 def _figure_name(section: Section, fig: Path) -> str:
@@ -68,8 +94,21 @@ def render_markdown(report: Report, figure_links: dict[Path, str] | None = None)
     links = figure_links or {}
     out = ["# Reproduced figures: Ioffe & Szegedy 2015 and Santurkar et al. 2018", "",
            f"Generated from the run directories' metrics alone by `{report.generated_by}`.", ""]
-    verdicts = [c.verdict for s in report.sections for c in s.claims]
-    out += [f"Claims checked: {len(verdicts)}; PASS {verdicts.count(PASS)}, DIFFERS {verdicts.count(DIFFERS)}.", ""]
+    if report.departures:
+        out += ["## Departures from the papers", "",
+                "Every place where these runs do not do what the papers did (or where the papers are silent "
+                "and the choice is ours), why, and what it may change.", "",
+                "| where | what | why | what it may change |", "|---|---|---|---|"]
+        out += ["| " + " | ".join(_cell(x) for x in d) + " |" for d in report.departures]
+        out.append("")
+    out += ["## Verdicts", "", RULE, ""]
+    for heading, rows in _verdict_summary(report):
+        allv = [v for _, vs in rows for v in vs]
+        out += [f"**{heading}**: {len(allv)} checked; {count_verdicts(allv)}.", ""]
+        if rows:
+            out += ["| section | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
+            out += [f"| {_cell(t)} | " + " | ".join(str(vs.count(v)) for v in VERDICTS) + " |" for t, vs in rows]
+            out.append("")
     if report.missing:
         out += [f"Not run (no run directory found): {', '.join(report.missing)}.", ""]
     out += ["## Contents", ""]
@@ -104,13 +143,22 @@ def render_html(report: Report) -> str:
              "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
              "line-height:1.45;color:#222}img{max-width:100%;border:1px solid #ddd}"
              "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .5rem;"
-             "vertical-align:top}.PASS{color:#075e07;font-weight:bold}.DIFFERS{color:#a33;font-weight:bold}"
+             "vertical-align:top}.PASS{color:#075e07;font-weight:bold}.DIFFERS{color:#a33;font-weight:bold}.INCONCLUSIVE{color:#8a6d00;font-weight:bold}"
              ".prov{color:#555;font-size:.9rem}</style></head><body>",
              "<h1>Reproduced figures: Ioffe &amp; Szegedy 2015 and Santurkar et al. 2018</h1>",
              f"<p>Generated from the run directories' metrics alone by <code>{e(report.generated_by)}</code>.</p>"]
-    verdicts = [c.verdict for s in report.sections for c in s.claims]
-    parts.append(f"<p>Claims checked: {len(verdicts)}; PASS {verdicts.count(PASS)}, "
-                 f"DIFFERS {verdicts.count(DIFFERS)}.</p>")
+    if report.departures:
+        parts.append("<h2 id='departures-from-the-papers'>Departures from the papers</h2><table><tr><th>where</th>"
+                     "<th>what</th><th>why</th><th>what it may change</th></tr>")
+        parts += ["<tr>" + "".join(f"<td>{_md_inline(x)}</td>" for x in d) + "</tr>" for d in report.departures]
+        parts.append("</table>")
+    parts.append(f"<h2 id='verdicts'>Verdicts</h2><p>{_md_inline(RULE)}</p>")
+    for heading, rows in _verdict_summary(report):
+        allv = [v for _, vs in rows for v in vs]
+        parts.append(f"<p><b>{e(heading)}</b>: {len(allv)} checked; {e(count_verdicts(allv))}.</p>")
+        parts.append("<table><tr><th>section</th>" + "".join(f"<th>{v}</th>" for v in VERDICTS) + "</tr>"
+                     + "".join(f"<tr><td>{e(t)}</td>" + "".join(f"<td>{vs.count(v)}</td>" for v in VERDICTS)
+                               + "</tr>" for t, vs in rows) + "</table>")
     if report.missing:
         parts.append(f"<p>Not run (no run directory found): {e(', '.join(report.missing))}.</p>")
     parts.append("<ul>" + "".join(f"<li><a href='#{_anchor(x)}'>{e(x)}</a></li>"

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .records import RunRecord
+from .verdicts import DIFFERS, INCONCLUSIVE, PASS
 
-PASS, DIFFERS = "PASS", "DIFFERS"
+__all__ = ["DIFFERS", "INCONCLUSIVE", "PASS", "Claim", "Question", "QuestionBuilder", "RunInfo", "Section",
+           "SectionBuilder"]
 
 
 @dataclass(frozen=True)
@@ -20,11 +22,11 @@ class Claim:
     statement: str  # the claim, in the paper's terms
     paper: str  # what the paper reports or states
     ours: str  # what we measured
-    passed: bool
+    passed: bool | None  # None: INCONCLUSIVE (training/verdicts.py: the effect is within the seed spread)
 
     @property
     def verdict(self) -> str:
-        return PASS if self.passed else DIFFERS
+        return INCONCLUSIVE if self.passed is None else PASS if self.passed else DIFFERS
 
 
 @dataclass(frozen=True)
