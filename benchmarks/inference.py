@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from serving.contract import INPUT_NAME, OUTPUT_NAME
 from training.models import create_model, randomize_bn
 
 from .common import cpu_model, markdown_table, summarize, time_calls
@@ -123,7 +124,7 @@ def ort_node_times(path: Path, x: np.ndarray, runs: int) -> list[tuple[str, str,
 
     sess = ort_session(path, True, profile_prefix=path.parent / "ort-profile")
     for _ in range(runs):
-        sess.run(["logits"], {"input": x})
+        sess.run([OUTPUT_NAME], {INPUT_NAME: x})
     events = json.loads(Path(sess.end_profiling()).read_text())
     last_run = [e for e in events if e.get("name") == "model_run"][-1]
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
@@ -181,8 +182,8 @@ def gpu_paths(model: nn.Module, folded_path: Path, x1: np.ndarray, x32: np.ndarr
         sess = ort_session(folded_path, True, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
         if sess.get_providers()[0] == "CUDAExecutionProvider":  # it falls back to CPU silently
             out.append(("ORT, our folded file, CUDA provider",
-                        lambda: sess.run(["logits"], {"input": x1}),
-                        lambda: sess.run(["logits"], {"input": x32})))
+                        lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x1}),
+                        lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x32})))
         else:
             print("  (CUDAExecutionProvider is installed but did not start: no ORT CUDA row)", flush=True)
     return out
@@ -213,7 +214,7 @@ def run(quick: bool = False) -> dict:
             return f
 
         def ort_fn(sess, x):
-            return lambda: sess.run(["logits"], {"input": x})
+            return lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x})
 
         paths = [
             ("PyTorch eager, BN unfolded", torch_fn(model, t1), torch_fn(model, t32)),

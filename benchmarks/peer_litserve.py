@@ -6,18 +6,22 @@ from __future__ import annotations
 import litserve as ls
 import numpy as np
 
-from .peers import _classifier, _prepare
+from serving.settings import Settings
+from serving.upload import model_input
+
+from .peer_common import classifier
 
 
 class Classify(ls.LitAPI):
     """decode_request prepares one upload; batch/predict/unbatch run ONNX Runtime on a batch."""
 
     def setup(self, device):
-        self.clf = _classifier()
+        self.max_pixels = Settings.from_env().max_pixels
+        self.clf = classifier()
         self.clf.warm_up((1, 64))
 
     def decode_request(self, request):
-        return _prepare(self.clf, request["image"].file.read())
+        return model_input(request["image"].file.read(), self.clf.info, self.max_pixels).x
 
     def batch(self, inputs):
         return np.concatenate(inputs)

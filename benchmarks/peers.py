@@ -1,5 +1,5 @@
 """The servers our service is compared with, each on the same model file and the same
-preprocessing (``serving.conversions.prepare_image``, ``serving.model.answer``):
+preprocessing (``serving.upload.model_input``, ``serving.model.answer``):
 
 - ``bare``: uvicorn + Starlette and nothing else (httptools, uvloop, no access log), with our
   upload reading and our micro-batcher: the no-framework floor for the same work;
@@ -9,8 +9,8 @@ preprocessing (``serving.conversions.prepare_image``, ``serving.model.answer``):
   (``LITSERVE_TUNED=1``: max_batch_size 64, batch_timeout 1 ms, ZeroMQ fast queue, and
   ``BNSERVE_WORKERS`` inference workers).
 
-ONNX Runtime threads follow ``serving.model.default_threads`` (cores / ``BNSERVE_WORKERS``), as
-in our service, so each comparison gives every server the same threads per process.
+ONNX Runtime threads follow ``Settings.ort_threads`` (cores / ``BNSERVE_WORKERS``), as in our
+service, so each comparison gives every server the same threads per process.
 
     python -m benchmarks.peers bare|litserve PORT     (BNSERVE_MODEL names the model)
 """
@@ -20,22 +20,9 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
+from serving.settings import Settings
 
-
-def _classifier():
-    from serving.model import OnnxClassifier, model_path_from_env
-
-    return OnnxClassifier(model_path_from_env())
-
-
-def _prepare(clf, data: bytes, convert: str = "auto") -> np.ndarray:
-    """The service's own preprocessing, the dataset's conversion for photos included."""
-    from serving.conversions import prepare_image
-
-    i = clf.info
-    return prepare_image(data, i.channels, i.height, i.width, i.mean, i.std, convention=i.input_convention,
-                         convert=convert)[None].astype(i.dtype, copy=False)
+from .peer_common import classifier
 
 
 def bare_app():
@@ -48,16 +35,17 @@ def bare_app():
     from serving.batching import MicroBatcher
     from serving.decode import InputError
     from serving.model import answer
-    from serving.service import DEFAULT_MAX_BYTES, read_image_upload
+    from serving.upload import model_input, read_image_upload
 
-    clf = _classifier()
+    settings = Settings.from_env()
+    clf = classifier(settings)
     clf.warm_up((1, 64))
     batcher = MicroBatcher(clf, 64)
 
     async def classify(request: Request) -> JSONResponse:
         try:
-            upload = await read_image_upload(request, DEFAULT_MAX_BYTES)
-            x = _prepare(clf, upload.image, upload.convert)
+            upload = await read_image_upload(request, settings.max_bytes, settings.body_timeout_s)
+            x = model_input(upload.image, clf.info, settings.max_pixels, upload.convert).x
         except InputError as e:
             return JSONResponse(e.to_json(), status_code=e.status)
         return JSONResponse(answer(await batcher.submit(x), clf.info.classes))
@@ -72,14 +60,12 @@ def bare_app():
 def litserve_server(tuned: bool):
     import litserve as ls
 
-    from serving.lifecycle import workers_from_env
-
     from .peer_litserve import Classify
 
     if tuned:
         api = Classify(max_batch_size=64, batch_timeout=0.001, api_path="/classify")
         return ls.LitServer(api, accelerator="cpu", fast_queue=True, healthcheck_path="/readyz",
-                            workers_per_device=workers_from_env())
+                            workers_per_device=Settings.from_env().worker_count)
     return ls.LitServer(Classify(api_path="/classify"), accelerator="cpu", healthcheck_path="/readyz")
 
 
@@ -88,9 +74,8 @@ def main(argv: list[str]) -> None:
     if kind == "bare":
         import uvicorn
 
-        from serving.lifecycle import workers_from_env
-
-        uvicorn.run("benchmarks.peers:bare_app", factory=True, workers=workers_from_env(), host="127.0.0.1",
+        uvicorn.run("benchmarks.peers:bare_app", factory=True, workers=Settings.from_env().worker_count,
+                    host="127.0.0.1",
                     port=port, loop="uvloop", http="httptools", access_log=False, log_level="warning")
     elif kind == "litserve":
         server = litserve_server(os.environ.get("LITSERVE_TUNED") == "1")

@@ -15,165 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 
-from .common import markdown_table, percentile, summarize, time_calls
+from .common import markdown_table, summarize, time_calls
+from .http_harness import Server, batch_stats, load
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_GLOB = "samples/*.png"
 LEVELS = (1, 8, 32, 64)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``bentoml serve`` (or ``python -m <module> ... PORT``, a peer) in a subprocess of its own
-    session; stopped with its whole tree."""
-
-    def __init__(self, target: str, env: dict, module: str | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # its own BENTOML_HOME: a `bentoml serve` starting empties the Prometheus directory there,
-        # which would wipe the /metrics of a server already running (the peers run several)
-        self.home = tempfile.mkdtemp(prefix="bnserve-bench-home-")
-        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self.home, **env}
-        argv = ([sys.executable, "-m", module, target, str(self.port)] if module else
-                [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(self.port)])
-        self.proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-        self._stderr_tail: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.peak_rss = 0
-        self._sampling = False
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self._stderr_tail = (self._stderr_tail + [line.decode(errors="replace")])[-30:]
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + "".join(self._stderr_tail))
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError("server not ready:\n" + "".join(self._stderr_tail))
-
-    def rss(self) -> int:
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def start_sampling(self):
-        self._sampling = True
-
-        def loop():
-            while self._sampling:
-                self.peak_rss = max(self.peak_rss, self.rss())
-                time.sleep(0.2)
-        threading.Thread(target=loop, daemon=True).start()
-
-    def stop(self):
-        import shutil
-
-        self._sampling = False
-        try:
-            os.killpg(self.proc.pid, 15)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, 9)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
-def batch_stats(metrics_text: str) -> tuple[float, float]:
-    """(sum, count) of the service's batch-size histogram (``bnserve_batch_size``)."""
-    s = c = 0.0
-    for line in metrics_text.splitlines():
-        if not line.startswith("bnserve_batch_size"):
-            continue
-        m = re.match(r"^(\S+?)(\{.*\})?\s+([0-9.eE+-]+)$", line)
-        if not m:
-            continue
-        name, value = m.group(1), float(m.group(3))
-        if name.endswith("_sum"):
-            s += value
-        elif name.endswith("_count"):
-            c += value
-    return s, c
-
-
-async def load(url: str, image: bytes, concurrency: int, seconds: float) -> dict:
-    """Closed loop: ``concurrency`` workers, each sending its next request when the last one
-    is answered, for ``seconds``. aiohttp, not httpx: httpx's async pool cost more CPU than the
-    server under test at 32+ connections (measured: 208 vs 469 req/s against the same server)."""
-    import gc
-
-    import aiohttp
-
-    # This process has imported torch: its full garbage collections would stall the client and
-    # add their pauses to the server's measured latency. Freeze what exists before measuring.
-    gc.collect()
-    gc.freeze()
-    latencies: list[float] = []
-    errors = 0
-    statuses: dict = {}
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def worker():
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                form = aiohttp.FormData()
-                form.add_field("image", image, filename="x.png", content_type="image/png")
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url + "/classify", data=form) as r:
-                        await r.read()
-                        statuses[r.status] = statuses.get(r.status, 0) + 1
-                        if r.status != 200:
-                            errors += 1
-                            continue
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    statuses[type(e).__name__] = statuses.get(type(e).__name__, 0) + 1
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return {"ok": len(latencies), "errors": errors, "rps": len(latencies) / wall,
-            "p50_ms": percentile(latencies, 50) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3,
-            "statuses": statuses}
 
 
 def measure(name: str, server: Server, image: bytes, seconds: float, levels=LEVELS) -> list[dict]:

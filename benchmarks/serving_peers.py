@@ -1,7 +1,7 @@
 """Peers side by side, and ours under open-loop overload (part of ``python -m benchmarks serving``).
 
 Every server runs at once on the same model file and the same prepared image, and the same
-closed-loop client (``serving_http.load``) visits them in turn, round after round, so that a
+closed-loop client (``http_harness.load``) visits them in turn, round after round, so that a
 change in what else the machine is doing falls on all of them alike:
 
 - ours, ``bentoml serve`` with 1 worker and with one worker per core (``BNSERVE_WORKERS``)
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from .common import markdown_table
-from .serving_http import Server, load
+from .http_harness import Server, load, open_loop, summary
 
 PEER_LEVELS = (1, 32)
 
@@ -31,7 +31,7 @@ PEER_LEVELS = (1, 32)
 def configs(model: Path) -> list[tuple[str, str, dict, str | None]]:
     """(name, target, env, module); every pair compared gives its servers the same processes
     and ONNX Runtime threads per process (cores / BNSERVE_WORKERS)."""
-    from serving.lifecycle import available_cores
+    from serving.settings import available_cores
 
     n = available_cores()
     one = {"BNSERVE_MODEL": str(model), "BNSERVE_WORKERS": "1"}
@@ -48,8 +48,6 @@ def configs(model: Path) -> list[tuple[str, str, dict, str | None]]:
 
 
 def run(model: Path, image: bytes, seconds: float, rounds: int = 3) -> dict:
-    from . import traffic
-
     servers = []
     try:
         for name, target, env, module in configs(model):
@@ -73,8 +71,8 @@ def run(model: Path, image: bytes, seconds: float, rounds: int = 3) -> dict:
         print(f"  load average after: {os.getloadavg()}", flush=True)
         ours_default = servers[1][1]
         capacity = totals[(servers[1][0], 32)]["ok"] / totals[(servers[1][0], 32)]["wall"]
-        log, offered = asyncio.run(traffic.open_loop(ours_default.url, image, 2 * capacity, seconds))
-        overload = traffic.summary(log)
+        log, offered = asyncio.run(open_loop(ours_default.url, image, 2 * capacity, seconds))
+        overload = summary(log)
     finally:
         for _, server in servers:
             server.stop()

@@ -1,18 +1,27 @@
-"""Traffic checks against a fresh ``bentoml serve`` on 127.0.0.1 (issue #14's "How we will check").
+"""Traffic checks against a fresh ``bentoml serve`` on 127.0.0.1, at default settings.
 
-    .venv/bin/python -m benchmarks.traffic [--seconds 8] [--only overload,sigterm,stalled]
+    .venv/bin/python -m benchmarks.traffic [--seconds 8] [--client-core N]
+        [--only closed,overload,large,halfopen,sigterm,stalled]
 
-1. **overload**: capacity measured first (closed loop, 32 clients); then open-loop arrivals at
-   2x that rate for ``--seconds``: admitted (200) p99 must stay under 500 ms, every other answer a
-   fast 503 (or 429) with Retry-After and a JSON body, nothing reset or timed out, /readyz 200
-   afterwards.
-2. **sigterm**: 32 keep-alive clients send; SIGTERM to the ``bentoml serve`` process: zero
-   accepted requests lost (a request sent on an open connection gets an answer, not a reset),
-   connections refused afterwards are counted apart, exit within 15 s.
-3. **stalled**: 50 uploads stop mid-body; SIGTERM: exit within 15 s.
+The load client pins itself to one core (``--client-core``, default the last one; the server,
+started before, keeps every core), as ``taskset -c N`` would.
 
-Each check starts its own server; all load is bounded in time and count and goes to 127.0.0.1
-only. Prints one line per check with PASS/FAIL and the numbers; exit status 1 if any fails.
+1. **closed**: closed loops of 128 and 256 clients (keep-alive, each waits for its answer):
+   the 503s counted; at default settings there must be none.
+2. **overload**: capacity measured first (closed loop, 32 clients); then open-loop arrivals at
+   2x that rate: goodput / capacity (>= 0.9), admitted (200) p99 (<= 500 ms), refusals (503 with
+   Retry-After and a JSON body) p99 (fast: <= 100 ms), nothing reset or timed out.
+3. **large**: the same right after eight concurrent large uploads (a 4000x3000 photo each).
+4. **halfopen**: 300 connections send ``POST /classify HTTP/1.1\r\nHost: x\r\n`` and nothing
+   more: >= 90% must be closed by the server within 20 s, while a normal client (one request at
+   a time) keeps p99 < 200 ms.
+5. **sigterm**: 32 keep-alive clients send; SIGTERM to ``bentoml serve``: no accepted request
+   lost (reset or timed out), exit within 15 s.
+6. **stalled**: 50 uploads stop mid-body; SIGTERM: exit within 15 s.
+
+Checks 1-4 share one server; 5 and 6 start their own. All load is bounded in time and count and
+goes to 127.0.0.1 only. Prints one line per check with PASS/FAIL and the numbers (and the load
+average); exit status 1 if any fails.
 """
 
 from __future__ import annotations
@@ -28,179 +37,22 @@ from collections import Counter
 from pathlib import Path
 
 from .common import percentile
+from .http_harness import MAX_REQUESTS, Server, closed_loop, metric, one_request, open_loop, summary
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "fmnist-test-0000-ankle-boot.png"
+PHOTO = REPO / "samples" / "fmnist-test-0000-ankle-boot-shop-photo.jpg"
 P99_LIMIT_MS = 500.0
+GOODPUT_MIN = 0.9  # of capacity, under 2x open-loop overload
 REFUSAL_FAST_MS = 100.0  # "a fast 503": the p99 of refusals must stay under this
 EXIT_LIMIT_S = 15.0
-MAX_REQUESTS = 200_000  # hard bound on what one check may send
+HALF_OPEN = 300
+HALF_OPEN_WITHIN_S = 20.0
+HALF_OPEN_CLOSED_MIN = 0.9
+NORMAL_P99_MS = 200.0
 
 
-def outcome(status: int | None, error: BaseException | None) -> str:
-    """One request's fate: ok, shed (503/429), refused (the connection was refused: never
-    accepted), reset (the server dropped an accepted request), timeout, or http_<status>."""
-    import aiohttp
-
-    if error is None:
-        if status == 200:
-            return "ok"
-        return "shed" if status in (503, 429) else f"http_{status}"
-    if isinstance(error, asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return "refused"
-    return "reset"
-
-
-def form(image: bytes):
-    import aiohttp
-
-    f = aiohttp.FormData()
-    f.add_field("image", image, filename="x.png", content_type="image/png")
-    return f
-
-
-async def _one(session, url: str, image: bytes, log: list) -> None:
-    t0 = time.perf_counter()
-    status, err, headers, body = None, None, {}, b""
-    try:
-        async with session.post(url + "/classify", data=form(image)) as r:
-            body = await r.read()
-            status, headers = r.status, r.headers
-    except Exception as e:  # noqa: BLE001 - every failure is an outcome to count
-        err = e
-    kind = outcome(status, err)
-    ok_refusal = None
-    if kind == "shed":  # a usable refusal: Retry-After and the service's JSON error body
-        try:
-            ok_refusal = "Retry-After" in headers and "error" in json.loads(body)
-        except ValueError:
-            ok_refusal = False
-    log.append((kind, time.perf_counter() - t0, ok_refusal, t0))
-
-
-async def closed_loop(url: str, image: bytes, clients: int, seconds: float) -> list:
-    import aiohttp
-
-    log: list = []
-    deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
-        async def worker():
-            while time.perf_counter() < deadline and len(log) < MAX_REQUESTS:
-                await _one(s, url, image, log)
-        await asyncio.gather(*(worker() for _ in range(clients)))
-    return log
-
-
-def multipart_request(port: int, image: bytes) -> bytes:
-    """One complete ``POST /classify`` (multipart field ``image``), encoded once."""
-    boundary = b"bnservetrafficboundary"
-    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--" + boundary + b"--\r\n")
-    head = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return head + body
-
-
-async def _raw_one(port: int, request: bytes, idle: list, log: list, t0: float) -> None:
-    """Send ``request`` on an idle keep-alive connection (or a new one) and read the answer with
-    plain asyncio streams: an open-loop client must cost the server's CPU little."""
-    status, err, retry_after, ok_json = None, None, False, False
-    conn = None
-    try:
-        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
-        reader, writer = conn
-        writer.write(request)
-        line = await reader.readline()
-        if not line:
-            raise ConnectionResetError("closed before answering")
-        status = int(line.split()[1])
-        length, close, chunked = 0, False, False
-        while (h := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = h.decode("latin-1").partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "retry-after":
-                retry_after = True
-            elif name == "connection" and "close" in value.lower():
-                close = True
-            elif name == "transfer-encoding" and "chunked" in value.lower():
-                chunked = True
-        if chunked:
-            body = b""
-            while size := int((await reader.readline()).split(b";")[0], 16):
-                body += await reader.readexactly(size + 2)
-            await reader.readline()
-        else:
-            body = await reader.readexactly(length)
-        if status in (503, 429):
-            try:
-                ok_json = "error" in json.loads(body)
-            except ValueError:
-                ok_json = False
-        if close:
-            writer.close()
-        else:
-            idle.append(conn)
-    except ConnectionRefusedError as e:
-        err = _Refused(e)
-    except Exception as e:  # noqa: BLE001 - every failure is an outcome to count
-        err = e
-        if conn is not None:
-            conn[1].close()
-    kind = "refused" if isinstance(err, _Refused) else ("reset" if err is not None else
-                                                         ("ok" if status == 200 else "shed" if status in (503, 429)
-                                                          else f"http_{status}"))
-    log.append((kind, time.perf_counter() - t0, retry_after and ok_json if kind == "shed" else None, t0))
-
-
-class _Refused(Exception):
-    pass
-
-
-async def open_loop(url: str, image: bytes, rate: float, seconds: float, timeout: float = 30.0) -> tuple[list, float]:
-    """Arrivals at a fixed rate whatever the answers (no client waits for the last one), over
-    keep-alive connections opened as needed. Latency counts from the scheduled arrival time,
-    so a client that falls behind shows it. Returns the log and the rate really offered."""
-    port = int(url.rsplit(":", 1)[1])
-    request = multipart_request(port, image)
-    log: list = []
-    idle: list = []
-    n = min(int(rate * seconds), MAX_REQUESTS)
-    tasks = []
-    t0 = time.perf_counter()
-    for i in range(n):
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(_raw_one(port, request, idle, log, due)))
-    offered = n / (time.perf_counter() - t0)
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-        log.append(("timeout", timeout, None, 0.0))
-    for reader_writer in idle:
-        reader_writer[1].close()
-    return log, offered
-
-
-def summary(log: list) -> dict:
-    kinds = Counter(k for k, *_ in log)
-    ok = [dt for k, dt, *_ in log if k == "ok"]
-    shed = [dt for k, dt, *_ in log if k == "shed"]
-    return {"kinds": dict(kinds), "ok_p50_ms": percentile(ok, 50) * 1e3, "ok_p99_ms": percentile(ok, 99) * 1e3,
-            "shed_p99_ms": percentile(shed, 99) * 1e3 if shed else 0.0,
-            "shed_without_retry_after_or_json": sum(1 for k, _, good, _ in log if k == "shed" and not good)}
-
-
-def start(env: dict | None = None):
-    from .serving_http import Server
-
+def start(env: dict | None = None) -> Server:
     server = Server("serving.service:BnServe", env or {})
     server.wait_ready()
     return server
@@ -215,28 +67,143 @@ def wait_exit(server, limit: float) -> float:
     return time.monotonic() - t0
 
 
-def check_overload(image: bytes, seconds: float, env: dict | None = None) -> dict:
+def pin_client(core: int | None) -> str:
+    """Pin this process (the load client) to one core, as ``taskset -c`` would; the server was
+    started before and keeps every core."""
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[-1] if core is None else core
+    os.sched_setaffinity(0, {core})
+    return f"client on core {core} of {cores}"
+
+
+def large_photo(width: int = 4000, height: int = 3000) -> bytes:
+    """An ordinary phone-photo-sized JPEG (the shop photo sample, scaled up)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(PHOTO).convert("RGB").resize((width, height)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def refused_in_metrics(url: str) -> dict[str, float]:
     import httpx
 
-    server = start(env)
+    return {k: v for k, v in metric(httpx.get(url + "/metrics", timeout=30).text, "bnserve_refused_total").items()}
+
+
+def closed_row(server: Server, image: bytes, clients: int, seconds: float) -> dict:
+    log = asyncio.run(closed_loop(server.url, image, clients, seconds))
+    s = summary(log)
+    kinds = s["kinds"]
+    return {"clients": clients, "answers": len(log), "503": kinds.get("shed", 0),
+            "other_errors": sum(v for k, v in kinds.items() if k not in ("ok", "shed")),
+            "p50_ms": round(s["ok_p50_ms"], 1), "p99_ms": round(s["ok_p99_ms"], 1)}
+
+
+def overload_row(server: Server, image: bytes, capacity: float, seconds: float, name: str) -> dict:
+    log, offered = asyncio.run(open_loop(server.url, image, 2 * capacity, seconds))
+    s = summary(log)
+    kinds = s["kinds"]
+    goodput = kinds.get("ok", 0) / seconds
+    bad = {k: v for k, v in kinds.items() if k not in ("ok", "shed")}
+    passed = (goodput >= GOODPUT_MIN * capacity and s["ok_p99_ms"] <= P99_LIMIT_MS and not bad
+              and s["shed_without_retry_after_or_json"] == 0 and s["shed_p99_ms"] <= REFUSAL_FAST_MS)
+    return {"check": name, "passed": passed, "capacity_rps": round(capacity), "offered_rps": round(offered),
+            "goodput_rps": round(goodput), "goodput_ratio": round(goodput / capacity, 3),
+            "admitted_p50_ms": round(s["ok_p50_ms"], 1), "admitted_p99_ms": round(s["ok_p99_ms"], 1),
+            "refused": kinds.get("shed", 0), "refusal_p99_ms": round(s["shed_p99_ms"], 1),
+            "refusals_without_retry_after_or_json": s["shed_without_retry_after_or_json"], "failed": bad}
+
+
+async def _large_uploads(url: str, photo: bytes, n: int) -> list[int]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+        async def one() -> int:
+            form = aiohttp.FormData()
+            form.add_field("image", photo, filename="photo.jpg", content_type="image/jpeg")
+            async with s.post(url + "/classify", data=form) as r:
+                await r.read()
+                return r.status
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def _half_open(port: int, url: str, image: bytes, n: int, within_s: float) -> dict:
+    """``n`` connections send a head's first lines and stop; meanwhile one normal client sends
+    one request at a time. Returns how many the server closed within ``within_s`` and the
+    normal client's latencies."""
+    closed_at: list[float] = []
+    t0 = time.perf_counter()
+
+    async def half(i: int) -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.write(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
+        try:
+            await asyncio.wait_for(reader.read(), within_s + 5)  # until the server closes it
+            closed_at.append(time.perf_counter() - t0)
+        except (asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    normal: list = []
+
+    async def normal_client() -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            while time.perf_counter() - t0 < within_s:
+                await one_request(s, url, image, normal)
+
+    await asyncio.gather(normal_client(), *(half(i) for i in range(n)))
+    return {"closed_within": sum(1 for t in closed_at if t <= within_s), "normal": normal}
+
+
+def check_shared(image: bytes, seconds: float, client_core: int | None, only: set[str]) -> list[dict]:
+    """closed, overload, large and halfopen on one server at default settings."""
+    server = start()
+    results = []
     try:
+        print("  " + pin_client(client_core), flush=True)
         asyncio.run(closed_loop(server.url, image, 4, 1.0))  # warm-up
-        capacity_log = asyncio.run(closed_loop(server.url, image, 32, 3.0))
-        capacity = sum(1 for k, *_ in capacity_log if k == "ok") / 3.0
-        log, offered = asyncio.run(open_loop(server.url, image, 2 * capacity, seconds))
-        s = summary(log)
-        ready = httpx.get(server.url + "/readyz", timeout=5).status_code
-        shed_metric = sum(float(line.split()[-1]) for line in httpx.get(server.url + "/metrics").text.splitlines()
-                          if line.startswith("bnserve_shed_total"))
+        if "closed" in only:
+            rows = [closed_row(server, image, c, seconds) for c in (128, 256)]
+            results.append({"check": "closed", "passed": all(r["503"] == 0 and r["other_errors"] == 0 for r in rows),
+                            "rows": rows})
+            print(("PASS " if results[-1]["passed"] else "FAIL ") + json.dumps(results[-1]), flush=True)
+        if only & {"overload", "large"}:
+            capacity_log = asyncio.run(closed_loop(server.url, image, 32, 3.0))
+            capacity = sum(1 for k, *_ in capacity_log if k == "ok") / 3.0
+        if "overload" in only:
+            results.append(overload_row(server, image, capacity, seconds, "overload"))
+            print(("PASS " if results[-1]["passed"] else "FAIL ") + json.dumps(results[-1]), flush=True)
+        if "large" in only:
+            statuses = asyncio.run(_large_uploads(server.url, large_photo(), 8))
+            row = overload_row(server, image, capacity, seconds, "large")
+            row["large_uploads"] = dict(Counter(statuses))
+            row["passed"] = row["passed"] and set(statuses) == {200}
+            results.append(row)
+            print(("PASS " if row["passed"] else "FAIL ") + json.dumps(row), flush=True)
+        if "halfopen" in only:
+            r = asyncio.run(_half_open(server.port, server.url, image, HALF_OPEN, HALF_OPEN_WITHIN_S))
+            ok = [dt for k, dt, *_ in r["normal"] if k == "ok"]
+            p99 = percentile(ok, 99) * 1e3 if ok else float("inf")
+            fraction = r["closed_within"] / HALF_OPEN
+            results.append({"check": "halfopen", "passed": fraction >= HALF_OPEN_CLOSED_MIN and p99 < NORMAL_P99_MS
+                            and len(ok) == len(r["normal"]), "connections": HALF_OPEN,
+                            "closed_within_20s": r["closed_within"], "closed_fraction": round(fraction, 3),
+                            "normal_requests": len(r["normal"]), "normal_ok": len(ok), "normal_p99_ms": round(p99, 1)})
+            print(("PASS " if results[-1]["passed"] else "FAIL ") + json.dumps(results[-1]), flush=True)
+        refused = refused_in_metrics(server.url)
+        print(f"  /metrics bnserve_refused_total: {refused}", flush=True)
     finally:
         server.stop()
-    kinds = s["kinds"]
-    bad = {k: v for k, v in kinds.items() if k not in ("ok", "shed")}
-    passed = (s["ok_p99_ms"] < P99_LIMIT_MS and not bad and s["shed_without_retry_after_or_json"] == 0
-              and s["shed_p99_ms"] < REFUSAL_FAST_MS and ready == 200)
-    return {"check": "overload", "passed": passed, "capacity_rps": capacity, "offered_rps": offered,
-            "goodput_rps": kinds.get("ok", 0) / seconds, "readyz_after": ready, "shed_in_metrics": shed_metric,
-            **s}
+    return results
 
 
 def send_sigterm(server, group: bool) -> None:
@@ -262,7 +229,7 @@ def check_sigterm(image: bytes, env: dict | None = None, clients: int = 32, grou
             async def worker():
                 # until refused: a refused connection was never accepted, so nothing is lost
                 while time.perf_counter() < stop_at[0] and len(log) < MAX_REQUESTS:
-                    await _one(s, server.url, image, log)
+                    await one_request(s, server.url, image, log)
                     if log[-1][0] == "refused":
                         return
             workers = [asyncio.ensure_future(worker()) for _ in range(clients)]
@@ -321,19 +288,22 @@ def check_stalled(env: dict | None = None, uploads: int = 50, group: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.traffic", description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=8.0, help="open-loop overload duration")
-    p.add_argument("--only", default="overload,sigterm,stalled")
+    p.add_argument("--seconds", type=float, default=8.0, help="duration of each closed- and open-loop run")
+    p.add_argument("--only", default="closed,overload,large,halfopen,sigterm,stalled")
+    p.add_argument("--client-core", type=int, default=None, help="the core the load client is pinned to")
     p.add_argument("--group", action="store_true", help="SIGTERM the whole process group, not only `bentoml serve`")
     args = p.parse_args(argv)
+    only = set(args.only.split(","))
     image = SAMPLE.read_bytes()
     print(f"load: {os.getloadavg()}", flush=True)
     results = []
-    for name in args.only.split(","):
-        r = {"overload": lambda: check_overload(image, args.seconds),
-             "sigterm": lambda: check_sigterm(image, group=args.group),
-             "stalled": lambda: check_stalled(group=args.group)}[name]()
-        results.append(r)
-        print(("PASS " if r["passed"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+    if only & {"closed", "overload", "large", "halfopen"}:
+        results += check_shared(image, args.seconds, args.client_core, only)
+    for name in ("sigterm", "stalled"):
+        if name in only:
+            r = check_sigterm(image, group=args.group) if name == "sigterm" else check_stalled(group=args.group)
+            results.append(r)
+            print(("PASS " if r["passed"] else "FAIL ") + json.dumps(r, default=str), flush=True)
     print(f"load: {os.getloadavg()}", flush=True)
     return 0 if all(r["passed"] for r in results) else 1
 

@@ -287,7 +287,7 @@ def run(quick: bool = False, device: str = "auto") -> dict:
 
 def paper_preset_time(results: list[dict]) -> str:
     """The Santurkar VGG paper preset's wall time at the full-width VGG-16 speed just measured."""
-    from training.santurkar import FIG1_PRESETS
+    from training.santurkar.config import FIG1_PRESETS
 
     paper = FIG1_PRESETS["paper"]
     vgg = next((r for r in results if r["case"].startswith("VGG-16 + BN, full width")), None)

@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import nn
 
-from serving.contract import INPUT_NAME, OUTPUT_NAME, op_counts
+from serving.contract import INPUT_NAME, OUTPUT_NAME, ContractError, check_no_batchnorm, op_counts
 
 from .errors import ExportError
 
@@ -66,12 +66,12 @@ def onnx_export(model: nn.Module, path: str | Path, input_shape: Sequence[int], 
                           f"version converter cannot go there for this graph); use opset "
                           f"{DEFAULT_OPSET} or higher.")
     if not keep_batchnorm:
-        n = count_op(proto, "BatchNormalization")
-        if n:
+        try:
+            check_no_batchnorm(proto)
+        except ContractError as e:
             path.unlink(missing_ok=True)
-            raise ExportError(f"the exported graph still holds {n} BatchNormalization node(s); fold "
-                              "the model first (export.fold_batchnorm) or pass keep_batchnorm=True "
-                              "for an unfolded benchmark file.")
+            raise ExportError(f"the exported graph: {e}. Fold the model first (export.fold_batchnorm) or "
+                              "pass keep_batchnorm=True for an unfolded benchmark file.") from e
     return path
 
 

@@ -2,22 +2,21 @@
 
 ``export_checkpoint`` folds every BatchNorm, exports with a dynamic batch axis, then verifies
 the file as written before it is allowed to exist at the destination: ``onnx.checker``
-(full check), zero BatchNormalization nodes, and parity against the UNFOLDED PyTorch eval-mode
-model in ONNX Runtime with graph optimisations disabled, on the checkpoint's real test images
-when present (seeded random images otherwise). A model that fails is not written.
+(full check), parity against the UNFOLDED PyTorch eval-mode model in ONNX Runtime with graph
+optimisations disabled, on the checkpoint's real test images when present (seeded random images
+otherwise), and the serving contract (``serving.contract.check_model``: metadata, tensor names,
+no BatchNormalization node, one logit per class) on the final file. A model that fails is not
+written.
 
-Parity criterion (``parity.tolerance`` / ``parity.criterion`` in the metadata):
-- fp32: every logit within ``atol 1e-4 + rtol 1e-4 * |reference|``; argmax agrees on every
-  image (an image counts as ambiguous only when the reference's top-2 margin is below the
-  tolerance, which for fp32 is practically never, and the count is reported).
-- fp16: the same with ``atol 2e-2, rtol 1e-2`` (float16 keeps ~3 significant digits) against
-  the float32 reference; argmax must agree on every image whose float32 top-2 margin exceeds
-  ``2 * (atol + rtol * |top-1 logit|)``, i.e. where fp16 rounding cannot legitimately swap them.
+Parity criterion (``parity.tolerance`` / ``parity.criterion`` in the metadata), with the
+tolerances of ``TOLERANCES`` (the one table; tests read it too): every logit within
+``atol + rtol * |reference|``; argmax equal on every image whose reference top-2 margin exceeds
+``2 * (atol + rtol * |top-1 logit|)`` (for fp32 practically every image; for fp16, against the
+float32 reference, where fp16 rounding cannot legitimately swap the top two).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -28,7 +27,7 @@ import numpy as np
 import onnx
 import torch
 
-from serving.contract import FORMAT, METADATA_KEY, ContractError, check_model
+from serving.contract import ContractError, build_metadata, check_model, set_metadata
 from serving.contract import read_metadata as contract_metadata
 from training.checkpoint import file_sha256, load_checkpoint
 from training.data import DatasetNotFoundError, get_spec, load_dataset
@@ -38,10 +37,7 @@ from .errors import ExportError
 from .fold import fold_batchnorm
 from .onnx_export import (
     DEFAULT_OPSET,
-    INPUT_NAME,
-    OUTPUT_NAME,
     check_file,
-    count_op,
     onnx_export,
     op_counts,
     ort_session,
@@ -63,6 +59,7 @@ class Tolerance:
         return {"atol": self.atol, "rtol": self.rtol}
 
 
+# fp16 keeps ~3 significant digits: its files are compared with the float32 reference.
 TOLERANCES = {"fp32": Tolerance(1e-4, 1e-4), "fp16": Tolerance(2e-2, 1e-2)}
 
 
@@ -188,10 +185,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
         t0 = time.perf_counter()
         check_file(raw)
         proto = onnx.load(str(raw))
-        bn_nodes = count_op(proto, "BatchNormalization")
-        if bn_nodes:
-            raise ExportError(f"the exported file holds {bn_nodes} BatchNormalization node(s) "
-                              "after folding; not written.")
         x, labels, described = parity_inputs(data, shape, data_dir, max_images)
         ref = torch_logits(reference, x)
         session = ort_session(raw)
@@ -226,38 +219,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
                 f"batch-1 vs batch rows {single_vs_row:.3g}. The file was not written. "
                 + ("Try without --fp16." if fp16 else "Report this model: folding or export is wrong for it."))
 
-        meta = {
-            "format": FORMAT,
-            "model": {"name": config["name"], "config": config},
-            "dataset": data["dataset"],
-            "classes": list(data["classes"]),
-            "input": {"name": INPUT_NAME, "shape": [None, *shape],
-                      "channels": shape[0], "height": shape[1], "width": shape[2],
-                      "dtype": "float16" if fp16 else "float32", "layout": "NCHW"},
-            "normalization": {"mean": list(data["mean"]), "std": list(data["std"])},
-            "input_convention": input_convention(data),
-            "output": {"name": OUTPUT_NAME, "shape": [None, len(data["classes"])]},
-            "test_accuracy": ckpt.get("test_accuracy"),
-            "source_checkpoint": {"file": checkpoint.name, "sha256": file_sha256(checkpoint),
-                                  "step": ckpt.get("step")},
+        meta = build_metadata(
+            model={"name": config["name"], "config": config}, dataset=data["dataset"], classes=data["classes"],
+            channels=shape[0], height=shape[1], width=shape[2], dtype="float16" if fp16 else "float32",
+            mean=data["mean"], std=data["std"], input_convention=input_convention(data), parity=parity,
+            calibration=ckpt.get("calibration"),  # temperature + OOD threshold, if fitted
+            test_accuracy=ckpt.get("test_accuracy"),
+            source_checkpoint={"file": checkpoint.name, "sha256": file_sha256(checkpoint),
+                               "step": ckpt.get("step")},
             # which BN statistics were folded: the checkpoint's record (EMA or Algorithm 2);
             # checkpoints older than the record hold PyTorch's moving averages
-            "bn_statistics": ckpt.get("bn_statistics") or (
+            bn_statistics=ckpt.get("bn_statistics") or (
                 {"estimate": "ema", "what": "not recorded by the checkpoint; PyTorch's running averages"}
                 if fold_report.get("batchnorms") else None),
-            "fold_report": fold_report,
-            "parity": parity,
-            "precision": precision,
-            "opset": opset,
-            "version": project_version(),
-            "git_revision": git_revision(),
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
-        try:  # what the service will check (serving/contract.py): a file it refuses is not written
-            check_model(proto)
-        except ContractError as e:
-            raise ExportError(f"the service could not serve this file ({e}); not written.") from e
+            fold_report=fold_report, precision=precision, opset=opset, version=project_version(),
+            git_revision=git_revision(), exported_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        set_metadata(proto, meta)
         onnx.save(proto, str(final_tmp))
         _recheck(final_tmp, xin[:BATCH_SIZE], batched[:BATCH_SIZE])
         os.replace(final_tmp, out)
@@ -277,10 +254,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, opset: int = D
 
 
 def _recheck(path: Path, x: np.ndarray, expected: np.ndarray) -> None:
-    """The file with metadata added is the file that was verified: same checks, same outputs."""
+    """The file with metadata added is the file that was verified: onnx.checker again, the
+    serving contract (what the service will check: a file it refuses is not written), and the
+    same outputs."""
     check_file(path)
-    if count_op(onnx.load(str(path)), "BatchNormalization"):
-        raise ExportError(f"{path}: BatchNormalization appeared after adding metadata (bug).")
+    try:
+        check_model(onnx.load(str(path), load_external_data=False))
+    except ContractError as e:
+        raise ExportError(f"the service could not serve this file ({e}); not written.") from e
     got = run_batches(ort_session(path), x, BATCH_SIZE)
     if not np.array_equal(got, expected):
         raise ExportError(f"{path}: outputs changed after adding metadata (bug); not written.")

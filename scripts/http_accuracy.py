@@ -46,7 +46,11 @@ def http_vs_torch(url: str, checkpoint: str, n: int = 1000, concurrency: int = 8
     ds = load_dataset(data["dataset"], data_dir=data_dir, download=False, progress=False)
     images, labels = ds.test.images[:n], ds.test.labels[:n].numpy()
     with torch.no_grad():
-        torch_prob = torch.softmax(model(normalize(images, data["mean"], data["std"])).double(), 1).numpy()
+        # the service answers with calibrated probabilities: softmax(logits / T), T from the
+        # checkpoint's calibration record (serving/calibration.py; 1 when there is none)
+        temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)
+        logits = model(normalize(images, data["mean"], data["std"])).double()
+        torch_prob = torch.softmax(logits / temperature, 1).numpy()
     torch_pred = torch_prob.argmax(1)
 
     def png(i: int) -> bytes:

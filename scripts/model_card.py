@@ -17,23 +17,80 @@ from pathlib import Path
 
 import onnx
 
+from serving.contract import read_metadata
+from training.records import RunRecord, read_metrics
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def intended_use(meta: dict) -> str:
-    """What the model takes, from its input_convention (serving/preprocess.py converts photos)."""
+    """What the model takes, from its input_convention (serving/conversions.py converts photos)."""
     pipeline = (meta.get("input_convention") or {}).get("pipeline")
     if pipeline == "fashion-mnist":
         return ("One garment per image. Dataset-form images (light on black, 28x28) are used as they are;\n"
                 "a product photo on a light background is converted the way Fashion-MNIST was made\n"
-                "(Xiao et al. 2017, Sec. 2: trim, fit, sharpen, centre, negate; serving/preprocess.py).")
+                "(Xiao et al. 2017, Sec. 2: trim, fit, sharpen, centre, negate; serving/conversions.py).")
     if pipeline == "mnist":
         return ("One handwritten digit per image. Dataset-form images (white on black, 28x28) are used as\n"
                 "they are; a scan or photo of dark ink on light paper is converted the way MNIST was made\n"
-                "(negate, 20x20 box, centre of mass at the centre; serving/preprocess.py).")
-    return "Images like the training set's; see serving/preprocess.py for how uploads are converted."
+                "(negate, 20x20 box, centre of mass at the centre; serving/conversions.py).")
+    return "Images like the training set's; see serving/conversions.py for how uploads are converted."
+
+
+def calibration_section(meta: dict) -> str:
+    """Temperature, OOD threshold and their measured effect, from the file's ``calibration``."""
+    c = meta.get("calibration")
+    if not c:
+        return ""
+    m = c.get("measured", {})
+    return f"""
+## Calibration and "none of my classes" (stored in the file's metadata, key `calibration`)
+- temperature **{c['temperature']:.4f}**: every answer's probabilities are softmax(logits / T) (the answer
+  itself never changes); fitted on {c['fitted_on']} by minimising the negative log-likelihood
+  (held-out NLL {m.get('nll_held_before', float('nan')):.4f} -> {m.get('nll_held_after', float('nan')):.4f})
+- expected calibration error on the test split (15 bins): **{m.get('ece_test_before', float('nan')):.4f} before, {m.get('ece_test_after', float('nan')):.4f} after**
+- `in_distribution: false` when the calibrated top probability is below **{c['ood_threshold']:.4f}**: the
+  {c['ood_quantile']:.0%} quantile of that score on the held-out images (augmented copies), so
+  {m.get('held_flagged', float('nan')):.1%} of them are flagged by design
+"""
+
+
+# real_images*.json files a run directory may hold, and what each measured
+REAL_IMAGE_TITLES = {
+    "real_images": "this model: garments and non-garments",
+    "real_images-digits": "this model: digit scans that are not MNIST",
+    "real_images-before": "before: the previous model and preprocessing (transparent uploads onto black)",
+    "real_images-digits-before": "before: the previous model, digit scans",
+}
+
+
+def real_images_section(run: Path) -> str:
+    """The real-image evaluation (scripts/real_images.py eval --json) saved beside the run."""
+    out = []
+    for path in sorted(run.glob("real_images*.json")):
+        s = json.loads(path.read_text())
+        what = REAL_IMAGE_TITLES.get(path.stem, path.stem)
+        rows = "\n".join(f"| {g} | {a}/{n} | {a / n:.3f} |" for key in ("per_class", "per_style", "per_background")
+                         for g, a, n in s[key])
+        flags = "" if s.get("flagged_garments") is None else (
+            f"; `in_distribution: false` for {s['flagged_garments']:.1%} of them"
+            + ("" if s.get("flagged_other") is None else
+               f" and for {s['flagged_other']:.1%} of {s['n_other']} images that are none of the classes"))
+        out.append(f"""
+### {what} (`{path.name}`)
+{s['n_garments']} labelled images through HTTP: accuracy **{s['accuracy']:.3f}**, class-balanced
+{s['class_balanced_accuracy']:.3f}, mean top probability {s['mean_probability_garments']:.3f}{flags}.
+
+| class / style / background | right | accuracy |
+|---|---|---|
+{rows}
+""")
+    if not out:
+        return ""
+    return ("\n## Real images (scripts/real_images.py: third-party emoji, icons, drawings, digit scans; "
+            "white and transparent backgrounds)\n" + "".join(out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,15 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model_dir", type=Path)
     args = p.parse_args(argv)
     run, out = args.run_dir, args.model_dir
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = RunRecord.read(run)
     onnx_path = out / "model.onnx"
-    meta = json.loads({q.key: q.value for q in onnx.load(str(onnx_path)).metadata_props}["bnserve"])
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    meta = read_metadata(onnx.load(str(onnx_path), load_external_data=False))
+    metrics = read_metrics(run / "metrics.jsonl")
     summary = (run / "summary.md").read_text().strip() if (run / "summary.md").exists() else ""
     summary = summary.replace("# ", "### Training run: ", 1) if summary.startswith("# ") else summary
     export_txt = (run / "export.txt").read_text().strip() if (run / "export.txt").exists() else ""
     parity = meta["parity"]
-    env = cfg.get("environment", {})
+    env = cfg.environment
     curve = "\n".join(f"| {m['step']} | {m.get('test_accuracy')} | {m.get('elapsed_s')} |" for m in metrics)
     default = out.resolve() == (Path(__file__).resolve().parent.parent / "models" / "default")
     intro = ("The model `make serve` serves when `BNSERVE_MODEL` is not set. Regenerate with "
@@ -62,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 from the run's files and the ONNX file's metadata.
 
 ## How it was made
-- training: `{shlex.join(cfg['command'])}`
-- seed {cfg['seed']}, git revision `{cfg['git_revision']}`, started {cfg['started_at']}
+- training: `{shlex.join(cfg.command)}`
+- seed {', '.join(map(str, cfg.seeds))}, git revision `{cfg.git_revision}`, started {cfg.started_at}
 - environment: python {env.get('python')}, torch {env.get('torch')}, {env.get('cpu_count')} CPU cores, device {env.get('device')}
 - export: `python -m export {run}/checkpoint.pt -o {onnx_path}` (BatchNorm folded, opset {meta['opset']}, {meta['precision']}), exported {meta['exported_at']}
 
@@ -86,6 +143,7 @@ from the run's files and the ONNX file's metadata.
   ONNX accuracy {parity.get('onnx_accuracy')}, PyTorch accuracy {parity.get('torch_accuracy')};
   ONNX Runtime {parity['ort_graph_optimization']} on {parity.get('ort_provider')}, batch sizes {parity['batch_sizes']}
 
+{calibration_section(meta)}{real_images_section(run)}
 ## Intended use and limits
 {intended_use(meta)}
 """

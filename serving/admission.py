@@ -1,47 +1,62 @@
-"""Load shedding: admit a /classify request only while it can be answered within a wait budget.
+"""Load shedding: admit a request only while it can be answered within a wait budget.
 
-The limit on requests in progress (decoding, queued for the model, running) follows from
-Little's law: a request that finds ``n`` requests ahead of it waits about ``n x service time``,
-so at most ``max_wait / service_time`` may be in progress. The service time is measured, not
-configured: the wall time during which at least one request was in progress, divided by the
-requests answered in that time (under load, with micro-batching, that is 1 / throughput; at
-low load it is the whole latency of a request, which errs on the side of admitting fewer).
-The estimate starts from the model's warm-up time and follows the load (exponential average
-over windows of at least ``WINDOW_REQUESTS`` answers).
+A request that finds requests ahead of it waits about the sum of their service demands, so the
+limit on requests in progress follows from Little's law: ``max_wait / service_time`` of their
+kind. The service time is measured, not configured, and only from answered work (2xx): a
+flood of cheap 4xx answers, or clients that left, do not move it.
 
-"Requests ahead" counts every request the worker has read the head of and not yet answered
-(``ahead``; in a ``bentoml serve`` worker: uvicorn's request tasks, less the uploads still
-arriving, plus the connections waiting in the kernel's accept queue), not only those past admission: under overload most of the wait is in the event
-loop, where requests that uvicorn has parsed wait for their turn to run. A closed loop of N
-clients never has more than N ahead; open-loop arrivals beyond capacity pile up there, and
-are refused as soon as they run.
+**Measured per cost class.** Requests differ in cost up to 1,000-fold (a 28x28 PNG decoded on
+the event loop in microseconds; a 12-megapixel photo decoded in a thread for tens to hundreds
+of milliseconds), so one average would let a few large images make the service refuse small
+ones. Each request is put in a class from its declared size before its body is read
+(``cost_class``: ``small`` up to ``SMALL_BYTES``, else ``large``), and each class has its own
+count, its own estimate and its own limit. Large images are kept apart: they count against
+the large limit only, whose floor is the decode threads, so they never crowd out small ones.
+
+**The estimate** is the busy time of a class shared among its requests in progress (processor
+sharing: while ``n`` requests of the class are in progress each accrues ``dt / n``), averaged
+over windows of ``WINDOW_REQUESTS`` 2xx answers and smoothed. Under load with micro-batching
+that is 1 / throughput; at low load it is a request's whole latency, which errs on the side of
+admitting fewer (never fewer than the floor).
+
+**Requests ahead** (``ahead``) counts every request the worker has read the head of and not yet
+answered: in a ``bentoml serve`` worker, uvicorn's request tasks less the uploads still
+arriving and the answers already started, plus this worker's share of the connections waiting
+in the kernel's accept queue (shared by every worker: each counts ``1 / workers`` of it, not
+the whole queue). Anything not yet classified is priced as a small request.
 
 The excess is refused at once, before its body is read: 503 with ``Retry-After`` and the
 service's JSON error body. 503 and not 429: the server is out of capacity, not the client over a
-quota; load balancers and client retry policies (Kubernetes Services, Envoy, Triton and Ray Serve
-clients) read 503 + Retry-After as "try again, maybe elsewhere". Pure Python with an injectable
-clock: unit-tested without a server (tests/test_traffic.py).
+quota; load balancers and client retry policies read 503 + Retry-After as "try again, maybe
+elsewhere". Pure Python with an injectable clock: unit-tested without a server.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
+import struct
 import time
+import typing as t
 from collections.abc import Callable
+from dataclasses import dataclass
 
-# BNSERVE_MAX_WAIT_MS: the wait an admitted request may expect. 100, measured: open-loop at 2x
-# capacity, admitted p99 163-186 ms at 100, 255-272 at 150, 456-562 at 200, goodput equal
-# (~1,880 req/s); closed loops of up to a batch are never refused whatever it is.
-DEFAULT_MAX_WAIT_MS = 100.0
-DEFAULT_MAX_INFLIGHT = 512  # BNSERVE_MAX_INFLIGHT: hard cap, whatever the estimate says
-MIN_INFLIGHT = 4  # never fewer than this in progress (the service passes its batch size)
-WINDOW_REQUESTS = 64  # answers per estimate update
-WINDOW_S = 0.5  # ... or this much busy time, whichever comes first
+SMALL = "small"
+LARGE = "large"
+COST_CLASSES = (SMALL, LARGE)
+SMALL_BYTES = 64 * 1024  # a body up to this is a small image (decoded on the event loop)
+WINDOW_REQUESTS = 64  # 2xx answers per estimate update
+WINDOW_S = 0.5  # ... or this much accrued service time, whichever comes first
 SMOOTHING = 0.2  # weight of the newest window: a scheduling hiccup of the host moves it little
 
 
-def admission_limit(service_time_s: float, max_wait_s: float, floor: int = MIN_INFLIGHT,
-                    cap: int = DEFAULT_MAX_INFLIGHT) -> int:
+def cost_class(content_length: int | None) -> str:
+    """A request's cost class from its declared body size (unknown: large, the safe side)."""
+    return SMALL if content_length is not None and content_length <= SMALL_BYTES else LARGE
+
+
+def admission_limit(service_time_s: float, max_wait_s: float, floor: int, cap: int) -> int:
     """Requests that may be in progress so that the last one admitted waits about
     ``max_wait_s``: ``max_wait_s / service_time_s``, clamped to [floor, cap]."""
     if service_time_s <= 0:
@@ -55,70 +70,170 @@ def retry_after_s(service_time_s: float, in_progress: int) -> int:
     return max(1, math.ceil(service_time_s * in_progress))
 
 
-class Admission:
-    """Counts requests in progress and decides, per arriving request, admit or shed.
+class CostState:
+    """One cost class: requests in progress, their shared busy time, the estimate and limit."""
 
-    ``try_enter()`` admits (True) and counts the request until its ``leave()``; ``full()``
-    answers the same question without counting (used before reading a body)."""
-
-    def __init__(self, initial_service_time_s: float, max_wait_s: float = DEFAULT_MAX_WAIT_MS / 1e3,
-                 cap: int = DEFAULT_MAX_INFLIGHT, floor: int = MIN_INFLIGHT,
-                 clock: Callable[[], float] = time.perf_counter):
-        if max_wait_s <= 0 or cap < 1 or initial_service_time_s <= 0:
-            raise ValueError("max_wait_s, cap and initial_service_time_s must be positive")
-        self.max_wait_s, self.cap, self.floor = max_wait_s, cap, max(1, min(floor, cap))
-        self.service_time_s = initial_service_time_s
+    def __init__(self, service_time_s: float, floor: int, clock: Callable[[], float]):
+        self.service_time_s, self.floor = service_time_s, floor
         self.in_progress = 0
-        # requests in this worker ahead of the one asking; replaced where the server can tell
-        self.ahead: Callable[[], int] = lambda: self.in_progress
-        self.admitted = self.shed = 0
+        self.limit = floor
         self._clock = clock
-        self._since = clock()  # last change of in_progress
-        self._busy = 0.0  # busy time in the current window
-        self._done = 0  # answers in the current window
-        self.limit = admission_limit(self.service_time_s, max_wait_s, self.floor, cap)
+        self._since = clock()
+        self.virtual = 0.0  # busy time per request in progress, accrued since start
+        self._sum = 0.0  # service time of the 2xx answers of the current window
+        self._done = 0
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         now = self._clock()
         if self.in_progress:
-            self._busy += now - self._since
+            self.virtual += (now - self._since) / self.in_progress
         self._since = now
 
-    def full(self) -> bool:
-        return self.ahead() >= self.limit
 
-    def try_enter(self) -> bool:
-        if self.full():
-            self.shed += 1
-            return False
-        self._tick()
-        self.in_progress += 1
+@dataclass
+class Ticket:
+    """An admitted request: its class and the class's accrued time when it entered."""
+
+    cost: str
+    entered: float
+
+
+class Admission:
+    """Counts requests in progress per cost class and decides, per arriving request, admit or
+    refuse. ``try_enter(cost)`` admits (a Ticket) and counts the request until its
+    ``leave(ticket, ok)``; ``full(cost)`` answers the same question without counting (used
+    before a body is read)."""
+
+    def __init__(self, initial_service_time_s: float, max_wait_s: float, cap: int, floor: int,
+                 large_floor: int = 4, clock: Callable[[], float] = time.perf_counter,
+                 on_change: Callable[[Admission], None] | None = None):
+        if max_wait_s <= 0 or cap < 1 or initial_service_time_s <= 0:
+            raise ValueError("max_wait_s, cap and initial_service_time_s must be positive")
+        self.max_wait_s, self.cap = max_wait_s, cap
+        self.classes = {SMALL: CostState(initial_service_time_s, max(1, min(floor, cap)), clock),
+                        LARGE: CostState(initial_service_time_s, max(1, min(large_floor, cap)), clock)}
+        # requests in this worker ahead of the one asking; replaced where the server can tell
+        self.ahead: Callable[[], int] = lambda: self.in_progress
+        self.admitted = 0
+        self.refused: dict[str, int] = {}
+        self.on_change = on_change  # called when an estimate or limit changes (metrics)
+        for state in self.classes.values():
+            state.limit = admission_limit(state.service_time_s, max_wait_s, state.floor, cap)
+
+    @property
+    def in_progress(self) -> int:
+        return sum(s.in_progress for s in self.classes.values())
+
+    @property
+    def limit(self) -> int:
+        return self.classes[SMALL].limit
+
+    @property
+    def service_time_s(self) -> float:
+        return self.classes[SMALL].service_time_s
+
+    def waiting(self, cost: str) -> int:
+        """Requests ahead of a newcomer of class ``cost`` that count against its limit."""
+        if cost == LARGE:
+            return self.classes[LARGE].in_progress
+        return max(0, self.ahead() - self.classes[LARGE].in_progress)
+
+    def full(self, cost: str = SMALL) -> bool:
+        return self.waiting(cost) >= self.classes[cost].limit
+
+    def try_enter(self, cost: str = SMALL) -> Ticket | None:
+        if self.full(cost):
+            self.refuse("overloaded")
+            return None
+        return self.enter(cost)
+
+    def enter(self, cost: str = SMALL) -> Ticket:
+        """Count a request in progress whatever the limit (one already let in at the door)."""
+        state = self.classes[cost]
+        state.tick()
+        state.in_progress += 1
         self.admitted += 1
-        return True
+        return Ticket(cost, state.virtual)
 
-    def refuse(self) -> None:
-        """Count a request refused by ``full()`` before it was entered."""
-        self.shed += 1
+    def refuse(self, reason: str = "overloaded") -> None:
+        """Count a refusal (``overloaded``, ``memory``)."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
-    def leave(self, answered: bool = True) -> None:
-        """The request is done; ``answered`` False (client gone) leaves the estimate alone."""
-        self._tick()
-        self.in_progress -= 1
-        if answered:
-            self._done += 1
-        if self._done >= WINDOW_REQUESTS or (self._busy >= WINDOW_S and self._done):
-            measured = self._busy / self._done
-            self.service_time_s += SMOOTHING * (measured - self.service_time_s)
-            self.limit = admission_limit(self.service_time_s, self.max_wait_s, self.floor, self.cap)
-            self._busy, self._done = 0.0, 0
-        elif self._busy >= 4 * WINDOW_S:  # busy with nothing answered (stalled): no information
-            self._busy = 0.0
+    @property
+    def shed(self) -> int:
+        return sum(self.refused.values())
 
-    def retry_after(self) -> int:
-        return retry_after_s(self.service_time_s, self.in_progress)
+    def leave(self, ticket: Ticket, ok: bool = True) -> None:
+        """The request is done; only an answered one (``ok``: 2xx) feeds the estimate."""
+        state = self.classes[ticket.cost]
+        state.tick()
+        state.in_progress -= 1
+        if not ok:
+            return
+        state._sum += state.virtual - ticket.entered
+        state._done += 1
+        if state._done >= WINDOW_REQUESTS or state._sum >= WINDOW_S:
+            measured = state._sum / state._done
+            state.service_time_s += SMOOTHING * (measured - state.service_time_s)
+            state.limit = admission_limit(state.service_time_s, self.max_wait_s, state.floor, self.cap)
+            state._sum, state._done = 0.0, 0
+            if self.on_change is not None:
+                self.on_change(self)
 
-    def overloaded_detail(self) -> str:
-        return (f"the server is at capacity (at most {self.limit} requests in progress for an expected "
+    def retry_after(self, cost: str = SMALL) -> int:
+        state = self.classes[cost]
+        return retry_after_s(state.service_time_s, state.in_progress)
+
+    def overloaded_detail(self, cost: str = SMALL) -> str:
+        state = self.classes[cost]
+        return (f"the server is at capacity (at most {state.limit} {cost} requests in progress for an expected "
                 f"wait of {self.max_wait_s * 1e3:.0f} ms, BNSERVE_MAX_WAIT_MS); retry after the "
                 "Retry-After seconds, or on another replica")
 
+
+class UploadBudget:
+    """Bytes of uploads one worker holds at once (declared sizes reserved before reading, and
+    what actually arrives): over ``limit``, a request is refused (503) instead of read."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def reserve(self, n: int) -> bool:
+        if n > 0 and self.held + n > self.limit and self.held > 0:
+            return False  # one upload alone is always allowed (BNSERVE_MAX_BYTES bounds it)
+        self.held += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.held -= n
+
+
+class AcceptQueue:
+    """The length of the accept queue of a uvicorn server's listening sockets (Linux: TCP_INFO's
+    ``tcpi_unacked`` of a listening socket), found lazily once the server listens; 0 elsewhere."""
+
+    UNACKED = struct.Struct("=I")  # tcpi_unacked: offset 24 of struct tcp_info
+
+    def __init__(self, server: t.Any):
+        self.server = server
+        self.socks: list[socket.socket] | None = None
+
+    def length(self) -> int:
+        if self.socks is None:
+            servers = getattr(self.server, "servers", None)
+            if not servers:
+                return 0
+            try:
+                self.socks = [socket.socket(fileno=os.dup(s.fileno())) for srv in servers for s in (srv.sockets or ())
+                              if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM]
+            except OSError:  # out of file descriptors: count nothing rather than fail a request
+                return 0
+        n = 0
+        for sock in self.socks:
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+            except (OSError, AttributeError):
+                continue
+            if len(info) >= 28:
+                n += self.UNACKED.unpack_from(info, 24)[0]
+        return n

@@ -3,7 +3,8 @@ with it, the service checks what it loads with it, so "exported" and "servable" 
 set of files. Torch-free (onnx protobufs + the standard library), so serving can import it.
 
 A file is servable when:
-- the graph has an input named ``input`` and an output named ``logits``;
+- the graph has an input named ``input`` and an output named ``logits``, whose last dimension
+  (when the file states it) is the number of classes;
 - no ``BatchNormalization`` node is left anywhere: main graph, If/Loop/Scan subgraphs, and the
   model's local functions (``model.functions``, which torch.onnx's dynamo exporter can emit);
 - ``metadata_props[METADATA_KEY]`` is a JSON object with ``format == FORMAT``,
@@ -12,6 +13,9 @@ A file is servable when:
   ``input_convention`` (how the training images were made, for converting photos and scans),
   when present, is an object whose ``pipeline`` is one of PIPELINES. Files exported before it
   existed have none: the service then converts nothing (``"converted": "none"``).
+
+The metadata object is built by ``build_metadata`` (the exporter, and tests that make files by
+hand) and stored by ``set_metadata``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ BATCHNORM = "BatchNormalization"
 INPUT_DTYPES = ("float32", "float16")
 # The dataset conversions serving/conversions.py knows (training/data.py's input_convention facts).
 PIPELINES = ("fashion-mnist", "mnist", "cifar10")
+# Calibration (serving/calibration.py): the metadata's optional ``calibration`` object holds the
+# softmax temperature and the out-of-distribution threshold on OOD_SCORE. Files without it are
+# answered with plain softmax probabilities and ``in_distribution: null``.
+CALIBRATION_KEY = "calibration"
+OOD_SCORE = "max_probability"  # the calibrated top probability
 
 
 class ContractError(ValueError):
@@ -47,6 +56,7 @@ class ServingSpec:
     classes: tuple[str, ...]
     dtype: str  # of the input: "float32" or "float16"
     input_convention: dict | None = None  # {"pipeline", "background"}; None: files before it
+    calibration: tuple[float, float] | None = None  # (temperature, ood_threshold); None: not fitted
 
 
 # --- the node walk --------------------------------------------------------------------------
@@ -85,6 +95,49 @@ def batchnorm_nodes(model) -> list[str]:
     return [n.name or "(unnamed)" for n in iter_nodes(model) if n.op_type == BATCHNORM]
 
 
+def check_no_batchnorm(model) -> None:
+    """The one "no BatchNormalization left" check. Raises ContractError naming the nodes."""
+    bn = batchnorm_nodes(model)
+    if bn:
+        raise ContractError(f"{len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
+                            f"{', ...' if len(bn) > 3 else ''}); the service serves only models "
+                            "with BN folded into the preceding conv/linear weights")
+
+
+# --- the metadata object --------------------------------------------------------------------
+
+
+def build_metadata(*, model: dict, dataset: str, classes, channels: int, height: int, width: int,
+                   mean, std, parity: dict, dtype: str = "float32", input_convention: dict | None = None,
+                   calibration: dict | None = None, **provenance) -> dict:
+    """The ``bnserve`` metadata object of a file whose graph maps ``input`` (N, C, H, W) to
+    ``logits`` (N, classes). ``provenance``: the exporter's record (test accuracy, source
+    checkpoint, BN statistics, fold report, precision, opset, version, git revision, time),
+    stored as given."""
+    meta = {
+        "format": FORMAT,
+        "model": model,
+        "dataset": dataset,
+        "classes": list(classes),
+        "input": {"name": INPUT_NAME, "shape": [None, channels, height, width],
+                  "channels": channels, "height": height, "width": width, "dtype": dtype, "layout": "NCHW"},
+        "normalization": {"mean": list(mean), "std": list(std)},
+    }
+    if input_convention is not None:
+        meta["input_convention"] = input_convention
+    meta["output"] = {"name": OUTPUT_NAME, "shape": [None, len(meta["classes"])]}
+    if calibration is not None:
+        meta[CALIBRATION_KEY] = calibration
+    return {**meta, **provenance, "parity": parity}
+
+
+def set_metadata(model, meta: dict) -> None:
+    """Store ``meta`` as the model's metadata (replacing any other metadata entry)."""
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+
+
 # --- the checks -----------------------------------------------------------------------------
 
 
@@ -119,19 +172,31 @@ def check_metadata(meta) -> ServingSpec:
                                    or convention.get("pipeline") not in PIPELINES):
         raise ContractError(f"input_convention must be an object whose pipeline is one of "
                             f"{', '.join(PIPELINES)}, got {convention!r}")
+    record = meta.get(CALIBRATION_KEY)
     return ServingSpec(channels, height, width, mean, std, classes, dtype,
-                       dict(convention) if convention is not None else None)
+                       dict(convention) if convention is not None else None,
+                       None if record is None else check_calibration(record))
+
+
+def check_calibration(record) -> tuple[float, float]:
+    """(temperature, ood_threshold) of a ``calibration`` object; ContractError when malformed."""
+    try:
+        t, thr = float(record["temperature"]), float(record["ood_threshold"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ContractError(f"calibration must be an object with a numeric temperature and "
+                            f"ood_threshold, got {record!r}") from e
+    if record.get("ood_score") != OOD_SCORE:
+        raise ContractError(f"calibration ood_score must be {OOD_SCORE!r}, got {record.get('ood_score')!r}")
+    if not (0.0 < t < float("inf")) or not 0.0 <= thr <= 1.0:
+        raise ContractError(f"calibration needs 0 < temperature < inf and 0 <= ood_threshold <= 1, got {t}, {thr}")
+    return t, thr
 
 
 def check_graph(model) -> None:
     """Input/output names and no BatchNormalization node anywhere. Raises ContractError."""
     if len(model.graph.node) == 0:
         raise ContractError("empty graph")
-    bn = batchnorm_nodes(model)
-    if bn:
-        raise ContractError(f"{len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
-                            f"{', ...' if len(bn) > 3 else ''}); the service serves only models "
-                            "with BN folded into the preceding conv/linear weights")
+    check_no_batchnorm(model)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     if inputs[:1] != [INPUT_NAME] or outputs[:1] != [OUTPUT_NAME]:
@@ -151,9 +216,27 @@ def read_metadata(model) -> dict:
         raise ContractError(f"the {METADATA_KEY!r} metadata is not valid JSON ({e})") from e
 
 
+def output_size(model) -> int | None:
+    """The last dimension of the ``logits`` output as the file states it (None when symbolic)."""
+    out = next((o for o in model.graph.output if o.name == OUTPUT_NAME), None)
+    dims = out.type.tensor_type.shape.dim if out is not None else []
+    return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
+
+
+def check_output_size(n_outputs: int | None, classes) -> None:
+    """One logit per class. Raises ContractError (``n_outputs`` None: not stated, not checked)."""
+    if n_outputs is not None and n_outputs != len(classes):
+        raise ContractError(f"the model outputs {n_outputs} logits per image but its metadata names "
+                            f"{len(classes)} classes ({', '.join(list(classes)[:5])}"
+                            f"{', ...' if len(classes) > 5 else ''}): every answer would name the "
+                            "wrong class or none; export the model with the classes of its dataset")
+
+
 def check_model(model) -> tuple[dict, ServingSpec]:
-    """The whole contract on a ModelProto: metadata present and valid, graph servable."""
+    """The whole contract on a ModelProto: metadata present and valid, graph servable, one
+    logit per class."""
     meta = read_metadata(model)
     spec = check_metadata(meta)
     check_graph(model)
+    check_output_size(output_size(model), spec.classes)
     return meta, spec

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .decode import DEFAULT_MAX_PIXELS, InputError, decode_image
-from .geometry import BACKGROUND, flatten, normalize_uint8, to_model_pixels
+from .geometry import BACKGROUND, flatten, normalize_uint8, to_8bit, to_model_pixels
 
 # --- the ``convert`` option: its one definition and its one validator ---------------------------
 ConvertMode = t.Literal["auto", "dataset", "none"]
@@ -258,6 +258,20 @@ GRAY_RECIPES = {"fashion-mnist": fashion_mnist_pipeline, "mnist": mnist_pipeline
 RGB_RECIPES = {"cifar10": cifar10_pipeline}
 
 
+def alpha_background(img: Image.Image) -> int:
+    """The background to composite a transparent image onto before the dataset's conversion:
+    white (255) when what is drawn is dark on average (a black icon or drawing on a transparent
+    background would vanish on black), else black (BACKGROUND). Opaque images: BACKGROUND."""
+    img = to_8bit(img)
+    if img.mode not in ("LA", "RGBA"):
+        return BACKGROUND
+    alpha = np.asarray(img.getchannel("A"), dtype=np.float32)
+    if alpha.min() == 255 or alpha.sum() == 0:
+        return BACKGROUND
+    luma = np.asarray(img.convert("L"), dtype=np.float32)  # the colour channels, alpha dropped
+    return 255 if (luma * alpha).sum() / alpha.sum() < 128 else BACKGROUND
+
+
 def convert_image(img: Image.Image, channels: int, height: int, width: int,
                   convention: dict | None, convert: str = "auto") -> tuple[np.ndarray, str]:
     """Any PIL image -> (uint8 (channels, height, width), converted), where ``converted`` is
@@ -284,7 +298,7 @@ def convert_image(img: Image.Image, channels: int, height: int, width: int,
         px = to_model_pixels(img, channels, height, width)
         if not light_background(px[0]):
             return px, "none"
-    gray = np.asarray(flatten(img, "L", BACKGROUND), dtype=np.uint8)
+    gray = np.asarray(flatten(img, "L", alpha_background(img)), dtype=np.uint8)
     if convert == "auto" and not light_background(gray):
         return to_model_pixels(img, channels, height, width), "none"
     px = GRAY_RECIPES[pipeline](gray, height, width)

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .contract import ContractError, check_model
+from .calibration import in_distribution
+from .contract import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ContractError,
+    ServingSpec,
+    check_model,
+    check_output_size,
+)
 
 # Under "bentoml." so that `bentoml serve` shows it with its own logs.
 logger = logging.getLogger("bentoml.bnserve.model")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -31,29 +37,23 @@ class ModelError(RuntimeError):
     """The model file cannot be served; the message says why and what to do."""
 
 
-def model_path_from_env() -> Path:
-    """``$BNSERVE_MODEL`` if set, else the default model shipped in the repository."""
-    return Path(os.environ.get("BNSERVE_MODEL") or DEFAULT_MODEL)
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo(ServingSpec):
+    """A checked model file: the contract's ``ServingSpec`` (input spec, normalisation, classes,
+    input dtype, input convention), plus where the file is and its whole metadata."""
 
-
-@dataclass(frozen=True)
-class ModelInfo:
     path: Path
     metadata: dict  # the bnserve JSON, as written by the exporter
-    channels: int
-    height: int
-    width: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-    dtype: np.dtype  # of the input (float32, or float16 for --fp16 exports)
-    input_convention: dict | None = None  # how the training images were made (contract.py)
+
+    @classmethod
+    def of(cls, path: Path, metadata: dict, spec: ServingSpec) -> ModelInfo:
+        return cls(**{f.name: getattr(spec, f.name) for f in fields(ServingSpec)}, path=path, metadata=metadata)
 
 
 def read_model(path: str | os.PathLike) -> ModelInfo:
     """Check a model file against the contract (serving/contract.py) and return what serving
     needs from it. Raises ModelError (missing, corrupt, no/invalid metadata, parity not passed,
-    BN nodes, no image input spec)."""
+    BN nodes, no image input spec, output size not the number of classes)."""
     import onnx
 
     path = Path(path)
@@ -71,8 +71,7 @@ def read_model(path: str | os.PathLike) -> ModelInfo:
         meta, spec = check_model(proto)
     except ContractError as e:
         raise ModelError(f"{path}: {e} (contract: docs/ARTIFACTS.md); {hint}") from e
-    return ModelInfo(path, meta, spec.channels, spec.height, spec.width, spec.mean, spec.std,
-                     spec.classes, np.dtype(spec.dtype), spec.input_convention)
+    return ModelInfo.of(path, meta, spec)
 
 
 # --- execution provider ---------------------------------------------------------------------------
@@ -93,28 +92,19 @@ def choose_providers(available: list[str], want: str = "auto") -> list[str]:
     return [CPU]
 
 
-def default_threads() -> int:
-    """Cores this process may use (affinity mask and cgroup CPU quota), divided among the
-    BNSERVE_WORKERS worker processes: more threads than cores would only make the workers'
-    ONNX Runtime runs preempt one another."""
-    from .lifecycle import available_cores, workers_from_env
-
-    try:
-        workers = workers_from_env()
-    except ValueError:
-        workers = 1  # the service refuses a bad BNSERVE_WORKERS itself
-    return max(1, available_cores() // workers)
-
-
 class OnnxClassifier:
     """An ONNX Runtime session on a checked model. ``provider`` is what ONNX Runtime really
     uses: it silently falls back to CPU when CUDA cannot start, so we read get_providers()."""
 
-    def __init__(self, path: str | os.PathLike, want: str | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, want: str = "auto", threads: int | None = None,
+                 spin: bool = True):
+        """``want``, ``threads``, ``spin``: BNSERVE_PROVIDER, BNSERVE_THREADS (None: the default
+        of serving/settings.py) and BNSERVE_ORT_SPIN, passed by the service from its Settings."""
         import onnxruntime as ort
 
+        from .settings import Settings
+
         self.info = read_model(path)
-        want = want if want is not None else os.environ.get("BNSERVE_PROVIDER", "auto")
         available = ort.get_available_providers()
         requested = choose_providers(available, want)
         if CUDA in requested and hasattr(ort, "preload_dlls"):
@@ -122,7 +112,7 @@ class OnnxClassifier:
                 ort.preload_dlls()
             except Exception as e:  # noqa: BLE001 - system CUDA may still work
                 logger.warning("onnxruntime.preload_dlls() failed (%s); relying on system CUDA", e)
-        threads = threads or int(os.environ.get("BNSERVE_THREADS") or 0) or default_threads()
+        threads = threads or Settings().ort_threads
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -134,7 +124,7 @@ class OnnxClassifier:
         # 1.40 ms on the default model). Off, the spinning threads stop competing with the event
         # loop: 6-20% more requests/s and a thinner p99 at concurrency 32 on the small default
         # model. BNSERVE_ORT_SPIN=0 turns it off, for saturated hosts or shared cores.
-        self.spinning = os.environ.get("BNSERVE_ORT_SPIN", "1") != "0"
+        self.spinning = spin
         if not self.spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
@@ -147,6 +137,7 @@ class OnnxClassifier:
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
         self.threads = threads
+        self._check_output_size()
         if CUDA in requested and self.provider != CUDA:
             logger.warning("CUDAExecutionProvider was requested but onnxruntime fell back to %s "
                            "(CUDA or cuDNN libraries missing or mismatched?); serving on CPU",
@@ -158,8 +149,16 @@ class OnnxClassifier:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """float (N, C, H, W) normalised pixels -> float32 logits (N, classes)."""
         x = np.ascontiguousarray(batch, dtype=self.info.dtype)
-        (logits,) = self.session.run(["logits"], {"input": x})
+        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
         return np.asarray(logits, dtype=np.float32)
+
+    def _check_output_size(self) -> None:
+        """One logit per class, on a real run: the file may leave its output size symbolic."""
+        one = np.zeros((1, self.info.channels, self.info.height, self.info.width), self.info.dtype)
+        try:
+            check_output_size(int(self(one).shape[-1]), self.info.classes)
+        except ContractError as e:
+            raise ModelError(f"{self.info.path}: {e}") from e
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         for n in batch_sizes:
@@ -172,10 +171,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5) -> dict:
+def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5,
+           calibration: tuple[float, float] | None = None) -> dict:
     """One image's logits -> the /classify answer (probabilities by softmax, top-k by
-    probability; ties keep the lower index first, as argmax does)."""
-    p = softmax(np.asarray(logits).reshape(-1))
+    probability; ties keep the lower index first, as argmax does). With ``calibration``
+    (temperature, ood_threshold; serving/calibration.py) the probabilities are softmax(logits / T)
+    and ``in_distribution`` says whether the top one reaches the threshold; without, it is None."""
+    temperature, threshold = calibration if calibration is not None else (1.0, None)
+    p = softmax(np.asarray(logits).reshape(-1) / np.float64(temperature))
     order = np.argsort(-p, kind="stable")[: max(1, min(k, p.size))]
     top = [{"label": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
-    return {**top[0], "top": top}
+    ood = {"in_distribution": None if threshold is None else in_distribution(top[0]["probability"], threshold),
+           "ood_threshold": threshold}
+    return {**top[0], "top": top, **ood}

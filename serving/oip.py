@@ -427,10 +427,10 @@ def server_version() -> str:
         pass
     import tomllib
 
-    from .model import REPO_ROOT
+    from .settings import REPO
 
     try:
-        with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        with open(REPO / "pyproject.toml", "rb") as f:
             return str(tomllib.load(f)["project"]["version"])
     except (OSError, KeyError, ValueError):
         return "unknown"
@@ -449,14 +449,13 @@ class OipRoute:
 
     The service hands it what it needs, so this module imports nothing from the service:
     ``service()`` returns the service instance (None while it loads), which has ``info`` (the
-    ModelInfo), ``traffic`` (admission and drain: serving/lifecycle.py's Traffic),
-    ``__is_ready__()`` and ``infer_rows(x) -> logits`` (through the micro-batcher);
-    ``read_body(request, limit)`` reads a body of at most ``max_bytes()`` bytes or raises
-    InputError (400, 408, 413)."""
+    ModelInfo), ``traffic`` (admission and drain: serving/frontdoor.py's Traffic),
+    ``__is_ready__()``, ``infer_rows(x) -> logits`` (through the micro-batcher) and
+    ``settings`` (the byte limit ``max_bytes`` and the whole-body deadline ``body_timeout_s``,
+    applied by serving/upload.py's ``read_body`` as for /classify)."""
 
-    def __init__(self, app: t.Any, service: t.Callable[[], t.Any], read_body: t.Callable,
-                 max_bytes: t.Callable[[], int]) -> None:
-        self.app, self.service, self.read_body, self.max_bytes = app, service, read_body, max_bytes
+    def __init__(self, app: t.Any, service: t.Callable[[], t.Any]) -> None:
+        self.app, self.service = app, service
         self._server = server_metadata(server_version())
         self._view: tuple[t.Any, ModelView] | None = None  # (the ModelInfo, its view)
 
@@ -508,16 +507,19 @@ class OipRoute:
                      send: t.Callable) -> None:
         from starlette.requests import ClientDisconnect, Request
 
+        from .upload import read_body
+
         request = Request(scope, receive)
+        settings = service.settings
 
         async def read() -> tuple[bytes, str | None, str | None] | OipError:
             try:
-                body = await self.read_body(request, self.max_bytes())
+                body = await read_body(request, settings.max_bytes, settings.body_timeout_s)
                 return body, request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding")
             except InputError as e:
                 return OipError(e.status, e.detail)
 
-        try:  # the same admission, drain and disconnect handling as /classify (lifecycle.py)
+        try:  # the same admission, drain and disconnect handling as /classify (frontdoor.py)
             await service.traffic.handle(scope, receive, send, read, lambda got: self._respond(service, m, got))
         except ClientDisconnect:  # the client left mid-upload: nobody to answer
             service.traffic.on_event("client_gone")
@@ -527,7 +529,7 @@ class OipRoute:
             if isinstance(got, OipError):
                 raise got
             body, header_length, encoding = got
-            limit = self.max_bytes()
+            limit = service.settings.max_bytes
 
             def parse() -> InferRequest:
                 return parse_infer(*split_body(decode_body(body, encoding, limit), header_length), m)

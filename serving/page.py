@@ -1,9 +1,29 @@
-"""The test page served at GET /ui: pick or drop an image, see it as the model saw it (the
-converted input, enlarged) and the top-5 classes as bars, with the model's name, dataset,
-accuracy and provider from /model. One self-contained HTML document: no external scripts,
-styles, fonts or images, so it works offline and behind a firewall."""
+"""The test page served at GET /ui: pick or drop an image, or click one of the shipped samples,
+see it as the model saw it (the converted input, enlarged), the top-5 classes as bars with their
+calibrated probabilities, and whether the image looks like one of the classes at all
+(``in_distribution``), with the model's name, dataset, accuracy and provider from /model. One
+self-contained HTML document: no external scripts, styles, fonts or images (the samples are
+inlined as data: URLs), so it works offline and behind a firewall."""
 
 from __future__ import annotations
+
+import base64
+import functools
+import json
+from pathlib import Path
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+# The one-click examples: the shipped samples (scripts/make_samples.py) of each dataset, by the
+# dataset name /model reports; a missing file is left out (a Bento without samples/ shows none).
+SAMPLES = {
+    "fashion-mnist": ("fmnist-test-0000-ankle-boot-shop-photo.jpg", "fmnist-test-0001-pullover-shop-photo.jpg",
+                      "fmnist-test-0008-sandal-shop-photo.jpg", "fmnist-test-0018-bag-photo.jpg",
+                      "fmnist-test-0002-trouser.png", "fmnist-test-0013-dress.png",
+                      "fmnist-test-0006-coat.png", "fmnist-test-0009-sneaker.png"),
+    "mnist": ("mnist/mnist-test-0000-7-scan.jpg", "mnist/mnist-test-0001-2-scan.jpg",
+              "mnist/mnist-test-0002-1-scan.jpg", "mnist/mnist-test-0003-0-scan.jpg"),
+}
+MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -30,6 +50,10 @@ PAGE = """<!doctype html>
   .bar .p { width: 4em; font-variant-numeric: tabular-nums; }
   #error { color: #b00; white-space: pre-wrap; }
   label { margin-right: 1em; }
+  [hidden] { display: none !important; }
+  #examples button { border: 1px solid #ccc; background: #fff; padding: 2px; margin: 0 .3em .3em 0; cursor: pointer; }
+  #examples img { width: 56px; height: 56px; object-fit: contain; display: block; }
+  #ood.out { color: #b00; font-weight: bold; }
 </style>
 </head>
 <body>
@@ -41,12 +65,14 @@ PAGE = """<!doctype html>
   <label><input type="radio" name="convert" value="dataset"> as a photo</label>
   <label><input type="radio" name="convert" value="none"> none</label>
 </p>
+<div id="examples" hidden><div>No image at hand? Try one of these:</div></div>
 <div id="error" role="alert"></div>
 <div class="row" id="result" hidden>
   <figure><img id="upload" alt="your image"><figcaption>your image</figcaption></figure>
   <figure><img id="seen" alt="what the model saw"><figcaption>what the model saw
     (<span id="converted"></span>)</figcaption></figure>
-  <div id="bars"><div>top class: <b id="top"></b></div></div>
+  <div id="bars"><div>top class: <b id="top"></b> (calibrated probability <span id="prob"></span>)</div>
+    <div id="ood"></div></div>
 </div>
 <p><a href="/docs.json">OpenAPI schema</a> &middot; <a href="/model">/model</a></p>
 <script>
@@ -56,10 +82,30 @@ let lastFile = null;
 
 function text(el, s) { el.textContent = s; }
 
+const SAMPLES = __SAMPLES__;
+const pct = (p) => (100 * p).toFixed(1) + "%";
+
+function showExamples(dataset) {
+  const list = SAMPLES[dataset] || [];
+  for (const s of list) {
+    const b = document.createElement("button");
+    b.type = "button"; b.title = s.name; b.className = "example";
+    const img = document.createElement("img"); img.src = s.url; img.alt = s.name;
+    b.appendChild(img);
+    b.addEventListener("click", async () => {
+      const blob = await (await fetch(s.url)).blob();
+      classify(new File([blob], s.name, {type: blob.type}));
+    });
+    $("examples").appendChild(b);
+  }
+  $("examples").hidden = list.length === 0;
+}
+
 fetch("/model").then((r) => r.json()).then((m) => {
   const acc = typeof m.test_accuracy === "number" ? (100 * m.test_accuracy).toFixed(2) + "%" : "n/a";
   const name = m.model && m.model.name ? m.model.name : "?";
   text($("model"), `model ${name} on ${m.dataset} (test accuracy ${acc}), running on ${m.provider}`);
+  showExamples(m.dataset);
 }).catch((e) => text($("model"), "cannot read /model: " + e));
 
 async function classify(file) {
@@ -78,6 +124,16 @@ async function classify(file) {
   $("seen").src = answer.input_image;
   text($("converted"), answer.converted === "photo" ? "converted as a photo" : "not converted");
   text($("top"), answer.label);
+  text($("prob"), pct(answer.probability));
+  const ood = $("ood");
+  if (answer.in_distribution === false) {
+    ood.className = "out";
+    text(ood, `This looks like none of the classes: the calibrated top probability ${pct(answer.probability)} `
+      + `is below the threshold ${pct(answer.ood_threshold)} (in_distribution: false).`);
+  } else if (answer.in_distribution === true) {
+    ood.className = "in";
+    text(ood, `Looks like one of the classes (in_distribution: true; threshold ${pct(answer.ood_threshold)}).`);
+  } else { ood.className = ""; text(ood, "This model carries no calibration (in_distribution: null)."); }
   const bars = $("bars");
   bars.querySelectorAll(".bar").forEach((b) => b.remove());
   for (const c of answer.top) {
@@ -111,6 +167,22 @@ drop.addEventListener("drop", (e) => {
 """
 
 
+@functools.cache
+def samples_json(directory: Path = SAMPLES_DIR) -> str:
+    """The examples as a JSON object {dataset: [{name, url}]}, each file a data: URL."""
+    out = {}
+    for dataset, names in SAMPLES.items():
+        items = []
+        for name in names:
+            path = directory / name
+            if path.is_file() and path.suffix.lower() in MEDIA_TYPES:
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                items.append({"name": path.name, "url": f"data:{MEDIA_TYPES[path.suffix.lower()]};base64,{data}"})
+        out[dataset] = items
+    return json.dumps(out)
+
+
 def page_html() -> str:
-    """The page's HTML (the same for every model: it reads /model)."""
-    return PAGE
+    """The page's HTML (the same for every model: it reads /model and shows that dataset's
+    examples)."""
+    return PAGE.replace("__SAMPLES__", samples_json())

@@ -119,40 +119,39 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def tiny_model(tmp_path, *, meta: dict | None | str = "ok", bn: bool = False, name="m.onnx"):
-    """A 1x4x4 -> 3 classes ONNX model built with onnx.helper (no torch), carrying the serving
-    contract's metadata unless ``meta`` says otherwise (None: no key; a str: that raw value)."""
+def tiny_model(tmp_path, *, meta: dict | None | str = "ok", bn: bool = False, name="m.onnx",
+               classes=("a", "b", "c"), outputs: int | str = 3):
+    """A 1x4x4 -> ``outputs`` logits ONNX model built with onnx.helper (no torch), carrying the
+    serving contract's metadata (``serving.contract.build_metadata``, naming ``classes``) unless
+    ``meta`` says otherwise (None: no key; a str: that raw value). ``outputs`` as a str: the
+    graph states its output size symbolically (the real size is 3)."""
     import onnx
     from onnx import TensorProto, helper
 
-    from serving.contract import FORMAT, METADATA_KEY
+    from serving.contract import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, build_metadata, set_metadata
 
+    n_out = outputs if isinstance(outputs, int) else 3
     nodes, inits = [], [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 16]),
-                        helper.make_tensor("w", TensorProto.FLOAT, [16, 3],
-                                           np.linspace(-1, 1, 48, dtype=np.float32).tolist())]
-    x = "input"
+                        helper.make_tensor("w", TensorProto.FLOAT, [16, n_out],
+                                           np.linspace(-1, 1, 16 * n_out, dtype=np.float32).tolist())]
+    x = INPUT_NAME
     if bn:
         for n in ("scale", "bias", "mean", "var"):
             inits.append(helper.make_tensor(n, TensorProto.FLOAT, [1], [1.0 if n in ("scale", "var") else 0.0]))
-        nodes.append(helper.make_node("BatchNormalization", ["input", "scale", "bias", "mean", "var"],
+        nodes.append(helper.make_node("BatchNormalization", [INPUT_NAME, "scale", "bias", "mean", "var"],
                                       ["bn_out"], name="bn1"))
         x = "bn_out"
     nodes += [helper.make_node("Reshape", [x, "shape"], ["flat"]),
-              helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+              helper.make_node("MatMul", ["flat", "w"], [OUTPUT_NAME])]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 4, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
+        nodes, "tiny", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 1, 4, 4])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", outputs])], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     proto.ir_version = 10
     if meta == "ok":
-        meta = {"format": FORMAT, "classes": ["a", "b", "c"], "dataset": "tiny",
-                "model": {"name": "tiny"},
-                "input": {"name": "input", "shape": [None, 1, 4, 4], "channels": 1, "height": 4,
-                          "width": 4, "dtype": "float32", "layout": "NCHW"},
-                "normalization": {"mean": [0.5], "std": [0.25]},
-                "output": {"name": "logits", "shape": [None, 3]},
-                "parity": {"passed": True, "n": 1}}
-    if meta is not None:
+        set_metadata(proto, build_metadata(model={"name": "tiny"}, dataset="tiny", classes=classes, channels=1,
+                                           height=4, width=4, mean=[0.5], std=[0.25], parity={"passed": True, "n": 1}))
+    elif meta is not None:
         p = proto.metadata_props.add()
         p.key, p.value = METADATA_KEY, meta if isinstance(meta, str) else json.dumps(meta)
     path = tmp_path / name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.common import markdown_table, percentile, time_calls
-from benchmarks.serving_http import batch_stats
+from benchmarks.http_harness import batch_stats
 from benchmarks.training import floor_ratio
 
 

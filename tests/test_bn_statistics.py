@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from studies.bn_test_time import batch_statistics, values_per_channel
 from training.__main__ import main
-from training.bn_test_time import batch_statistics, values_per_channel
 from training.checkpoint import load_checkpoint
 from training.models import create_model
 from training.recalibrate import apply_statistics, population_statistics
@@ -144,7 +144,8 @@ def test_recalibrate_writes_population_checkpoint_and_export_says_so(bn_checkpoi
 
 def test_bn_test_time_command(bn_checkpoint, fixture_data_dir, tmp_path):
     out = tmp_path / "btt"
-    assert main(["bn-test-time", str(bn_checkpoint.parent.parent), "--images", "256", "--max-batch", "16",
+    from studies.__main__ import main as studies_main
+    assert studies_main(["bn-test-time", str(bn_checkpoint.parent.parent), "--images", "256", "--max-batch", "16",
                  "--data-dir", str(fixture_data_dir), "--out", str(out)]) == 0
     assert (out / "figure.png").read_bytes()[:8] == PNG_MAGIC
     r = json.loads((out / "results.json").read_text())

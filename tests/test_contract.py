@@ -95,3 +95,40 @@ def test_graph_names_are_checked(tmp_path):
     proto.graph.output[0].name = "probs"
     with pytest.raises(ContractError, match="expected 'input' / 'logits'"):
         check_graph(proto)
+
+
+# --- one logit per class (a model whose output size is not its number of classes) ------------
+
+
+def test_output_size_must_be_the_number_of_classes():
+    contract.check_output_size(3, ("a", "b", "c"))
+    contract.check_output_size(None, ("a", "b", "c"))  # not stated: checked on a real run instead
+    with pytest.raises(ContractError, match=r"outputs 3 logits per image but its metadata names 4 classes \(a, b, c, d\)"):
+        contract.check_output_size(3, ("a", "b", "c", "d"))
+
+
+def test_a_model_with_more_classes_than_logits_is_refused_at_load(tmp_path):
+    path = tiny_model(tmp_path, classes=("a", "b", "c", "d"))
+    assert contract.output_size(onnx.load(str(path))) == 3
+    with pytest.raises(ModelError, match="outputs 3 logits per image but its metadata names 4 classes") as e:
+        read_model(path)
+    assert "BNSERVE_MODEL" in str(e.value)  # says what to do next
+
+
+def test_a_symbolic_output_size_is_checked_on_a_real_run_at_start(tmp_path):
+    from serving.model import OnnxClassifier
+    path = tiny_model(tmp_path, classes=("a", "b"), outputs="k")
+    assert contract.output_size(onnx.load(str(path))) is None
+    with pytest.raises(ModelError, match="outputs 3 logits per image but its metadata names 2 classes"):
+        OnnxClassifier(path, want="cpu", threads=1)
+    OnnxClassifier(tiny_model(tmp_path, name="ok.onnx", outputs="k"), want="cpu", threads=1)  # 3 and 3: served
+
+
+def test_build_metadata_is_what_check_metadata_reads():
+    meta = contract.build_metadata(model={"name": "m"}, dataset="d", classes=["x", "y"], channels=3, height=8,
+                                   width=6, mean=[0.1, 0.2, 0.3], std=[1, 2, 3], parity={"passed": True},
+                                   dtype="float16", input_convention={"pipeline": "cifar10"}, opset=18)
+    spec = check_metadata(meta)
+    assert (spec.channels, spec.height, spec.width, spec.classes, spec.dtype) == (3, 8, 6, ("x", "y"), "float16")
+    assert meta["input"]["shape"] == [None, 3, 8, 6] and meta["output"] == {"name": "logits", "shape": [None, 2]}
+    assert meta["opset"] == 18 and spec.input_convention == {"pipeline": "cifar10"}

@@ -132,7 +132,9 @@ def test_no_replicas_beside_the_autoscaler():
 
 
 def test_probes_resources_and_drain_agree_with_the_service():
-    from serving.lifecycle import DEFAULT_DRAIN_TIMEOUT_S
+    from serving.settings import Settings
+
+    DEFAULT_DRAIN_TIMEOUT_S = Settings().drain_timeout_s
 
     c = container()
     pod = load("deployment.yaml")["spec"]["template"]["spec"]

@@ -4,7 +4,6 @@ learning rates, binary input), the summary's statistics; on the committed MNIST 
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from training.ioffe.stacked import (
 )
 from training.ioffe.train import binarize
 from training.loop import PlainSGD, evaluate, sgd_step
-from training.runs import read_metrics
+from training.records import RunRecord, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -117,12 +116,13 @@ def seeds_run(tmp_path_factory, fixture_data_dir):
 
 def test_seeds_and_lrs_run_writes_every_output(seeds_run):
     out = seeds_run
-    record = json.loads((out / "config.json").read_text())
-    assert record["experiment"] == "ioffe-fig1" and record["seeds"] == [0, 1]
-    assert record["config"]["binarize"] is True  # --binarize (the default preset is greyscale)
+    record = RunRecord.read(out)
+    assert record.experiment == "ioffe-fig1" and record.seeds == [0, 1] and record.partial is False
+    assert record.config["binarize"] is True  # --binarize (the default preset is greyscale)
     for job in ("standard_lr0.1", "bn_lr0.1", "standard_lr1", "bn_lr1"):
         rows = read_metrics(out / job / "metrics.jsonl")
         assert sorted((r["seed"], r["step"]) for r in rows) == [(s, t) for s in (0, 1) for t in (0, 30, 60)]
+        assert {r["kind"] for r in rows} == {"eval"}
         for r in rows:
             if r["step"]:
                 assert r["p15"] <= r["p50"] <= r["p85"] and r["loss"] > 0
@@ -149,14 +149,14 @@ def test_figure_redraws_from_metrics_alone(seeds_run):
 def test_summary_statistics_from_metrics(tmp_path):
     """Mean, sample std and 'ahead in k of N' computed from hand-written metrics rows."""
     from training.ioffe.summary import write_summary
-    from training.runs import MetricsWriter, write_json
+    from training.records import MetricsWriter, write_json
     cfg = IoffeFig1Config(steps=500, eval_every=500, seeds=3, variants=("standard", "bn"))
     write_json(tmp_path / "config.json", {"experiment": "ioffe-fig1", "config": cfg})
     accs = {"standard": [0.5, 0.6, 0.7], "bn": [0.9, 0.5, 0.8]}
     for v, values in accs.items():
         with MetricsWriter(tmp_path / v / "metrics.jsonl") as m:
             for seed, a in enumerate(values):
-                m.write({"variant": v, "seed": seed, "step": 500, "test_accuracy": a})
+                m.write({"kind": "eval", "variant": v, "seed": seed, "step": 500, "test_accuracy": a})
     text = write_summary(tmp_path).read_text()
     assert "| standard | 0.6000 +- 0.1000 |" in text
     assert "| bn | 0.7333 +- 0.2082 |" in text
@@ -203,9 +203,10 @@ def test_report_section_reads_its_numbers_from_the_metrics(seeds_run):
     from training.seeds import at_step, by_seed
 
     s = section(seeds_run)
-    assert s.key == "ioffe-fig1" and [c.verdict in ("PASS", "DIFFERS") for c in s.claims] == [True] * 3
+    assert s.key == "ioffe-fig1" and [c.verdict in ("PASS", "DIFFERS", "INCONCLUSIVE") for c in s.claims] == [True] * 3
     bn = by_seed(read_metrics(seeds_run / "bn_lr0.1" / "metrics.jsonl"), "test_accuracy")
-    assert f"BN {at_step(bn, 60).fmt()}" in s.observed[-2]  # the last step, mean +- std over the 2 seeds
+    assert f"BN {at_step(bn, 60).fmt()}" in s.observed[-3]  # the last step, mean +- std over the 2 seeds
+    assert all(c.verdict == "INCONCLUSIVE" for c in s.claims)  # 2 seeds: never more (training/verdicts.py)
     assert s.run.seeds == [0, 1] and s.figures == [seeds_run / "figure.png"]
     rows = [{"seed": 0, "step": t, "p15": -1.0, "p50": m, "p85": 1.0} for t, m in ((0, 9.0), (10, 0.0), (20, 0.5))]
     assert p50_drift(rows, 0, from_step=10) == 0.25  # (0.5 - 0) / spread 2

@@ -137,16 +137,16 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
 # --- l_p normalisation (Santurkar et al. 2018, Sec. 3.3) --------------------------------------
 
 @pytest.mark.parametrize("p", ["l1", "l2", "linf"])
-def test_lp_norm_centres_each_unit_and_divides_by_the_average_lp_norm(p):
+def test_lp_norm_centres_each_unit_and_divides_by_the_raw_average_lp_norm(p):
     from training.models import LpNorm
     torch.manual_seed(0)
     x = torch.randn(32, 6, 4, 4) * torch.tensor([0.5, 1, 2, 4, 8, 16]).view(1, 6, 1, 1) + 3.0
     m = LpNorm(6, p, eps=0.0).train()
     y = m(x)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(6), rtol=0, atol=1e-5)
-    c = y.flatten(1).abs()
-    per_sample = c.amax(1) if p == "linf" else c.pow(m.p).mean(1).pow(1 / m.p)
-    torch.testing.assert_close(per_sample.mean(), torch.tensor(1.0), rtol=1e-5, atol=1e-5)
+    raw = x.flatten(1).abs()  # "before shifting the mean" (Sec. 3.3): the norm of x, not of x - mean
+    per_sample = raw.amax(1) if p == "linf" else raw.pow(m.p).mean(1).pow(1 / m.p)
+    torch.testing.assert_close(y, (x - x.mean(dim=(0, 2, 3), keepdim=True)) / per_sample.mean(), rtol=1e-4, atol=1e-5)
     # one scale per layer, so the units keep their relative sizes (BN would make every std 1)
     stds = y.std(dim=(0, 2, 3))
     assert stds[-1] / stds[0] > 20
@@ -166,8 +166,8 @@ def test_lp_norm_eval_is_the_running_affine_map_and_the_registry_builds_it():
     expected = (x - m.running_mean) / m.running_norm * m.weight + m.bias
     torch.testing.assert_close(m(x), expected)
     torch.testing.assert_close(m.running_mean, x.mean(0), rtol=1e-5, atol=1e-5)
-    c = (x - x.mean(0)).abs().mean(1).mean() + m.eps
-    torch.testing.assert_close(m.running_norm, c, rtol=1e-5, atol=1e-5)
+    raw = x.abs().mean(1).mean() + m.eps  # l1 of the raw activations
+    torch.testing.assert_close(m.running_norm, raw, rtol=1e-5, atol=1e-5)
     vgg = create_model("vgg16", lp_norm="linf", width=0.0625)
     assert sum(isinstance(mod, LpNorm) for mod in vgg.modules()) == 13 and count_bn(vgg) == 0
     assert all(layer.bias is None for layer in vgg.weight_layers()[:13])

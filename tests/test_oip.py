@@ -11,6 +11,7 @@ import gzip
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -363,10 +364,11 @@ class StubService:
     def __init__(self, info, fn=None, draining=False):
         from serving.admission import Admission
         from serving.batching import MicroBatcher
-        from serving.lifecycle import Traffic
+        from serving.frontdoor import Traffic
 
         self.info = info
-        self.traffic = Traffic(Admission(1e-3))
+        self.settings = SimpleNamespace(max_bytes=1 << 20, body_timeout_s=15.0)
+        self.traffic = Traffic(Admission(1e-3, 0.3, cap=64, floor=8))
         self.traffic.draining = draining
         self.batcher = MicroBatcher(fn or (lambda x: x.reshape(len(x), -1)[:, :3] * 2), 8)
         self.rows_seen: list[int] = []
@@ -375,10 +377,10 @@ class StubService:
         return not self.traffic.draining
 
     async def infer_rows(self, x):
-        from serving.service import BnServe
+        from serving.service import Classifier
 
         self.rows_seen.append(len(x))
-        return await BnServe.inner.infer_rows(self, x)
+        return await Classifier.infer_rows(self, x)
 
 
 def _scope(method: str, path: str, headers: dict | None = None) -> dict:
@@ -391,13 +393,13 @@ def _scope(method: str, path: str, headers: dict | None = None) -> dict:
 def call(service, method: str, path: str, body: bytes = b"", headers: dict | None = None,
          max_bytes: int = 1 << 20) -> tuple[int, dict, bytes]:
     """One request through OipRoute (in front of an app that answers 418) -> (status, headers, body)."""
-    from serving.service import read_body
-
     async def teapot(scope, receive, send):
         await send({"type": "http.response.start", "status": 418, "headers": []})
         await send({"type": "http.response.body", "body": b"passed"})
 
-    route = oip.OipRoute(teapot, service=lambda: service, read_body=read_body, max_bytes=lambda: max_bytes)
+    if service is not None:
+        service.settings.max_bytes = max_bytes
+    route = oip.OipRoute(teapot, service=lambda: service)
     client = AsgiClient([{"type": "http.request", "body": body, "more_body": False}], then_disconnect=False)
     asyncio.run(asyncio.wait_for(route(_scope(method, path, headers), client.receive, client.send), 30))
     start = next(m for m in client.sent if m["type"] == "http.response.start")
@@ -510,7 +512,7 @@ def test_rows_are_bit_identical_alone_batched_and_mixed_in_the_micro_batcher():
     from serving.batching import MicroBatcher
     from serving.geometry import normalize_uint8
     from serving.model import OnnxClassifier
-    from serving.service import BnServe
+    from serving.service import Classifier
 
     clf = OnnxClassifier(MODEL, want="cpu")
     pixels, _ = fashion_test_images(64)
@@ -519,12 +521,13 @@ def test_rows_are_bit_identical_alone_batched_and_mixed_in_the_micro_batcher():
     batch = clf(x)
     sizes: list[int] = []
 
-    class Front:  # what BnServe.infer_rows uses
+    class Front:  # what Classifier.infer_rows uses
+        info = clf.info
         batcher = MicroBatcher(clf, 16, on_batch=sizes.append)
 
     async def mixed():
-        return await asyncio.gather(BnServe.inner.infer_rows(Front, x), BnServe.inner.infer_rows(Front, x[:5]),
-                                    *(BnServe.inner.infer_rows(Front, x[i:i + 1]) for i in (0, 33, 63)))
+        return await asyncio.gather(Classifier.infer_rows(Front, x), Classifier.infer_rows(Front, x[:5]),
+                                    *(Classifier.infer_rows(Front, x[i:i + 1]) for i in (0, 33, 63)))
 
     whole, five, *singles = asyncio.run(mixed())
     assert np.array_equal(alone, batch)
@@ -545,15 +548,15 @@ N_IMAGES = 64
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_service import start_server, stop_server, wait_ready
+    from test_service import start_server, wait_ready
 
     log_path = tmp_path_factory.mktemp("oip-server") / "bentoml.log"
-    proc, url = start_server(MODEL, log_path)
+    server = start_server(MODEL, log_path)
     try:
-        wait_ready(proc, url, log_path)
-        yield url
+        wait_ready(server)
+        yield server.url
     finally:
-        stop_server(proc)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -808,14 +811,15 @@ def test_oip_model_routes_are_left_out_of_tracing(monkeypatch):
     from opentelemetry.util.http import ExcludeList
 
     from serving.service import tracing_config
+    from serving.settings import Settings
 
     monkeypatch.delenv("BNSERVE_TRACE", raising=False)
-    excluded = ExcludeList(tracing_config()["excluded_urls"])
+    excluded = ExcludeList(tracing_config(Settings.from_env())["excluded_urls"])
     assert excluded.url_disabled("http://127.0.0.1:3000/v2/models/vgg11/infer")
     assert excluded.url_disabled("http://127.0.0.1:3000/classify")
     assert not excluded.url_disabled("http://127.0.0.1:3000/v2/health/ready")
     monkeypatch.setenv("BNSERVE_TRACE", "1")
-    assert tracing_config() == {}
+    assert tracing_config(Settings.from_env()) == {}
 
 
 def test_busy_note_only_when_the_load_exceeds_the_cores(monkeypatch):
@@ -839,18 +843,18 @@ def test_sigterm_drain_v2_ready_503_infer_answered_stalled_infer_408(tmp_path, i
     import socket
 
     import httpx
-    from test_service import start_server, stop_server, wait_ready
+    from test_service import start_server, wait_ready
     from test_traffic import DEADLINE_S, wait_for
 
     name = images["name"]
     log_path = tmp_path / "serve.log"
-    proc, url = start_server(MODEL, log_path, BNSERVE_WORKERS="1", BNSERVE_BODY_TIMEOUT="15",
-                             BNSERVE_DRAIN_TIMEOUT="60")
-    port = int(url.rsplit(":", 1)[1])
+    server = start_server(MODEL, log_path, BNSERVE_WORKERS="1", BNSERVE_BODY_TIMEOUT="15",
+                          BNSERVE_DRAIN_TIMEOUT="60")
+    port, url, proc = server.port, server.url, server.proc
     body = json.dumps(infer_body(images["x"][:2])).encode()
     stalled = None
     try:
-        wait_ready(proc, url, log_path)
+        wait_ready(server)
         client = httpx.Client(base_url=url, timeout=DEADLINE_S)
         assert client.get("/v2/health/ready").status_code == 200
         assert client.get(f"/v2/models/{name}/ready").status_code == 200
@@ -885,4 +889,4 @@ def test_sigterm_drain_v2_ready_503_infer_answered_stalled_infer_408(tmp_path, i
     finally:
         if stalled is not None:
             stalled.close()
-        stop_server(proc)
+        server.stop()

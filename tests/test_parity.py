@@ -25,14 +25,15 @@ from export import (
     read_metadata,
 )
 from export.__main__ import main
-from export.pipeline import Tolerance, compare
+from export.pipeline import TOLERANCES, Tolerance, compare
+from serving.contract import INPUT_NAME, OUTPUT_NAME
 from serving.model import read_model
 from training.checkpoint import file_sha256, save_checkpoint
 from training.data import DatasetNotFoundError, get_spec
 from training.models import create_model, randomize_bn
 from training.runs import REPO_ROOT
 
-ATOL = RTOL = 1e-4
+ATOL, RTOL = TOLERANCES["fp32"].atol, TOLERANCES["fp32"].rtol  # the exporter's own parity tolerance
 
 MODELS = [
     ("mlp3x100", {"bn": True}),
@@ -52,7 +53,7 @@ def input_shape(model) -> tuple[int, ...]:
 
 
 def ort_run(session, x: np.ndarray) -> np.ndarray:
-    return session.run(["logits"], {"input": x})[0]
+    return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
 def _id(case) -> str:
@@ -158,7 +159,7 @@ def test_export_checkpoint_writes_verified_file_with_metadata(tmp_path, fixture_
     assert parity["inputs"] == "fashion-mnist (subset first-2000-train-1000-test) test split, 200 images"
     assert 0.0 <= parity["onnx_accuracy"] <= 1.0 and parity["onnx_accuracy"] == parity["torch_accuracy"]
     assert parity["passed"] is True and parity["n"] == 200 and parity["argmax_agreement"] == 200
-    assert parity["max_abs_diff"] <= 1e-4 and parity["tolerance"] == {"atol": 1e-4, "rtol": 1e-4}
+    assert parity["max_abs_diff"] <= 1e-4 and parity["tolerance"] == TOLERANCES["fp32"].to_dict()
     assert parity["ort_graph_optimization"] == "ORT_DISABLE_ALL" and parity["batch_sizes"] == [1, 64]
     assert stored["version"] and stored["git_revision"] and stored["exported_at"]
     assert meta["report"]["batchnorm_nodes"] == 0
@@ -195,7 +196,7 @@ def test_export_fp16(tmp_path):
     ckpt = make_checkpoint(tmp_path / "checkpoint.pt", bn=True)
     meta = export_checkpoint(ckpt, tmp_path / "m16.onnx", fp16=True, max_images=200)
     assert meta["precision"] == "fp16" and meta["input"]["dtype"] == "float16"
-    assert meta["parity"]["passed"] and meta["parity"]["tolerance"] == {"atol": 2e-2, "rtol": 1e-2}
+    assert meta["parity"]["passed"] and meta["parity"]["tolerance"] == TOLERANCES["fp16"].to_dict()
     inp = onnx.load(str(tmp_path / "m16.onnx")).graph.input[0]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 

@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.report import (
-    Claim,
-    Question,
-    RunInfo,
-    Section,
-    build_report,
-    find_runs,
-    render_html,
-    write_report,
-)
+from training.report import build_report, find_runs, render_html, render_markdown, write_report
+from training.report_types import Claim, Question, RunInfo, Section
 
 # The smallest valid PNG (1x1, grey).
 PNG = bytes.fromhex(
@@ -81,7 +73,8 @@ def test_report_from_metrics_markdown_and_html(tmp_path):
     assert "- accuracy `0.90` at step 10" in md  # the number read from metrics.jsonl
     assert "| BN ahead | 83% vs 80% | 0.90 vs 0.50 | **PASS** |" in md
     assert "| lr 0.5 \\| diverges | yes | no | **DIFFERS** |" in md
-    assert "Claims checked: 2; PASS 1, DIFFERS 1." in md
+    assert "**The papers' claims**: 2 checked; PASS 1, DIFFERS 1, INCONCLUSIVE 0." in md
+    assert "**The project's own checks" in md and "0 checked" in md
     assert "Not run (no run directory found): exp-missing." in md
     assert "![Figure A: a test](figures/exp-a.png)" in md
     assert (docs / "figures" / "exp-a.png").read_bytes() == PNG
@@ -182,7 +175,7 @@ def test_report_html_in_headless_chromium_shows_every_part_and_fetches_nothing(t
         browser.get(page.as_uri())
         assert browser.title == "bnserve: reproduced figures"
         h2 = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
-        assert h2 == ["Figure A: a test", "Figure A: a test", "Why?"]
+        assert h2 == ["Verdicts", "Figure A: a test", "Figure A: a test", "Why?"]
         h3 = [h.text for h in browser.find_elements(By.TAG_NAME, "h3")]
         assert h3 == ["Context", "What is plotted", "What we observe", "Interpretation"] * 2
         images = browser.find_elements(By.TAG_NAME, "img")
@@ -201,8 +194,8 @@ def test_smoothness_question_follows_the_verdicts_of_figures_2_to_5(tmp_path, mo
     import training.santurkar.report as sr
     from training.inference_report import smoothness_question
 
-    verdicts = {"santurkar-fig2": [True, True, False], "santurkar-fig3": [True, True],
-                "santurkar-fig4": [True, False, True], "santurkar-fig5": [True]}
+    verdicts = {"santurkar-fig2": [True, True, True], "santurkar-fig3": [True, True],
+                "santurkar-fig4": [True, True, True], "santurkar-fig5": [True]}
 
     def fake_section(run_dir):
         name = Path(run_dir).name
@@ -212,17 +205,57 @@ def test_smoothness_question_follows_the_verdicts_of_figures_2_to_5(tmp_path, mo
     monkeypatch.setattr(sr, "section", fake_section)
     runs = {name: [tmp_path / name] for name in verdicts}
     q = smoothness_question(runs)
-    assert "smoother with BN" in q.answer and "does not reduce ICS" in q.answer
+    assert "smoother with BN (smaller loss range" in q.answer and "(all 3 claims PASS)" in q.answer
     assert "evidence for the smoothness view" in q.answer
-    assert q.evidence[0].startswith("**Fig. 2") and "2 of 3 claims PASS. Differs: santurkar-fig2 claim 2 (ours 2)" in q.evidence[0]
-    verdicts["santurkar-fig4"] = [False, False, True]
+    # one DIFFERS and one INCONCLUSIVE: named in the evidence and counted in the answer, no conclusion drawn
+    verdicts["santurkar-fig2"] = [True, False, None]
     q = smoothness_question(runs)
-    assert "do not show BN's landscape as smoother" in q.answer and "the evidence is weaker there" in q.answer
+    assert q.evidence[0].startswith("**Fig. 2") and "3 claims: PASS 1, DIFFERS 1, INCONCLUSIVE 1" in q.evidence[0]
+    assert "DIFFERS: santurkar-fig2 claim 1 (ours 1)" in q.evidence[0]
+    assert "INCONCLUSIVE: santurkar-fig2 claim 2 (ours 2)" in q.evidence[0]
+    assert "here 1 of 3 claims PASS, 1 DIFFER and 1 are INCONCLUSIVE" in q.answer
+    assert "the evidence is mixed" in q.answer and "evidence for the smoothness view" not in q.answer
     assert smoothness_question({}) is None
 
 
-def test_santurkar_interpretation_names_what_differs():
+def test_santurkar_interpretation_names_every_verdict():
     from training.santurkar.report import interpretation
-    ok, bad = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False)
+    ok, bad, unsure = Claim("A holds", "p", "o", True), Claim("B holds", "p", "o", False), Claim("C", "p", "o", None)
     assert interpretation([ok], "All good.", "Caveat.") == "All good."
-    assert interpretation([ok, bad], "All good.", "Caveat.") == "Caveat. Differs here (1 of 2): B holds."
+    got = interpretation([ok, bad, unsure], "All good.", "Caveat.")
+    assert got.startswith("Caveat. **DIFFERS** (1 of 3, the opposite of the paper, beyond the seed spread): B holds.")
+    assert "**INCONCLUSIVE** (1 of 3, within the seed spread or seeds disagree: no verdict): C." in got
+    assert got.endswith("**PASS** (1 of 3, as the paper, beyond the seed spread): A holds.")
+
+
+def test_own_checks_are_counted_apart_and_the_departures_come_first(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "a", "exp-a")
+    make_run(runs, "c", "recalibrate")
+    fig = make_run(runs, "f", "santurkar-fig5")
+    record = json.loads((fig / "config.json").read_text())
+    record["config"] = {"dataset": "fashion-mnist", "width": 0.125, "steps": 1000, "init": "kaiming", "seed": 0}
+    (fig / "config.json").write_text(json.dumps(record))
+    builders = {"exp-a": section_from_metrics, "recalibrate": section_from_metrics}
+    md = render_markdown(build_report(runs, builders, []))
+    assert "**The papers' claims**: 2 checked; PASS 1, DIFFERS 1, INCONCLUSIVE 0." in md
+    assert ("**The project's own checks (BN at test time, Algorithm 2: not claims of the papers)**: 2 checked; "
+            "PASS 1, DIFFERS 1, INCONCLUSIVE 0.") in md
+    # the departures table is read from the runs' configs, and stands above the verdicts
+    assert md.index("## Departures from the papers") < md.index("## Verdicts") < md.index("## Contents")
+    assert "| Santurkar Figs. 5 | fashion-mnist (28 px, 1 channel) instead of CIFAR-10" in md
+    assert "1,000 training steps instead of 15,000" in md and "He (kaiming) init instead of Glorot" in md
+    assert "INCONCLUSIVE" in md.split("## Verdicts", 1)[1].split("## Contents", 1)[0]
+    assert Claim("x", "p", "o", None).verdict == "INCONCLUSIVE"
+
+
+def test_a_santurkar_section_is_built_without_torch_or_the_training_loop():
+    """The report of a Santurkar figure reads its run record and metrics alone."""
+    import subprocess
+    import sys
+    code = ("import sys, training.santurkar.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') "
+            "or m in ('training.loop', 'training.experiments', 'training.santurkar.experiments')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.strip() == "[]"

@@ -122,7 +122,8 @@ def test_code_revision_ignores_docs_but_not_code(tmp_path):
 def test_a_job_is_redone_for_its_own_code_not_for_the_other_papers_or_the_report(tmp_path):
     import subprocess
 
-    from training.reproduce import IOFFE, SANTURKAR, job_revision
+    from training.experiments import IOFFE, SANTURKAR
+    from training.reproduce import job_revision
 
     def commit(path, text):
         f = tmp_path / path

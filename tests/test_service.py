@@ -8,8 +8,6 @@ import base64
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import chromium_driver, tiny_model
 
+from benchmarks.http_harness import Server, wait_for
 from serving.conversions import convert_image
 from serving.decode import decode_image
 from serving.geometry import normalize_uint8
@@ -36,53 +35,22 @@ START_TIMEOUT_S = 180  # a cold start on 2 busy cores
 SERVER_LOG: list[Path] = []  # the module server's log, shown when a test fails
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, log_path: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    # Its own BENTOML_HOME: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when
-    # it starts, which would wipe the metrics of the module's server still running.
-    full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BNSERVE_MODEL": str(model),
-                "BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}"), **env}
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+def start_server(model: Path, log_path: Path, **env: str) -> Server:
+    """`bentoml serve` of the service on a free port (benchmarks/http_harness.py), with its own
+    BENTOML_HOME (a `bentoml serve` starting empties the Prometheus directory there, which would
+    wipe the metrics of the module's server still running)."""
+    return Server("serving.service:BnServe", {"BNSERVE_MODEL": str(model), **env}, log=log_path)
 
 
 def log_tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:]
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log_tail(log_path)}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"not ready after {START_TIMEOUT_S} s:\n{log_tail(log_path)}")
-        time.sleep(0.5)
+def wait_ready(server: Server) -> None:
+    try:
+        server.wait_ready(START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +59,12 @@ def server(tmp_path_factory):
         pytest.fail(f"{MODEL} is missing: run `make default-model`")
     log_path = tmp_path_factory.mktemp("server") / "bentoml.log"
     SERVER_LOG.append(log_path)
-    proc, url = start_server(MODEL, log_path)
+    server = start_server(MODEL, log_path)
     try:
-        wait_ready(proc, url, log_path)
-        yield url
+        wait_ready(server)
+        yield server.url
     finally:
-        stop_server(proc)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +93,9 @@ def torch_answer(model, ckpt, path: Path) -> np.ndarray:
     convention = read_model(MODEL).input_convention
     px, _ = convert_image(decode_image(path.read_bytes()), data["channels"], size, size, convention, "auto")
     x = torch.from_numpy(normalize_uint8(px, data["mean"], data["std"]))[None]
+    temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)  # the service's calibration
     with torch.no_grad():
-        return torch.softmax(model(x).double(), dim=1)[0].numpy()
+        return torch.softmax(model(x).double() / temperature, dim=1)[0].numpy()
 
 
 def classify_file(client: httpx.Client, path: Path) -> httpx.Response:
@@ -231,7 +200,7 @@ def test_convert_override_by_query_or_form_field(client, fixture_data_dir):
 
 def test_openapi_describes_the_real_request_and_answer(client):
     spec = json.dumps(client.get("/docs.json").json())
-    for word in ("convert", "show_input", "converted", "input_image", '"image"'):
+    for word in ("convert", "show_input", "converted", "input_image", '"image"', "in_distribution", "ood_threshold"):
         assert word in spec, word
 
 
@@ -272,6 +241,36 @@ def test_page_in_headless_chromium_classifies_an_upload(client, server, tmp_path
         seen = browser.find_element(By.ID, "seen")
         assert seen.get_attribute("src").startswith("data:image/png;base64,")
         assert browser.execute_script("return arguments[0].naturalWidth", seen) == 28
+    finally:
+        browser.quit()
+
+
+def test_page_offers_the_samples_and_shows_the_calibrated_answer(client, server):
+    """Before any upload: the shipped samples as one-click examples and no image placeholders;
+    a click classifies the sample as /classify does, with its probability and the OOD flag."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serving.page import SAMPLES, SAMPLES_DIR
+
+    names = [n for n in SAMPLES["fashion-mnist"] if (SAMPLES_DIR / n).is_file()]
+    browser = chromium_driver()
+    try:
+        browser.get(server + "/ui")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#examples button")) == len(names))
+        assert browser.find_element(By.ID, "examples").is_displayed()
+        assert not browser.find_element(By.ID, "result").is_displayed()
+        shown = [i for i in browser.find_elements(By.TAG_NAME, "img") if i.is_displayed()]
+        assert shown and all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in shown)
+        expected = client.post("/classify", files={"image": (names[0], (SAMPLES_DIR / names[0]).read_bytes())}).json()
+        browser.find_elements(By.CSS_SELECTOR, "#examples button")[0].click()
+        wait.until(lambda b: b.find_element(By.ID, "top").text)
+        assert browser.find_element(By.ID, "top").text == expected["label"]
+        assert browser.find_element(By.ID, "prob").text == f"{100 * expected['probability']:.1f}%"
+        flag = {True: "true", False: "false", None: "null"}[expected["in_distribution"]]
+        assert f"in_distribution: {flag}" in browser.find_element(By.ID, "ood").text
+        assert browser.find_element(By.ID, "upload").is_displayed()
     finally:
         browser.quit()
 
@@ -408,13 +407,13 @@ def test_bad_images_among_concurrent_good_ones_fail_alone(client):
 def test_refuses_to_start_on_a_model_with_batchnorm(tmp_path):
     bad = tiny_model(tmp_path, bn=True)
     log_path = tmp_path / "refuse.log"
-    proc, url = start_server(bad, log_path)
+    server = start_server(bad, log_path)
     try:
-        proc.wait(START_TIMEOUT_S)
+        server.proc.wait(START_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         pytest.fail(f"bentoml serve kept running with a BN model:\n{log_tail(log_path)}")
     finally:
-        stop_server(proc)
+        server.stop()
     log = log_path.read_text(errors="replace")
     assert "bnserve cannot start" in log and "BatchNormalization" in log, log[-3000:]
 
@@ -434,10 +433,8 @@ def test_bentoml_client_openapi_metrics_and_access_log_see_classify(client, serv
     assert re.search(r'^bentoml_service_request_total\{[^}]*endpoint="/classify"[^}]*http_response_code="200"',
                      metrics, flags=re.M), metrics[:2000]
     assert client.get("/classify").status_code == 405
-    deadline = time.monotonic() + 60  # the access log is written by the server process
-    while not re.search(r"method=POST,path=/classify.*status=200", log_tail(SERVER_LOG[-1], 200_000)):
-        assert time.monotonic() < deadline, "no access-log line for POST /classify"
-        time.sleep(0.1)
+    wait_for(lambda: re.search(r"method=POST,path=/classify.*status=200", log_tail(SERVER_LOG[-1], 200_000)),
+             "the access-log line of POST /classify (written by the server process)")
 
 
 def test_model_json_is_plain_json(client):
@@ -500,14 +497,52 @@ def test_chain_train_export_serve_http_on_real_images(tmp_path, fixture_data_dir
     assert "argmax agreement 1000/1000" in exported.stdout and "BatchNormalization nodes: 0" in exported.stdout
 
     log_path = tmp_path / "chain.log"
-    proc, url = start_server(model, log_path)
+    server = start_server(model, log_path)
     try:
-        wait_ready(proc, url, log_path)
-        r = http_vs_torch(url, str(ckpt), n=1000, data_dir=str(fixture_data_dir))
+        wait_ready(server)
+        r = http_vs_torch(server.url, str(ckpt), n=1000, data_dir=str(fixture_data_dir))
     finally:
-        stop_server(proc)
+        server.stop()
     _assert_http_equals_pytorch(r, 1000)
     assert r["dataset"] == "fashion-mnist (subset first-2000-train-1000-test)"
     _, stored = load_checkpoint(ckpt)
     assert r["torch_accuracy"] == pytest.approx(stored["test_accuracy"], abs=1e-9)  # training's own evaluation
     assert r["http_accuracy"] > 0.6  # 150 steps on 2,000 real images already classify
+
+
+# --- traffic: deadlines and what /metrics shows ---------------------------------------------------------
+
+def test_half_sent_heads_are_closed_while_normal_requests_are_answered(client, server):
+    """Connections that send `POST /classify HTTP/1.1\r\nHost: x\r\n` and nothing more are
+    closed by the server (408) at BNSERVE_HEADER_TIMEOUT, not held forever; requests meanwhile
+    are answered."""
+    import socket
+
+    port = int(server.rsplit(":", 1)[1])
+    half = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=120)
+        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
+        half.append(s)
+    try:
+        assert classify_file(client, SAMPLES[0]).status_code == 200
+        for s in half:
+            answer = b""
+            while chunk := s.recv(1000):  # until the server closes it (or the 120 s bound raises)
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408") and b"header_timeout" in answer, answer
+    finally:
+        for s in half:
+            s.close()
+
+
+def test_metrics_show_the_admission_limit_in_progress_estimate_and_refusals(client):
+    from benchmarks.http_harness import metric
+
+    classify_file(client, SAMPLES[0])
+    text = client.get("/metrics").text
+    for name in ("bnserve_admission_limit", "bnserve_service_time_seconds"):
+        samples = metric(text, name, 'cost="small"')
+        assert samples and all(v > 0 for v in samples.values()), (name, text[-3000:])
+    assert metric(text, "bnserve_in_progress")  # one per worker (pid label)
+    assert set(metric(text, "bnserve_refused_total")) == {'{reason="memory"}', '{reason="overloaded"}'}

@@ -433,12 +433,13 @@ def _run_through_timeout_middleware(call, requests: int, timeout: float, app_han
 
 def test_bentoml_timeout_middleware_leaves_no_timer_armed():
     """Each request used to leave a 60 s timer holding its context (the cause of 40-90 ms GC
-    stalls under load); with the service imported, none is left once the responses are sent."""
+    stalls under load); with the fix applied (the service does at start), none is left once
+    the responses are sent."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    import serving.service  # noqa: F401 - applies the fix
     from serving import bentoml_fixes
 
+    bentoml_fixes.fix_timeout_timer_leak()
     sent, armed = _run_through_timeout_middleware(TimeoutMiddleware.__call__, 50, timeout=60)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200] * 50
     assert armed == []
@@ -451,9 +452,9 @@ def test_bentoml_timeout_middleware_leaves_no_timer_armed():
 def test_bentoml_timeout_middleware_still_times_out():
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    import serving.service  # noqa: F401
     from serving.bentoml_fixes import fix_timeout_timer_leak
 
+    fix_timeout_timer_leak()
     assert fix_timeout_timer_leak() is (TimeoutMiddleware.__call__.__module__ == "serving.bentoml_fixes")
     sent, armed = _run_through_timeout_middleware(TimeoutMiddleware.__call__, 1, timeout=0.05,
                                                   app_hangs=True)
@@ -472,6 +473,12 @@ def _asgi_call(middleware, scope: dict, messages: list[dict], then_disconnect: b
     return client.sent
 
 
+def _admission():
+    from serving.admission import Admission
+
+    return Admission(0.001, max_wait_s=0.3, cap=64, floor=4)
+
+
 def _http_scope(method: str, path: str, content_type: bytes) -> dict:
     return {"type": "http", "method": method, "path": path, "query_string": b"",
             "headers": [(b"content-type", content_type)]}
@@ -480,14 +487,17 @@ def _http_scope(method: str, path: str, content_type: bytes) -> dict:
 def test_classify_route_answers_post_classify_and_passes_the_rest_on():
     from starlette.responses import JSONResponse
 
-    from serving import service
-    from serving.admission import Admission
-    from serving.lifecycle import Traffic
+    from serving import route
+    from serving.decode import InputError
+    from serving.frontdoor import Traffic
+    from serving.settings import Settings
+    from serving.upload import Upload
 
     seen, passed = [], []
 
-    class Stub:  # stands in for the BnServe instance: only respond() and traffic are used
-        traffic = Traffic(Admission(0.001))
+    class Stub:  # stands in for the service instance: settings, traffic and respond() are used
+        settings = Settings()
+        traffic = Traffic(_admission())
 
         async def respond(self, data):
             seen.append(data)
@@ -497,30 +507,57 @@ def test_classify_route_answers_post_classify_and_passes_the_rest_on():
         passed.append(scope["path"])
 
     stub = Stub()
-    route = service.ClassifyRoute(app, service=lambda: stub)
+    classify = route.ClassifyRoute(app, service=lambda: stub)
     body = {"type": "http.request", "body": b"PNGDATA", "more_body": False}
-    sent = _asgi_call(route, _http_scope("POST", "/classify", b"image/png"), [body], then_disconnect=False)
-    assert seen == [service.Upload(b"PNGDATA")] and sent[0]["status"] == 200 and not passed
-    sent = _asgi_call(route, _http_scope("POST", "/classify", b"application/json"), [body], then_disconnect=False)
-    assert isinstance(seen[-1], service.InputError) and seen[-1].status == 415
+    sent = _asgi_call(classify, _http_scope("POST", "/classify", b"image/png"), [body], then_disconnect=False)
+    assert seen == [Upload(b"PNGDATA")] and sent[0]["status"] == 200 and not passed
+    sent = _asgi_call(classify, _http_scope("POST", "/classify", b"application/json"), [body], then_disconnect=False)
+    assert isinstance(seen[-1], InputError) and seen[-1].status == 415
     for method, path in (("GET", "/classify"), ("POST", "/model"), ("GET", "/readyz")):
-        assert _asgi_call(route, _http_scope(method, path, b""), []) == []
+        assert _asgi_call(classify, _http_scope(method, path, b""), []) == []
     assert passed == ["/classify", "/model", "/readyz"]
 
 
 def test_classify_route_client_gone_mid_upload_is_dropped_quietly():
-    from serving import service
-    from serving.admission import Admission
-    from serving.lifecycle import Traffic
+    from serving import route
+    from serving.frontdoor import Traffic
+    from serving.settings import Settings
 
     class Stub:
-        traffic = Traffic(Admission(0.001))
+        settings = Settings()
+        traffic = Traffic(_admission())
 
         async def respond(self, data):
             raise AssertionError("nothing to answer")
 
     stub = Stub()
     partial = {"type": "http.request", "body": b"PNG", "more_body": True}  # then: http.disconnect
-    sent = _asgi_call(service.ClassifyRoute(None, service=lambda: stub), _http_scope("POST", "/classify", b"image/png"),
+    sent = _asgi_call(route.ClassifyRoute(None, service=lambda: stub), _http_scope("POST", "/classify", b"image/png"),
                       [partial])
     assert sent == []
+
+
+def test_infer_rows_runs_rows_through_the_micro_batcher_for_other_routes():
+    """BnServe.infer_rows: the entry point another inference route (the Open Inference
+    Protocol's) uses to run prepared rows through the same micro-batcher as /classify."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.batching import MicroBatcher
+    from serving.route import ModelFailure
+    from serving.service import Classifier
+
+    sizes = []
+    service = Classifier.__new__(Classifier)  # no model file: only what infer_rows uses
+    service.info = SimpleNamespace(dtype=np.float32, classes=("a", "b"))
+    service.batcher = MicroBatcher(lambda x: np.stack([x.sum(axis=(1, 2, 3)), -x.sum(axis=(1, 2, 3))], 1),
+                                   max_batch_size=8, on_batch=sizes.append)
+    x = np.arange(3 * 4, dtype=np.float64).reshape(3, 1, 2, 2)
+    out = asyncio.run(service.infer_rows(x))
+    np.testing.assert_allclose(out, [[6, -6], [22, -22], [38, -38]])
+    assert sum(sizes) == 3  # each row went through the batcher (batched together or not)
+    service.batcher.close()
+    service.batcher = MicroBatcher(lambda x: 1 / 0, max_batch_size=8)
+    with pytest.raises(ModelFailure):
+        asyncio.run(service.infer_rows(x))
+    service.batcher.close()

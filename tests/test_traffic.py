@@ -1,38 +1,43 @@
-"""Serving under real traffic (serving/admission.py, serving/lifecycle.py): the admission limit
-and its service-time estimate, 503 + Retry-After before the body is read, 408 for a silent
-upload, a request whose client left stops, drain on SIGTERM (Connection: close, refused new
-connections, bounded exit), BNSERVE_WORKERS. The last test runs a real `bentoml serve`."""
+"""Serving under real traffic: admission by cost class and its service-time estimate
+(serving/admission.py), the front door's 503 + Retry-After before the body is read and its
+upload budget (serving/frontdoor.py), a deadline for the head, the whole body and keep-alive
+idle (serving/deadlines.py), the settings (serving/settings.py), a request whose client left
+stops, and the drain on SIGTERM (serving/drain.py: Connection: close, refused new connections,
+bounded exit, every failure a normal shutdown). Clocks are injected; the last tests run a real
+`bentoml serve` and wait on conditions, never on the wall clock."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import AsgiClient
 
-from serving.admission import Admission, admission_limit, retry_after_s
-from serving.lifecycle import (
-    Drain,
-    FrontDoor,
-    SettingError,
-    Traffic,
-    env_seconds,
-    stop_listening,
-    workers_from_env,
+from serving.admission import (
+    LARGE,
+    SMALL,
+    Admission,
+    UploadBudget,
+    admission_limit,
+    cost_class,
+    retry_after_s,
 )
+from serving.drain import Drain, stop_listening
+from serving.frontdoor import FrontDoor, Traffic, is_inference
+from serving.settings import VARIABLES, SettingError, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SCOPE = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
-         "headers": [(b"content-type", b"image/png")]}
+         "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")]}
 
 
 class Clock:
@@ -47,67 +52,111 @@ def headers_of(message: dict) -> dict:
     return {k.decode(): v.decode() for k, v in message["headers"]}
 
 
+def admission(service_time_s=0.001, max_wait_s=0.3, cap=1024, floor=4, large_floor=4, clock=None) -> Admission:
+    return Admission(service_time_s, max_wait_s, cap=cap, floor=floor, large_floor=large_floor,
+                     clock=clock or Clock())
+
+
 # --- admission ------------------------------------------------------------------------------------
 
 def test_admission_limit_is_littles_law_clamped():
-    assert admission_limit(0.002, 0.2) == 100
-    assert admission_limit(0.5, 0.2) == 4  # floor: a burst from idle is not shed
-    assert admission_limit(1e-6, 0.2, cap=512) == 512
-    assert admission_limit(0.0, 0.2, cap=64) == 64
+    assert admission_limit(0.002, 0.2, floor=4, cap=512) == 100
+    assert admission_limit(0.5, 0.2, floor=4, cap=512) == 4  # floor: a burst from idle is not refused
+    assert admission_limit(1e-6, 0.2, floor=4, cap=512) == 512
+    assert admission_limit(0.0, 0.2, floor=4, cap=64) == 64
     assert retry_after_s(0.01, 250) == 3 and retry_after_s(0.001, 3) == 1
 
 
-def test_service_time_is_busy_time_per_answer():
+def test_cost_class_follows_the_declared_size():
+    assert cost_class(1000) == SMALL and cost_class(64 * 1024) == SMALL
+    assert cost_class(64 * 1024 + 1) == LARGE and cost_class(None) == LARGE  # unknown: the safe side
+
+
+def test_service_time_is_busy_time_shared_among_answers():
     clock = Clock()
-    a = Admission(initial_service_time_s=0.1, max_wait_s=0.2, clock=clock)
+    a = admission(0.1, max_wait_s=0.2, clock=clock)
     assert a.limit == 4
     for _ in range(2000):  # one at a time, 10 ms each: service time -> 10 ms
-        assert a.try_enter()
+        ticket = a.try_enter()
         clock.t += 0.01
-        a.leave()
+        a.leave(ticket)
         clock.t += 0.05  # idle time does not count
     assert a.service_time_s == pytest.approx(0.01, rel=0.02)
     assert a.limit in (19, 20)  # 0.2 s / ~10 ms
     for _ in range(400):  # 8 at a time answered together every 10 ms (batching): 1.25 ms each
-        for _ in range(8):
-            assert a.try_enter()
+        tickets = [a.try_enter() for _ in range(8)]
         clock.t += 0.01
-        for _ in range(8):
-            a.leave()
+        for ticket in tickets:
+            a.leave(ticket)
     assert a.service_time_s == pytest.approx(0.00125, rel=0.05)
     assert a.limit in (159, 160)  # 0.2 s / ~1.25 ms
 
 
-def test_admission_refuses_at_the_limit_and_counts():
-    a = Admission(initial_service_time_s=0.05, max_wait_s=0.2, floor=1)
+def test_only_answered_work_feeds_the_estimate():
+    """A flood of cheap 4xx answers (or clients that left) neither lowers nor raises it."""
+    clock = Clock()
+    a = admission(0.01, clock=clock)
+    for _ in range(1000):
+        ticket = a.try_enter()
+        clock.t += 0.0001  # a 400 answered in 0.1 ms
+        a.leave(ticket, ok=False)
+    assert a.service_time_s == 0.01
+    ticket = a.try_enter()
+    clock.t += 30.0  # stalled for 30 s, then the client leaves
+    a.leave(ticket, ok=False)
+    assert a.service_time_s == 0.01
+
+
+def test_admission_refuses_at_the_limit_and_counts_by_reason():
+    a = admission(0.05, max_wait_s=0.2, floor=1)
     assert a.limit == 4
-    assert [a.try_enter() for _ in range(6)] == [True] * 4 + [False] * 2
-    assert a.full() and a.shed == 2 and a.in_progress == 4
-    a.leave()
+    tickets = [a.try_enter() for _ in range(6)]
+    assert [t is not None for t in tickets] == [True] * 4 + [False] * 2
+    assert a.full() and a.refused == {"overloaded": 2} and a.in_progress == 4
+    a.leave(tickets[0])
     assert not a.full() and a.try_enter()
     a.ahead = lambda: 0  # what the server says is ahead decides
     assert not a.full()
 
 
-def test_stalled_requests_do_not_inflate_the_service_time():
+def test_large_images_do_not_make_the_service_refuse_small_ones():
+    """Large uploads have their own count, estimate and limit: eight slow ones in progress do
+    not move the small class, and beyond their own limit only large ones are refused."""
     clock = Clock()
-    a = Admission(initial_service_time_s=0.01, max_wait_s=0.2, clock=clock)
-    assert a.try_enter()
-    clock.t += 30.0  # stalled for 30 s, then the client leaves
-    a.leave(answered=False)
-    assert a.service_time_s == 0.01
+    a = admission(0.001, max_wait_s=0.3, large_floor=4, clock=clock)
+    for _ in range(10):  # a few large images, 500 ms each, one after another
+        ticket = a.try_enter(LARGE)
+        clock.t += 0.5
+        a.leave(ticket)
+    small_limit = a.limit
+    large = [a.enter(LARGE) for _ in range(8)]  # eight in progress at once
+    assert a.full(LARGE) and not a.full(SMALL)
+    assert a.waiting(SMALL) == 0 and a.limit == small_limit
+    smalls = [a.try_enter(SMALL) for _ in range(100)]
+    assert all(t is not None for t in smalls)
+    for ticket in large:
+        a.leave(ticket)
+    assert a.classes[LARGE].service_time_s > 100 * a.classes[SMALL].service_time_s
+
+
+def test_upload_budget_holds_bytes_in_flight_under_its_limit():
+    b = UploadBudget(100)
+    assert b.reserve(500)  # one upload alone always goes (BNSERVE_MAX_BYTES bounds it)
+    assert not b.reserve(1)
+    b.release(500)
+    assert b.reserve(60) and b.reserve(40) and not b.reserve(1) and b.held == 100
 
 
 # --- one request through Traffic.handle ------------------------------------------------------------
 
-def run_handle(traffic: Traffic, respond, messages=(), then_disconnect=False, read=None):
+def run_handle(traffic: Traffic, respond, messages=(), then_disconnect=False, read=None, scope=SCOPE):
     client, reads = AsgiClient(messages, then_disconnect), []
 
     async def default_read():
         reads.append(True)
         return b"IMG"
 
-    asyncio.run(traffic.handle(SCOPE, client.receive, client.send, read or default_read, respond))
+    asyncio.run(traffic.handle(scope, client.receive, client.send, read or default_read, respond))
     return client.sent, reads
 
 
@@ -116,24 +165,47 @@ async def ok_response(upload):
     return JSONResponse({"got": upload.decode()})
 
 
+async def bad_request(upload):
+    from starlette.responses import JSONResponse
+    return JSONResponse({"error": "bad"}, status_code=400)
+
+
 def test_over_the_limit_is_refused_with_503_retry_after_and_json_before_reading():
     events = []
-    a = Admission(initial_service_time_s=0.05, max_wait_s=0.2, floor=1)
+    a = admission(0.05, max_wait_s=0.2, floor=1)
     a.ahead = lambda: 4  # four requests ahead, limit 4
     sent, reads = run_handle(Traffic(a, on_event=events.append), ok_response)
-    assert reads == [] and events == ["shed"] and a.shed == 1
+    assert reads == [] and events == ["refused:overloaded"] and a.refused == {"overloaded": 1}
     assert sent[0]["status"] == 503
     headers = headers_of(sent[0])
     assert int(headers["retry-after"]) >= 1
     assert json.loads(sent[1]["body"])["error"] == "overloaded"
 
 
-def test_admitted_request_is_answered_and_released():
-    a = Admission(initial_service_time_s=0.001)
+def test_over_the_upload_budget_is_refused_with_503_before_reading():
+    events, counts = [], []
+    traffic = Traffic(admission(), UploadBudget(1500), on_event=events.append,
+                      on_count=lambda name, delta: counts.append((name, delta)))
+    traffic.budget.reserve(1000)  # another upload holds 1000 bytes
+    sent, reads = run_handle(traffic, ok_response)  # declares 1000 more
+    assert reads == [] and events == ["refused:memory"] and sent[0]["status"] == 503
+    assert "retry-after" in headers_of(sent[0]) and "BNSERVE_UPLOAD_BUDGET" in json.loads(sent[1]["body"])["detail"]
+    traffic.budget.release(1000)
+    sent, reads = run_handle(traffic, ok_response)
+    assert sent[0]["status"] == 200 and traffic.budget.held == 0
+    assert ("bytes_held", 1000) in counts and ("bytes_held", -1000) in counts
+
+
+def test_admitted_request_is_answered_and_released_and_only_2xx_is_measured():
+    clock = Clock()
+    a = admission(0.001, clock=clock)
     sent, reads = run_handle(Traffic(a), ok_response)
     assert reads == [True] and sent[0]["status"] == 200 and json.loads(sent[1]["body"]) == {"got": "IMG"}
     assert a.in_progress == 0 and a.admitted == 1
     assert "connection" not in headers_of(sent[0])
+    assert a.classes[SMALL]._done == 1
+    sent, _ = run_handle(Traffic(a), bad_request)
+    assert sent[0]["status"] == 400 and a.classes[SMALL]._done == 1  # the 400 is not measured
 
 
 def test_client_gone_while_waiting_stops_the_request():
@@ -143,25 +215,57 @@ def test_client_gone_while_waiting_stops_the_request():
         await asyncio.Event().wait()  # as if queued behind a batch that never ends
         finished.append(True)
 
-    a = Admission(initial_service_time_s=0.001)
+    a = admission()
     sent, _ = run_handle(Traffic(a, on_event=events.append), never_done, then_disconnect=True)
     assert sent == [] and finished == [] and events == ["client_gone"] and a.in_progress == 0
 
 
 def test_draining_answers_close_the_connection():
-    traffic = Traffic(Admission(initial_service_time_s=0.001))
+    traffic = Traffic(admission())
     traffic.draining = True
     sent, _ = run_handle(traffic, ok_response)
     assert sent[0]["status"] == 200 and headers_of(sent[0])["connection"] == "close"
 
 
-def test_front_door_refuses_before_the_app_and_passes_the_rest():
+def test_at_the_drain_bound_unanswered_requests_get_503_not_uvicorns_500():
+    """An upload still arriving and a request waiting for the model when the drain's bound
+    comes are answered 503 shutting_down (Connection: close) instead of being cancelled."""
+    traffic = Traffic(admission())
+
+    async def main():
+        reading, waiting = AsgiClient([], then_disconnect=False), AsgiClient([], then_disconnect=False)
+        started = asyncio.Event()
+
+        async def stalled_read():
+            await asyncio.Event().wait()  # the rest of the body never comes
+
+        async def read():
+            return b"IMG"
+
+        async def never_answered(upload):
+            started.set()
+            await asyncio.Event().wait()
+
+        tasks = [asyncio.ensure_future(traffic.handle(SCOPE, reading.receive, reading.send, stalled_read, ok_response)),
+                 asyncio.ensure_future(traffic.handle(SCOPE, waiting.receive, waiting.send, read, never_answered))]
+        await started.wait()
+        assert traffic.cut() == 2
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        return reading.sent, waiting.sent
+
+    for sent in asyncio.run(main()):
+        assert sent[0]["status"] == 503 and headers_of(sent[0])["connection"] == "close"
+        assert json.loads(sent[1]["body"])["error"] == "shutting_down"
+    assert traffic.admission.in_progress == 0 and traffic.reading == 0 and traffic.budget.held == 0
+
+
+def test_front_door_refuses_inference_routes_before_the_app_and_passes_the_rest():
     passed = []
 
     async def app(scope, receive, send):
         passed.append(scope["path"])
 
-    a = Admission(initial_service_time_s=0.05, max_wait_s=0.2, floor=1)
+    a = admission(0.05, max_wait_s=0.2, floor=1)
     door = FrontDoor(app, Traffic(a))
 
     async def call(scope):
@@ -172,8 +276,10 @@ def test_front_door_refuses_before_the_app_and_passes_the_rest():
         await door(scope, None, send)
         return sent
 
+    oip = {**SCOPE, "path": "/v2/models/bnserve/infer"}
     a.ahead = lambda: 10
     assert asyncio.run(call(SCOPE))[0]["status"] == 503 and passed == []
+    assert asyncio.run(call(oip))[0]["status"] == 503 and passed == []
     assert asyncio.run(call({**SCOPE, "path": "/readyz", "method": "GET"})) == [] and passed == ["/readyz"]
     a.ahead = lambda: 0
     asyncio.run(call(SCOPE))
@@ -181,102 +287,272 @@ def test_front_door_refuses_before_the_app_and_passes_the_rest():
     assert door.traffic.finishing == 0  # counted from the answer's start to the task's end
 
 
-def test_requests_ahead_leave_out_uploads_arriving_and_requests_answered():
+def test_inference_routes_are_declared_once():
+    post = {"type": "http", "method": "POST"}
+    for path in ("/classify", "/v2/models/bnserve/infer", "/v2/models/m/versions/1/infer"):
+        assert is_inference({**post, "path": path}), path
+    for path in ("/v2/models/bnserve", "/v2/health/ready", "/model", "/classify/x"):
+        assert not is_inference({**post, "path": path}), path
+    assert not is_inference({**post, "method": "GET", "path": "/classify"})
+
+
+def test_requests_ahead_leave_out_uploads_arriving_answered_and_other_workers_share():
     from types import SimpleNamespace
 
-    traffic = Traffic(Admission(initial_service_time_s=0.001))
+    traffic = Traffic(admission())
     tasks = {1, 2, 3, 4, 5}  # uvicorn's request tasks, the asking one included
-    traffic.count_ahead_in(SimpleNamespace(server_state=SimpleNamespace(tasks=tasks)))
+    traffic.count_ahead_in(SimpleNamespace(server_state=SimpleNamespace(tasks=tasks), servers=None), workers=2)
     traffic.reading, traffic.finishing = 1, 2
     assert traffic.admission.ahead() == 1
     tasks.update({6, 7})
     assert traffic.admission.ahead() == 3
 
 
-# --- slow bodies ----------------------------------------------------------------------------------
+# --- deadlines ------------------------------------------------------------------------------------
 
 class ManualTimers:
-    """A ``call_later`` whose timers fire when the test says so (the clock of IdleTimer)."""
+    """A ``call_later`` whose timers fire when the test says so (the clock of the deadlines)."""
 
     def __init__(self):
-        self.armed: list[tuple[float, asyncio.TimerHandle, object]] = []
+        self.armed: list[list] = []  # [delay, callback, cancelled]
 
     def __call__(self, delay, callback):
-        handle = asyncio.get_running_loop().call_later(10**6, callback)  # never on its own
-        self.armed.append((delay, handle, callback))
-        return handle
+        entry = [delay, callback, False]
+        self.armed.append(entry)
+
+        class Handle:
+            def cancel(self):
+                entry[2] = True
+        return Handle()
+
+    def live(self) -> list:
+        return [e for e in self.armed if not e[2]]
 
     def fire_live(self) -> None:
-        live = [(h, callback) for _, h, callback in self.armed if not h.cancelled()]
+        live = self.live()
         assert len(live) == 1, live
-        live[0][0].cancel()
+        live[0][2] = True
         live[0][1]()
 
 
-def test_silent_upload_gets_408_and_a_closed_connection():
+def test_body_deadline_is_for_the_whole_body_not_per_chunk():
+    """A body that trickles in a byte at a time is cut at the deadline: one timer, armed when
+    the body starts, never restarted; then 408 and a closed connection."""
     from starlette.requests import Request
 
-    from serving import service
+    from serving.decode import InputError
+    from serving.route import error_response
+    from serving.upload import read_body
 
     timers = ManualTimers()
 
     async def main():
-        first = [{"type": "http.request", "body": b"\x89PNG", "more_body": True}]
+        chunks = [{"type": "http.request", "body": b"\x89PNG"[i:i + 1], "more_body": True} for i in range(4)]
         waiting = asyncio.Event()
 
-        async def receive():  # a part of the body, then silence
-            if first:
-                return first.pop(0)
+        async def receive():  # a byte at a time, then silence
+            if chunks:
+                return chunks.pop(0)
             waiting.set()
             await asyncio.Event().wait()
-        task = asyncio.ensure_future(service.read_body(Request(SCOPE, receive), 1000, timeout_s=2.5,
-                                                       call_later=timers))
-        await waiting.wait()  # the server is waiting for the rest of the body
-        assert not task.done() and [d for d, _, _ in timers.armed] == [2.5, 2.5]  # re-armed on the chunk
-        timers.fire_live()  # 2.5 s of silence
-        with pytest.raises(service.InputError) as e:
+        task = asyncio.ensure_future(read_body(Request(SCOPE, receive), 1000, timeout_s=2.5, call_later=timers))
+        await waiting.wait()  # four chunks came; the server waits for the rest
+        assert not task.done() and [e[0] for e in timers.armed] == [2.5]  # armed once
+        timers.fire_live()  # 2.5 s after the body started
+        with pytest.raises(InputError) as e:
             await task
         return e.value
 
     error = asyncio.run(main())
     assert error.status == 408 and error.error == "body_timeout" and "BNSERVE_BODY_TIMEOUT" in error.detail
-    assert service.error_response(error).headers["connection"] == "close"
+    assert "4 bytes" in error.detail
+    assert error_response(error).headers["connection"] == "close"
 
 
-def test_settings_refuse_nonsense(monkeypatch):
-    monkeypatch.setenv("BNSERVE_DRAIN_TIMEOUT", "soon")
-    with pytest.raises(SettingError, match="BNSERVE_DRAIN_TIMEOUT"):
-        env_seconds("BNSERVE_DRAIN_TIMEOUT", 10.0)
-    monkeypatch.setenv("BNSERVE_DRAIN_TIMEOUT", "-1")
-    with pytest.raises(SettingError):
-        env_seconds("BNSERVE_DRAIN_TIMEOUT", 10.0)
-    monkeypatch.delenv("BNSERVE_DRAIN_TIMEOUT")
-    assert env_seconds("BNSERVE_DRAIN_TIMEOUT", 10.0) == 10.0
-    for bad in ("0", "two", "-3"):
-        monkeypatch.setenv("BNSERVE_WORKERS", bad)
-        with pytest.raises(SettingError, match="BNSERVE_WORKERS"):
-            workers_from_env()
+class FakeTransport:
+    def __init__(self):
+        self.written, self.closed = b"", False
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def uvicorn_protocol(protocol_class, app, timers: ManualTimers, seconds: float = 10.0):
+    """A uvicorn HTTP protocol under the head deadline, on a fake transport, with a live loop."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from serving.deadlines import with_header_deadline
+
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+    config.load()
+    cls = with_header_deadline(protocol_class, seconds, call_later=timers)
+    protocol = cls(config=config, server_state=ServerState(), app_state={})
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_head_deadline_closes_a_half_sent_head_with_408(impl):
+    """`POST /classify HTTP/1.1\r\nHost: x\r\n` and nothing more: closed at the deadline, with
+    a 408; an idle connection that sent nothing is closed silently."""
+    if impl == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol_class
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol_class
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app sees nothing of a head that never completed")
+
+    async def main():
+        timers = ManualTimers()
+        protocol, transport = uvicorn_protocol(protocol_class, app, timers)
+        protocol.data_received(b"POST /classify HTTP/1.1\r\nHost: x\r\n")
+        assert [e[0] for e in timers.live()] == [10.0] and not transport.closed
+        timers.fire_live()
+        assert transport.closed and transport.written.startswith(b"HTTP/1.1 408")
+        assert b"BNSERVE_HEADER_TIMEOUT" in transport.written
+        protocol.connection_lost(None)
+
+        timers = ManualTimers()
+        protocol, transport = uvicorn_protocol(protocol_class, app, timers)
+        timers.fire_live()  # nothing sent at all
+        assert transport.closed and transport.written == b""
+
+    asyncio.run(main())
+
+
+def test_head_deadline_leaves_a_request_whose_head_arrived_to_the_app():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    answered = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        answered.set()
+
+    async def main():
+        timers = ManualTimers()
+        protocol, transport = uvicorn_protocol(HttpToolsProtocol, app, timers)
+        protocol.data_received(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(answered.wait(), 60)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert b"200 OK" in transport.written and not transport.closed
+        assert len(timers.live()) == 1  # re-armed for the next head once the answer ended
+        timers.fire_live()  # idle after the answer, nothing sent: closed without a 408
+        assert transport.closed and b"408" not in transport.written
+        protocol.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_front_door_installs_the_deadlines_on_the_uvicorn_server():
+    from types import SimpleNamespace
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from serving.frontdoor import open_front_door
+
+    config = SimpleNamespace(loaded_app=object(), http_protocol_class=HttpToolsProtocol, timeout_keep_alive=5)
+    server = SimpleNamespace(config=config, server_state=SimpleNamespace(tasks=set()), servers=None)
+    traffic = Traffic(admission())
+    assert open_front_door(server, traffic, workers=2, header_timeout_s=7.0, keepalive_timeout_s=3.0)
+    assert isinstance(config.loaded_app, FrontDoor) and config.timeout_keep_alive == 3.0
+    assert issubclass(config.http_protocol_class, HttpToolsProtocol)
+    assert not open_front_door(SimpleNamespace(), traffic, workers=1, header_timeout_s=1, keepalive_timeout_s=1)
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+def test_settings_read_every_variable_and_default_the_rest():
+    assert set(VARIABLES) == set(Settings.__dataclass_fields__)  # one variable per setting
+    assert all(name.startswith("BNSERVE_") for name, _ in VARIABLES.values())
+    assert Settings.from_env({}) == Settings()
+    env = {"BNSERVE_MODEL": "/m.onnx", "BNSERVE_PROVIDER": "CPU", "BNSERVE_THREADS": "3", "BNSERVE_ORT_SPIN": "0",
+           "BNSERVE_WORKERS": "4", "BNSERVE_MAX_BYTES": "1000", "BNSERVE_MAX_PIXELS": "2000",
+           "BNSERVE_MAX_BATCH_SIZE": "1", "BNSERVE_MAX_WAIT_MS": "250", "BNSERVE_MIN_INFLIGHT": "32",
+           "BNSERVE_MAX_INFLIGHT": "64",
+           "BNSERVE_UPLOAD_BUDGET": "5000", "BNSERVE_HEADER_TIMEOUT": "7", "BNSERVE_BODY_TIMEOUT": "2.5",
+           "BNSERVE_KEEPALIVE_TIMEOUT": "4", "BNSERVE_DRAIN_TIMEOUT": "12", "BNSERVE_TRACE": "yes",
+           "BNSERVE_UNRELATED": "x"}
+    s = Settings.from_env(env)
+    assert s == Settings(model=Path("/m.onnx"), provider="cpu", threads=3, ort_spin=False, workers=4, max_bytes=1000,
+                         max_pixels=2000, max_batch_size=1, max_wait_ms=250.0, min_inflight=32, max_inflight=64,
+                         upload_budget_bytes=5000, header_timeout_s=7.0, body_timeout_s=2.5,
+                         keepalive_timeout_s=4.0, drain_timeout_s=12.0, trace=True)
+    with pytest.raises(AttributeError):
+        s.workers = 1  # frozen
+
+
+@pytest.mark.parametrize("variable,bad", [
+    ("BNSERVE_WORKERS", "0"), ("BNSERVE_WORKERS", "two"), ("BNSERVE_WORKERS", "-3"),
+    ("BNSERVE_THREADS", "-1"), ("BNSERVE_MAX_BYTES", "0"), ("BNSERVE_MAX_BATCH_SIZE", "1.5"),
+    ("BNSERVE_DRAIN_TIMEOUT", "soon"), ("BNSERVE_DRAIN_TIMEOUT", "-1"), ("BNSERVE_BODY_TIMEOUT", "0"),
+    ("BNSERVE_HEADER_TIMEOUT", "inf"), ("BNSERVE_MAX_WAIT_MS", "nan"), ("BNSERVE_ORT_SPIN", "maybe"),
+    ("BNSERVE_PROVIDER", "tpu"), ("BNSERVE_TRACE", "2"), ("BNSERVE_UPLOAD_BUDGET", "-5")])
+def test_settings_refuse_nonsense_naming_the_variable(variable, bad):
+    with pytest.raises(SettingError, match=variable):
+        Settings.from_env({variable: bad})
 
 
 def test_onnx_runtime_threads_are_divided_among_workers(monkeypatch):
-    from serving import lifecycle, model
+    from serving import settings
 
-    monkeypatch.setattr(lifecycle, "available_cores", lambda: 8)
-    monkeypatch.setenv("BNSERVE_WORKERS", "3")
-    assert model.default_threads() == 2
-    monkeypatch.setenv("BNSERVE_WORKERS", "16")
-    assert model.default_threads() == 1
-    monkeypatch.delenv("BNSERVE_WORKERS")  # default: a worker per core, one thread each
-    assert workers_from_env() == 8 and model.default_threads() == 1
+    monkeypatch.setattr(settings, "available_cores", lambda: 8)
+    assert Settings(workers=3).ort_threads == 2
+    assert Settings(workers=16).ort_threads == 1
+    assert Settings().worker_count == 8 and Settings().ort_threads == 1  # a worker per core, one thread each
+    assert Settings(threads=5, workers=3).ort_threads == 5
+
+
+def test_each_worker_admits_its_share_of_a_closed_loop_whatever_the_estimate():
+    assert Settings(workers=2).admission_floor == 192  # 256 clients over 2 workers, +50%
+    assert Settings(workers=1).admission_floor == 384
+    assert Settings(workers=16).admission_floor == 64  # never less than a full batch
+    assert Settings(workers=1, max_inflight=100).admission_floor == 100  # never more than the cap
+    a = Admission(0.05, 0.3, cap=1024, floor=Settings(workers=2).admission_floor)  # 50 ms each: 6 by the estimate
+    assert a.limit == 192
 
 
 def test_cores_follow_the_cgroup_quota():
-    from serving.lifecycle import cpu_quota_cores
+    from serving.settings import cpu_quota_cores
 
     assert cpu_quota_cores("200000 100000\n") == 2
     assert cpu_quota_cores("150000 100000") == 2  # 1.5 CPUs: two cores in use at times
     assert cpu_quota_cores("max 100000") is None
     assert cpu_quota_cores("") is None
+
+
+def test_importing_the_service_reads_nothing_and_patches_nothing():
+    """`import serving.service` with nonsense settings: no error, BentoML untouched; the
+    settings are read (and refused) when BnServe is looked up, as `bentoml serve` does."""
+    code = ("import serving.service as s\n"
+            "from bentoml._internal.server.http.traffic import TimeoutMiddleware as T\n"
+            "assert T.__call__.__module__ != 'serving.bentoml_fixes', 'patched at import'\n"
+            "assert 'BnServe' not in vars(s)\n"
+            "try:\n    s.BnServe\nexcept ValueError as e:\n    print('refused:', e)\n")
+    env = {**os.environ, "BNSERVE_WORKERS": "zero", "BENTOML_DO_NOT_TRACK": "True"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "refused: BNSERVE_WORKERS must be a positive integer, got 'zero'" in out.stdout
 
 
 # --- drain ----------------------------------------------------------------------------------------
@@ -349,19 +625,19 @@ def test_drain_waits_for_requests_in_progress_then_hands_over_to_uvicorn():
     clock = Clock()
 
     async def main():
-        a = Admission(initial_service_time_s=0.001)
+        a = admission()
         traffic = Traffic(a)
         uv = FakeUvicorn([])
         uv.server_state.connections.add(object())  # a keep-alive connection stays open
         drain = manual_drain(traffic, uv, clock, timeout_s=5.0, quiet_s=0.1)
-        assert a.try_enter()  # one request in progress
+        ticket = a.try_enter()  # one request in progress
         traffic.reading = 1  # and one upload still arriving
         drain.begin(signal.SIGTERM)
         assert traffic.draining
         clock.t = 1.0
         await settle()
         assert uv.exits == []  # still answering it
-        a.leave()
+        a.leave(ticket)
         await settle()
         clock.t = 2.0
         await settle()
@@ -384,7 +660,7 @@ def test_drain_is_bounded_when_requests_never_finish():
     clock = Clock()
 
     async def main():
-        a = Admission(initial_service_time_s=0.001)
+        a = admission()
         uv = FakeUvicorn([])
         uv.server_state.connections.add(object())
         drain = manual_drain(Traffic(a), uv, clock, timeout_s=0.3)
@@ -410,7 +686,7 @@ def test_signal_during_start_up_stops_listening_only_after_uvicorn_listens(monke
     async def main():
         uv = FakeUvicorn([])
         uv.started = False
-        drain = manual_drain(Traffic(Admission(initial_service_time_s=0.001)), uv, clock, timeout_s=5.0)
+        drain = manual_drain(Traffic(admission()), uv, clock, timeout_s=5.0)
         drain.begin(signal.SIGTERM)
         await settle()
         assert stopped == [] and uv.exits == []
@@ -420,32 +696,88 @@ def test_signal_during_start_up_stops_listening_only_after_uvicorn_listens(monke
         await asyncio.wait_for(drain.task, 60)  # no connection: done at once
         return uv, drain
 
-    import serving.lifecycle as lifecycle
-    monkeypatch.setattr(lifecycle, "stop_listening", lambda server, loop: stopped.append(server) or 0)
+    from serving import drain as drain_module
+    monkeypatch.setattr(drain_module, "stop_listening", lambda server, loop: stopped.append(server) or 0)
     uv, drain = asyncio.run(main())
     assert uv.exits == [signal.SIGTERM] and drain.reason == "no connection left"
+
+
+def test_drain_that_cannot_stop_listening_falls_back_to_a_normal_shutdown(monkeypatch, caplog):
+    """os.dup at the descriptor limit (EMFILE) inside stop_listening: a warning and uvicorn's
+    shutdown at once, not a worker draining forever."""
+    from serving import drain as drain_module
+
+    def emfile(server, loop):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(drain_module, "stop_listening", emfile)
+    clock = Clock()
+
+    async def main():
+        uv = FakeUvicorn([])
+        uv.server_state.connections.add(object())
+        d = manual_drain(Traffic(admission()), uv, clock, timeout_s=5.0)
+        d.begin(signal.SIGTERM)
+        await asyncio.wait_for(d.task, 60)
+        return uv, d
+
+    with caplog.at_level(logging.WARNING, logger="bentoml.bnserve"):
+        uv, d = asyncio.run(main())
+    assert uv.exits == [signal.SIGTERM] and "drain failed" in d.reason
+    assert "Too many open files" in caplog.text and "normal shutdown" in caplog.text
+
+
+def test_second_signal_during_the_drain_shuts_down_now_and_a_third_forces():
+    clock = Clock()
+
+    async def main():
+        a = admission()
+        uv = FakeUvicorn([])
+        uv.server_state.connections.add(object())
+        d = manual_drain(Traffic(a), uv, clock, timeout_s=60.0)
+        a.try_enter()  # a request that never ends
+        d._on_signal(signal.SIGTERM, None)
+        await settle()
+        assert d.draining and uv.exits == []
+        d._on_signal(signal.SIGTERM, None)  # the second SIGTERM
+        assert uv.exits == [signal.SIGTERM]
+        d._on_signal(signal.SIGTERM, None)  # the third: uvicorn's own forced exit
+        assert uv.exits == [signal.SIGTERM, signal.SIGTERM]
+        clock.t = 61.0
+        await asyncio.wait_for(d.task, 60)
+        return uv
+
+    uv = asyncio.run(main())
+    assert uv.exits == [signal.SIGTERM, signal.SIGTERM]  # the drain's end asks for nothing more
+
+
+def test_drain_outside_uvicorn_is_inactive_and_says_so(caplog):
+    async def main():
+        return Drain(Traffic(admission())).install()
+
+    with caplog.at_level(logging.WARNING, logger="bentoml.bnserve"):
+        assert asyncio.run(main()) is False
+    assert "drain inactive" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is not Drain._on_signal
 
 
 DEADLINE_S = 90  # for every condition the real server is waited on: generous, never a timing claim
 
 
 def wait_for(condition, what: str, deadline_s: float = DEADLINE_S, poll_s: float = 0.1):
-    """Call ``condition()`` until it returns something true (returned) or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"still waiting after {deadline_s} s for {what}")
-        time.sleep(poll_s)
+    from benchmarks.http_harness import wait_for as harness_wait_for
+
+    try:
+        return harness_wait_for(condition, what, deadline_s, poll_s)
+    except TimeoutError as e:
+        pytest.fail(str(e))
 
 
 def arriving_by_worker(client) -> dict[str, float]:
     """/metrics' bnserve_uploads_arriving per worker process (pid label)."""
-    text = client.get("/metrics").text
-    return {pid: float(v) for pid, v in re.findall(r'^bnserve_uploads_arriving\{pid="(\d+)"\} ([0-9.e+]+)$',
-                                                    text, flags=re.M)}
+    from benchmarks.http_harness import metric
+
+    return metric(client.get("/metrics").text, "bnserve_uploads_arriving", "pid=")
 
 
 def stalled_upload(port: int) -> socket.socket:
@@ -485,33 +817,20 @@ def test_bentoml_serve_sigterm_drains_answers_refuses_and_exits(tmp_path):
     condition; none is timed (the bound itself: test_drain_is_bounded_when_requests_never_finish)."""
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # its own BENTOML_HOME: a `bentoml serve` starting empties the Prometheus directory there.
+    from benchmarks.http_harness import Server
+
     # The stalled uploads hold both workers in their drain until their 408 (body deadline).
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(tmp_path / "bentoml"),
-           "BNSERVE_WORKERS": "2", "BNSERVE_BODY_TIMEOUT": "20", "BNSERVE_DRAIN_TIMEOUT": "60"}
     log_path = tmp_path / "serve.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:BnServe",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = Server("serving.service:BnServe", {"BNSERVE_WORKERS": "2", "BNSERVE_BODY_TIMEOUT": "20",
+                                                "BNSERVE_DRAIN_TIMEOUT": "60"}, log=log_path)
+    proc, url, port = server.proc, server.url, server.port
     stalled: list[socket.socket] = []
 
     def server_log() -> str:
         return log_path.read_text(errors="replace")
 
-    def ready() -> bool:
-        assert proc.poll() is None, server_log()[-3000:]
-        try:
-            return httpx.get(f"{url}/readyz", timeout=10).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(ready, "/readyz 200", deadline_s=180)
+        server.wait_ready(180)
         wait_for(lambda: server_log().count("Service bnserve initialized") == 2, "both workers started")
         client = httpx.Client(base_url=url, timeout=DEADLINE_S)
         image = sorted((REPO / "samples").glob("*.png"))[0].read_bytes()
@@ -545,10 +864,7 @@ def test_bentoml_serve_sigterm_drains_answers_refuses_and_exits(tmp_path):
     finally:
         for s in stalled:
             s.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
+        server.stop()
 
 
 def test_accept_queue_counts_connections_the_kernel_completed_but_nobody_accepted():
@@ -556,7 +872,7 @@ def test_accept_queue_counts_connections_the_kernel_completed_but_nobody_accepte
     import sys
     from types import SimpleNamespace
 
-    from serving.lifecycle import AcceptQueue
+    from serving.admission import AcceptQueue
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -7,7 +7,7 @@ import torch
 
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
-from training.runs import read_metrics
+from training.records import read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,53 +75,6 @@ def test_plain_sgd_matches_torch_sgd_exactly():
         assert torch.equal(pa, pb), name
 
 
-def test_no_import_cycle_inside_training():
-    """Module-level imports between training's modules form no cycle (function-level imports
-    are not counted: they run after both modules exist)."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "training"
-    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
-               for p in root.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        deps = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
-            if isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    parts = parts[: len(parts) - node.level + 1]
-                    base = ".".join(parts + ([base] if base else []))
-                for alias in node.names:
-                    for cand in (f"{base}.{alias.name}", base):
-                        if cand in modules and cand != name:
-                            deps.add(cand)
-                            break
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name in modules}
-        graph[name] = deps
-    # a package __init__ importing its own submodules is not a cycle back through it
-    for name in graph:
-        graph[name] = {d for d in graph[name] if not name.startswith(d + ".")}
-    state: dict[str, int] = {}
-
-    def visit(n, path):
-        state[n] = 1
-        for d in graph[n]:
-            assert state.get(d) != 1, "import cycle: " + " -> ".join(path + [n, d])
-            if d not in state:
-                visit(d, path + [n])
-        state[n] = 2
-
-    for n in graph:
-        if n not in state:
-            visit(n, [])
-    assert "training.santurkar.landscape" in graph and len(graph) > 15
-
-
 def test_run_steps_intervals_means_and_divergence():
     import torch
 
@@ -137,3 +90,108 @@ def test_run_steps_intervals_means_and_divergence():
     seen.clear()
     assert run_steps(lambda s: (torch.tensor(1.0), None), 3, [3], seen.append) is None
     assert seen[0].train_accuracy is None and seen[0].loss == 1.0
+
+
+def test_run_steps_per_seed_losses_and_one_diverged_seed():
+    """Stacked seeds: step_fn returns one loss per seed; each seed's interval mean is reported,
+    and one seed's inf ends training for all (the one divergence rule)."""
+    from training.loop import run_steps
+    seen = []
+    per_step = [[1.0, 2.0], [3.0, 4.0], [1.0, float("nan")], [1.0, 1.0]]
+    out = run_steps(lambda s: (torch.tensor(per_step[s]), None), 4, [2, 4], seen.append)
+    assert seen[0].losses == (2.0, 3.0) and seen[0].loss == 2.5 and not seen[0].diverged
+    assert seen[1].diverged and seen[1].losses[0] == 1.0 and out == 4
+
+
+# --- the experiment registry ----------------------------------------------------------------
+
+
+def test_the_registry_names_every_experiment_the_cli_report_and_reproduce_use(capsys):
+    from studies.__main__ import STUDIES
+    from training.experiments import EXPERIMENTS, reproduce_jobs
+    from training.santurkar.report import TEXT
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helptext = capsys.readouterr().out
+    for e in EXPERIMENTS.values():
+        if e.module == "training":
+            assert e.name in helptext and (e.tool is not None) != (e.config is not None and e.run is not None)
+        else:  # run above export: named by its command, never imported by training
+            assert f"python -m {e.module} {e.name}" in helptext and e.name in STUDIES
+    assert set(STUDIES) == {e.name for e in EXPERIMENTS.values() if e.module == "studies"}
+    figures = {e.name for e in EXPERIMENTS.values() if e.plot is not None}
+    assert figures == {"ioffe-fig1", *TEXT}  # every figure redraws from its metrics
+    sections = {e.name for e in EXPERIMENTS.values() if e.section is not None}
+    assert sections == figures | {"recalibrate", "bn-test-time"}
+    jobs = reproduce_jobs("cpu", None)
+    assert {j.argv[0] for j in jobs} == sections  # reproduce runs every experiment of the report
+    assert all(EXPERIMENTS[j.argv[0]].module == j.module for j in jobs)
+
+
+def test_cpu_is_the_default_preset_without_a_gpu():
+    """On a machine without a GPU every experiment with presets starts its cpu preset; with one,
+    its first (paper for Santurkar's figures); --preset paper stays one flag away."""
+    import argparse
+
+    from training.config import add_config_args, default_preset, resolve_config
+    from training.experiments import EXPERIMENTS
+
+    with_presets = [e for e in EXPERIMENTS.values() if e.presets]
+    assert len(with_presets) == 6
+    for e in with_presets:
+        assert default_preset(e.presets, gpu=False) == "cpu"
+        p = argparse.ArgumentParser()
+        add_config_args(p, e.config, e.presets)
+        cfg, preset = resolve_config(e.config, p.parse_args([]), e.presets, gpu=False)
+        assert preset == "cpu" and cfg == e.presets["cpu"]
+        cfg, preset = resolve_config(e.config, p.parse_args(["--preset", "paper"]), e.presets, gpu=False)
+        assert preset == "paper" and cfg == e.presets["paper"]
+    assert default_preset(EXPERIMENTS["santurkar-fig1"].presets, gpu=True) == "paper"
+    assert default_preset(EXPERIMENTS["ioffe-fig1"].presets, gpu=True) == "cpu"  # its first
+
+
+def test_santurkar_fig1_on_this_cpu_machine_starts_the_cpu_preset(tmp_path, monkeypatch):
+    """What `python -m training santurkar-fig1` starts without a GPU: the cpu preset
+    (Fashion-MNIST), not the paper's CIFAR-10 (a download that fails offline)."""
+    from training.experiments import EXPERIMENTS
+    started = {}
+    monkeypatch.setattr("training.config.has_gpu", lambda: False)
+    exp = EXPERIMENTS["santurkar-fig1"]
+    monkeypatch.setitem(EXPERIMENTS, "santurkar-fig1", type(exp)(**{
+        **exp.__dict__, "run": lambda cfg, preset: started.update(cfg=cfg, preset=preset) or tmp_path}))
+    assert main(["santurkar-fig1", "--out", str(tmp_path)]) == 0
+    assert started["preset"] == "cpu" and started["cfg"].dataset == "fashion-mnist"
+
+
+# --- the run record -------------------------------------------------------------------------
+
+
+def test_run_record_round_trip_partial_until_finished_and_old_records(tmp_path):
+    import json
+
+    from training.records import RunRecord
+    from training.runs import finish_run, start_run
+
+    run = start_run(tmp_path / "r", "exp-x", {"seed": 3, "seeds": 2, "dataset": "mnist"}, preset="cpu")
+    rec = RunRecord.read(run)
+    assert (rec.experiment, rec.seeds, rec.preset, rec.partial) == ("exp-x", [3, 4], "cpu", True)
+    assert rec.git_revision and rec.environment["cpu_count"] >= 1 and rec.command[1:3] == ["-m", "training"]
+    finish_run(run)
+    assert RunRecord.read(run).partial is False and RunRecord.read(run).config == rec.config
+    # a record written before seeds were listed and partial existed
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"experiment": "exp-y", "seed": 1, "config": {"seeds": 3}}))
+    assert RunRecord.read(old).seeds == [1, 2, 3] and RunRecord.read(old).partial is False
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("[1, 2]")
+    assert [r.experiment for _, r in RunRecord.find(tmp_path)] == ["exp-y", "exp-x"]
+
+
+def test_every_metrics_row_names_its_kind(tmp_path):
+    from training.records import MetricsWriter
+    with MetricsWriter(tmp_path / "m.jsonl") as m:
+        m.write({"kind": "eval", "step": 1})
+        with pytest.raises(ValueError, match="without a kind"):
+            m.write({"step": 2})

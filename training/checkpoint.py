@@ -12,7 +12,8 @@ from torch import nn
 
 from .data import DatasetSpec
 from .models import model_from_config
-from .runs import git_revision, to_jsonable
+from .records import to_jsonable
+from .runs import git_revision
 
 FORMAT = "bnserve-checkpoint/1"
 
@@ -38,8 +39,9 @@ def ema_record(model: nn.Module) -> dict | None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: DatasetSpec, *,
                     test_accuracy: float | None, run: dict | None = None, step: int | None = None,
-                    bn_statistics: dict | None = None) -> Path:
-    """``bn_statistics``: which estimate the BN buffers hold (``ema_record`` when not given)."""
+                    bn_statistics: dict | None = None, calibration: dict | None = None) -> Path:
+    """``bn_statistics``: which estimate the BN buffers hold (``ema_record`` when not given);
+    ``calibration``: serving/calibration.py's record (temperature, OOD threshold), if fitted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
@@ -51,6 +53,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: DatasetSpec, *,
         "test_accuracy": None if test_accuracy is None else float(test_accuracy),
         "step": step,
         "bn_statistics": to_jsonable(bn_statistics or ema_record(model)),
+        "calibration": to_jsonable(calibration),
         # plain JSON types only, so that weights_only loading accepts the file
         "run": to_jsonable({"git_revision": git_revision(), **(run or {})}),
     }

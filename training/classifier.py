@@ -12,18 +12,24 @@ evaluation interval.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .checkpoint import save_checkpoint
+from serving import calibration as cal
+
+from .augment import augment_batch
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunOptions, require_positive
-from .data import BatchSampler, Normalizer, load_dataset
+from .data import BatchSampler, Normalizer, Split, load_dataset
 from .loop import evaluate, interval_ends, prepare_model, run_steps, sgd_step, step_bar
 from .models import MODELS, create_model
-from .runs import MetricsWriter, pick_device, start_run
+from .records import MetricsWriter
+from .runs import finish_run, pick_device, start_run
 
 
 @dataclass
@@ -43,12 +49,46 @@ class ClassifierConfig(RunOptions):
     eval_every: int = field(default=500, metadata={"help": "steps between test-set evaluations"})
     out: str = field(default="runs/classifier", metadata={"help": "run directory"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
+    # What users send (issue 20; training/augment.py). 0 keeps the plain dataset training.
+    augment: float = field(default=0.0, metadata={"help": "fraction of each batch augmented (0: none)"})
+    aug_mirror: bool = field(default=True, metadata={
+        "help": "mirror half the augmented images (no Fashion-MNIST class changes meaning; off for digits)"})
+    aug_degrees: float = field(default=15.0, metadata={"help": "rotation up to +- this many degrees"})
+    aug_scale: tuple[float, ...] = field(default=(0.7, 1.1), metadata={"help": "scale factor range (min max)"})
+    aug_shift: float = field(default=3.0, metadata={"help": "shift up to +- this many pixels"})
+    aug_gamma: float = field(default=0.7, metadata={"help": "contrast x**g, |log g| up to this"})
+    aug_style: float = field(default=0.6, metadata={
+        "help": "probability of a shape style: outline, filled, thicker or thinner strokes"})
+    aug_photo: float = field(default=0.3, metadata={
+        "help": "probability of a round trip through the service's photo conversion"})
+    aug_lowres: float = field(default=0.0, metadata={
+        "help": "probability of a low-resolution round trip (7..14 px a side: small scans)"})
+    init: str = field(default="", metadata={
+        "help": "start from this checkpoint's weights (same model and dataset; '': from scratch)"})
+    holdout: int = field(default=0, metadata={
+        "help": "training images kept out of training to fit the temperature and the "
+                "out-of-distribution threshold (0: no calibration)"})
+    ood_quantile: float = field(default=0.05, metadata={
+        "help": "share of held-out (augmented) images below the out-of-distribution threshold"})
 
     def validate(self) -> None:
         self.validate_run_options()
         if self.seeds != 1:
             raise ValueError("the classifier trains one model: --seeds must be 1 (use --seed)")
         require_positive(self, "steps", "batch_size", "eval_every", "lr")
+        if not all(0.0 <= p <= 1.0 for p in (self.augment, self.aug_photo, self.aug_style, self.aug_lowres)):
+            raise ValueError("--augment, --aug-photo, --aug-style and --aug-lowres are probabilities in [0, 1]")
+        if len(self.aug_scale) != 2 or not 0 < self.aug_scale[0] <= self.aug_scale[1]:
+            raise ValueError(f"--aug-scale takes MIN MAX with 0 < MIN <= MAX, got {self.aug_scale}")
+        if self.holdout < 0 or not 0.0 < self.ood_quantile < 1.0:
+            raise ValueError("--holdout must be >= 0 and --ood-quantile in (0, 1)")
+
+    def augment_kwargs(self, pipeline: str | None) -> dict:
+        """The keyword arguments of training.augment.augment_batch."""
+        return {"fraction": self.augment, "mirror": self.aug_mirror, "degrees": self.aug_degrees,
+                "scale": tuple(self.aug_scale), "shift": self.aug_shift, "gamma_range": self.aug_gamma,
+                "style": self.aug_style, "photo": self.aug_photo, "pipeline": pipeline,
+                "lowres": self.aug_lowres}
 
 
 def lr_at(step: int, cfg: ClassifierConfig) -> float:
@@ -64,13 +104,19 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
     spec = ds.spec
     run_dir = start_run(cfg.out, "classifier", cfg, device, preset)
     torch.manual_seed(cfg.seed)
-    train, test = ds.train.to(device), ds.test.to(device)
+    train, held = split_holdout(ds.train, cfg.holdout, cfg.seed)
+    train, test = train.to(device), ds.test.to(device)
+    aug_kw = cfg.augment_kwargs(spec.input_convention.get("pipeline"))
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     norm = Normalizer(spec.mean, spec.std, device)
     model_kw = {"bn": cfg.bn, "in_channels": spec.channels, "image_size": spec.image_size,
                 "num_classes": len(spec.classes)}
     if cfg.model.startswith("vgg"):
         model_kw.update(noisy_bn=cfg.noisy_bn, width=cfg.width)
-    model = prepare_model(create_model(cfg.model, **model_kw), device)
+    model = create_model(cfg.model, **model_kw)
+    if cfg.init:
+        model.load_state_dict(load_checkpoint(cfg.init)[0].state_dict())
+    model = prepare_model(model, device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, foreach=True)
     sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed, device)
@@ -81,6 +127,8 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         images, labels = train.batch(sampler.next_indices())
+        if cfg.augment > 0:
+            images = augment_batch(images, aug_gen, **aug_kw)
         loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp)
         return loss, (logits.argmax(1) == labels).sum()
 
@@ -90,7 +138,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
             acc = evaluate(model, test.images, test.labels, norm, amp=cfg.amp).item()
             state["acc"] = acc
             state["train_seconds"] += iv.seconds + time.perf_counter() - t0
-            row = {"step": iv.step, "loss": iv.loss, "train_accuracy": iv.train_accuracy,
+            row = {"kind": "eval", "step": iv.step, "loss": iv.loss, "train_accuracy": iv.train_accuracy,
                    "test_accuracy": acc, "lr": lr_at(iv.step - 1, cfg),
                    "elapsed_s": round(state["train_seconds"], 3), "seed": cfg.seed}
             if iv.diverged:
@@ -108,8 +156,12 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
     step, acc, train_seconds = cfg.steps, state["acc"], state["train_seconds"]
     if bar is not None:
         bar.close()
+    calibration = None
+    if held is not None:
+        calibration = calibrate(model, held, test, norm, cfg, aug_kw, device)
+        (run_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     save_checkpoint(run_dir / "checkpoint.pt", model.to(memory_format=torch.contiguous_format),
-                    spec, test_accuracy=acc, step=step,
+                    spec, test_accuracy=acc, step=step, calibration=calibration,
                     run={"experiment": "classifier", "config": cfg, "seed": cfg.seed,
                          "run_dir": str(run_dir)})
     params = sum(p.numel() for p in model.parameters())
@@ -119,5 +171,54 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         f"- parameters: {params:,}\n"
         f"- training time: {train_seconds:.1f} s, {step / train_seconds:.1f} steps/s on {device}\n"
         f"- settings: batch {cfg.batch_size}, SGD lr {cfg.lr} momentum {cfg.momentum}, "
-        f"weight decay {cfg.weight_decay}, linear decay {cfg.lr_decay}, seed {cfg.seed}\n")
+        f"weight decay {cfg.weight_decay}, linear decay {cfg.lr_decay}, seed {cfg.seed}\n"
+        + (f"- augmentation: {cfg.augment:.0%} of each batch ({json.dumps(aug_kw)}), seed {cfg.seed + 1}\n"
+           if cfg.augment > 0 else "")
+        + (f"- holdout: {cfg.holdout:,} training images kept out (seed {cfg.seed}); {len(train):,} trained on\n"
+           if held is not None else ""))
+    finish_run(run_dir)
     return run_dir
+
+
+def split_holdout(train: Split, n: int, seed: int) -> tuple[Split, Split | None]:
+    """(the images to train on, ``n`` held-out images) by a seeded permutation; (train, None)
+    for n = 0."""
+    if n == 0:
+        return train, None
+    if n >= len(train):
+        raise ValueError(f"--holdout {n} leaves no training images (the split has {len(train)})")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    keep, held = perm[n:].sort().values, perm[:n].sort().values
+    return Split(*train.batch(keep)), Split(*train.batch(held))
+
+
+@torch.no_grad()
+def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_kw: dict,
+              device) -> dict:
+    """Fit the temperature on the held-out images (as they are, plus an augmented copy: what
+    users send), then the out-of-distribution threshold on the calibrated top probability of
+    the augmented copy; expected calibration error before/after on the test split."""
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    images = held.images
+    if cfg.augment > 0:
+        images = torch.cat([images, augment_batch(images, gen, **{**aug_kw, "fraction": 1.0})])
+    labels = torch.cat([held.labels] * (len(images) // len(held)))
+
+    def logits_of(x: torch.Tensor) -> np.ndarray:
+        model.eval()
+        out = [model(norm(x[i:i + 1000].to(device))).float().cpu() for i in range(0, len(x), 1000)]
+        return torch.cat(out).numpy().astype(np.float64)
+
+    held_logits, test_logits = logits_of(images), logits_of(test.images)
+    y_held, y_test = labels.numpy(), test.labels.cpu().numpy()
+    t = cal.fit_temperature(held_logits, y_held)
+    scores = cal.max_probability(held_logits[len(held):] if cfg.augment > 0 else held_logits, t)
+    threshold = cal.threshold_at_quantile(scores, cfg.ood_quantile)
+    return cal.calibration_record(
+        temperature=t, threshold=threshold, quantile=cfg.ood_quantile,
+        fitted_on=(f"{len(held)} held-out training images (seed {cfg.seed})"
+                   + (" and an augmented copy of each" if cfg.augment > 0 else "")),
+        ece_test_before=cal.expected_calibration_error(cal.softmax(test_logits, 1.0), y_test),
+        ece_test_after=cal.expected_calibration_error(cal.softmax(test_logits, t), y_test),
+        nll_held_before=cal.nll(held_logits, y_held, 1.0), nll_held_after=cal.nll(held_logits, y_held, t),
+        held_flagged=float((scores < threshold).mean()))

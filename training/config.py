@@ -21,7 +21,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, presets: dict | None =
     """One flag per dataclass field, defaulting to None so that 'not given' is visible."""
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), default=None,
-                            help=f"settings preset (default: {next(iter(presets))})")
+                            help=f"settings preset (default: {default_preset(presets, gpu=False)} on a machine "
+                                 f"without a GPU, {default_preset(presets, gpu=True)} with one)")
     defaults = cls()
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -45,11 +46,23 @@ def add_config_args(parser: argparse.ArgumentParser, cls, presets: dict | None =
                                 help=help_text, **kwargs)
 
 
-def resolve_config(cls, args: argparse.Namespace, presets: dict | None = None):
-    """The preset (or the dataclass defaults), then every flag given explicitly."""
+def default_preset(presets: dict, gpu: bool) -> str:
+    """``cpu`` on a machine without a GPU (where the experiment has one); otherwise the
+    experiment's first preset (``paper`` for Santurkar's figures)."""
+    return "cpu" if not gpu and "cpu" in presets else next(iter(presets))
+
+
+def has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def resolve_config(cls, args: argparse.Namespace, presets: dict | None = None, gpu: bool | None = None):
+    """The preset (given, else ``default_preset``; or the dataclass defaults), then every flag
+    given explicitly. ``gpu``: whether this machine has one (default: ask torch)."""
     preset_name = getattr(args, "preset", None)
     if presets:
-        preset_name = preset_name or next(iter(presets))
+        preset_name = preset_name or default_preset(presets, has_gpu() if gpu is None else gpu)
         base = presets[preset_name]
     else:
         base = cls()

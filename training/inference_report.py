@@ -1,5 +1,6 @@
 """The report's sections on BN at inference (training/report.py): Algorithm 2's statistics
-(``recalibrate --run-dir``), BN for one image at test time (``bn-test-time``), and the two
+(``recalibrate --run-dir``), BN for one image at test time (``python -m studies bn-test-time``,
+read from its ``results.json``), and the two
 conceptual questions a reader asks, answered from the runs' own numbers.
 
 Everything here reads ``config.json`` / ``results.json`` / metrics only: nothing is retrained.
@@ -10,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import Claim, Question, RunInfo, Section
+from .ioffe import report as ioffe_report
+from .report_types import Claim, Question, RunInfo, Section
+from .santurkar import report as santurkar_report
 
 
 def _results(run_dir: Path):
@@ -168,16 +171,16 @@ def single_image_question(runs: dict[str, list[Path]]) -> Question | None:
 
 
 def _verdicts(claims: list[Claim]) -> str:
-    passed = sum(c.passed for c in claims)
-    return f"{passed} of {len(claims)} claims PASS"
+    from .verdicts import count
+    return f"{len(claims)} claims: {count([c.verdict for c in claims])}"
 
 
 def smoothness_question(runs: dict[str, list[Path]]) -> Question | None:
-    from .santurkar.report import section as santurkar_section
+    from .verdicts import DIFFERS, INCONCLUSIVE, PASS
     parts = {}
     for fig in ("santurkar-fig2", "santurkar-fig3", "santurkar-fig4", "santurkar-fig5"):
         if runs.get(fig):
-            parts[fig] = santurkar_section(runs[fig][0]).claims
+            parts[fig] = santurkar_report.section(runs[fig][0]).claims
     if not parts:
         return None
     what = {"santurkar-fig2": "Fig. 2, noisy BN (distributions made unstable on purpose)",
@@ -186,43 +189,45 @@ def smoothness_question(runs: dict[str, list[Path]]) -> Question | None:
             "santurkar-fig5": "Fig. 5, l_p normalisation instead of BN"}
     evidence = []
     for fig, claims in parts.items():
-        differs = [c for c in claims if not c.passed]
-        evidence.append(f"**{what[fig]}**: {_verdicts(claims)}"
-                        + (". Differs: " + "; ".join(f"{c.statement} ({c.ours})" for c in differs) if differs else "")
-                        + ".")
+        line = f"**{what[fig]}**: {_verdicts(claims)}"
+        for v in (DIFFERS, INCONCLUSIVE):
+            named = [c for c in claims if c.verdict == v]
+            if named:
+                line += f". {v}: " + "; ".join(f"{c.statement} ({c.ours})" for c in named)
+        evidence.append(line + ".")
     if "ioffe-fig1" in runs:
-        from .ioffe.report import section as ioffe_section
-        stable = [c for c in ioffe_section(runs["ioffe-fig1"][0]).claims if "distribution" in c.statement]
+        stable = [c for c in ioffe_report.section(runs["ioffe-fig1"][0]).claims if "distribution" in c.statement]
         evidence += [f"**Ioffe Fig. 1**, the original ICS picture: {c.verdict}: {c.statement} ({c.ours})." for c in stable]
 
-    def holds(fig: str) -> bool | None:
-        return None if fig not in parts else sum(c.passed for c in parts[fig]) * 2 > len(parts[fig])
+    paper = {"santurkar-fig2": "BN with noise that destroys distributional stability still trains about as well as BN",
+             "santurkar-fig3": "BN does not reduce ICS as the paper defines it (often the shift is larger with BN)",
+             "santurkar-fig4": "the landscape along the gradient is smoother with BN (smaller loss range, more "
+                               "predictive gradients, smaller effective beta)",
+             "santurkar-fig5": "l_p normalisations, which control no distribution, train like BN"}
+
+    def verdicts(fig: str) -> list[str]:
+        return [c.verdict for c in parts[fig]]
 
     sentences = []
-    if holds("santurkar-fig2") is not None:
-        sentences.append("BN with noise that destroys distributional stability still trains about as well as BN"
-                         if holds("santurkar-fig2") else
-                         "in our noisy-BN runs the picture is mixed (most of Fig. 2's claims differ)")
-    if holds("santurkar-fig3") is not None:
-        sentences.append("BN does not reduce ICS as the paper defines it (often the shift is larger with BN)"
-                         if holds("santurkar-fig3") else
-                         "our ICS measurements mostly do not match the paper's")
-    if holds("santurkar-fig4") is not None:
-        sentences.append("the landscape along the gradient is smoother with BN (smaller loss range, more "
-                         "predictive gradients, smaller effective beta)" if holds("santurkar-fig4") else
-                         "our landscape measurements mostly do not show BN's landscape as smoother")
-    if holds("santurkar-fig5") is not None:
-        sentences.append("l_p normalisations, which control no distribution, train like BN" if holds("santurkar-fig5")
-                         else "l_p normalisations did not train like BN here")
+    for fig in parts:
+        v = verdicts(fig)
+        if v.count(PASS) == len(v):
+            sentences.append(f"{paper[fig]} (all {len(v)} claims PASS)")
+        else:
+            sentences.append(f"the paper says {paper[fig]}; here {v.count(PASS)} of {len(v)} claims PASS, "
+                             f"{v.count(DIFFERS)} DIFFER and {v.count(INCONCLUSIVE)} are INCONCLUSIVE")
+    every = all(c.verdict == PASS for claims in parts.values() for c in claims)
     answer = ("Why it matters: if BN worked by stabilising each layer's input distribution (reducing internal "
               "covariate shift), the cure for slow training would be more stability; if it works by making the "
               "optimisation landscape smoother, what matters is the normalisation's effect on the loss and its "
               "gradients, and other normalisations (or none, with the right landscape) can do the same. In this "
               "reproduction: " + "; ".join(sentences) + ". "
               + ("Together that is evidence for the smoothness view and against ICS reduction as the mechanism, "
-                 "within the limits stated in each figure's section (dataset, network size, steps)."
-                 if all(holds(f) for f in parts) else
-                 "Where our runs differ from the paper, the figure's section says why; the evidence is weaker there."))
+                 "within the limits of the departures table (dataset, network size, steps)."
+                 if every else
+                 "So the evidence is mixed: only the claims that PASS support the paper's account, the ones that "
+                 "DIFFER go against it in these runs, and the INCONCLUSIVE ones are within the spread of 3 seeds "
+                 "(the evidence below names each); the departures table says what the preset changes."))
     return Question("ICS or a smoother landscape: what does this reproduction say about why BatchNorm works?",
                     answer, evidence)
 

@@ -94,10 +94,11 @@ class Interval:
 
     step: int  # steps done so far
     steps: int  # steps in this interval
-    loss: float  # mean training loss over the interval's steps
+    loss: float  # mean training loss over the interval's steps (and over seeds, see losses)
     train_accuracy: float | None  # mean mini-batch accuracy (train mode); None if not counted
-    diverged: bool  # the mean loss is inf/nan: run_steps stops after this interval
+    diverged: bool  # a mean loss is inf/nan: run_steps stops after this interval
     seconds: float  # wall time of the interval's steps
+    losses: tuple[float, ...] | None = None  # per seed, when step_fn returns one loss per seed
 
 
 def interval_ends(steps: int, every: int, extra: Iterable[int] = ()) -> list[int]:
@@ -110,15 +111,17 @@ def interval_ends(steps: int, every: int, extra: Iterable[int] = ()) -> list[int
 def run_steps(step_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]], steps: int,
               ends: Sequence[int], on_interval: Callable[[Interval], None],
               batch_size: int = 1, bar=None, start: int = 0) -> int | None:
-    """The training loop of every experiment (Santurkar's VGGs and DLN, the classifier).
+    """The training loop of every experiment (Ioffe's MLP, Santurkar's VGGs and DLN, the
+    classifier).
 
     ``step_fn(step)`` does one training step and returns ``(loss, n_correct)`` as device tensors
-    (``n_correct`` may be None). They are summed on the device and read back once at each step
-    in ``ends``, where ``on_interval(Interval)`` runs (evaluate, write metrics).
+    (``n_correct`` may be None; ``loss`` a scalar, or one loss per seed for stacked seeds). They
+    are summed on the device and read back once at each step in ``ends``, where
+    ``on_interval(Interval)`` runs (evaluate, write metrics).
 
-    Divergence, one rule everywhere: an interval whose mean loss is not finite is reported with
-    ``diverged=True`` and ends training; ``run_steps`` returns that step (None if training
-    finished). What a diverged run means (a figure's cross, an error) is the caller's call.
+    Divergence, one rule everywhere: an interval whose mean loss (any seed's) is not finite is
+    reported with ``diverged=True`` and ends training; ``run_steps`` returns that step (None if
+    training finished). What a diverged run means (a figure's cross, an error) is the caller's.
     """
     step, loss_sum, correct, counted = start, None, None, False
     for end in ends:
@@ -135,11 +138,15 @@ def run_steps(step_fn: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]]
             step += 1
             if bar is not None and step % 20 == 0:
                 bar.update(20)
-        mean_loss = loss_sum.item() / n  # the interval's one host sync
+        if loss_sum.dim() == 0:
+            mean_loss, losses = loss_sum.item() / n, None  # the interval's one host sync
+        else:
+            losses = tuple((loss_sum / n).tolist())
+            mean_loss = sum(losses) / len(losses)
         acc = correct.item() / (n * batch_size) if counted else None
         loss_sum, correct = None, None
-        diverged = not math.isfinite(mean_loss)
-        on_interval(Interval(step, n, mean_loss, acc, diverged, time.perf_counter() - t0))
+        diverged = not all(math.isfinite(v) for v in (losses or (mean_loss,)))
+        on_interval(Interval(step, n, mean_loss, acc, diverged, time.perf_counter() - t0, losses))
         if bar is not None:
             bar.update(step - bar.n)
         if diverged:

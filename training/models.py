@@ -18,7 +18,11 @@ Training, export, benchmarks and tests all build models here, and every checkpoi
 
 Every model exposes ``weight_layers()`` (the Conv/Linear modules, layer 1..k in order) and
 ``activation_sites()`` (for each layer, the module whose output is that layer's
-pre-nonlinearity activation: its BN when present, else the layer itself).
+pre-nonlinearity activation: its BN when present, else the layer itself; the ICS measurement
+groups a BN's parameters with its layer through it). The activation probes of Santurkar's
+Figs. 1(c), 2 and 6 do not use the sites: they read a layer's *input* (what enters weight layer
+i, a forward pre-hook on ``weight_layers()[i - 1]``), the same place in every network whatever
+its normalisation, as the paper's "layer input distributions" are.
 """
 
 from __future__ import annotations
@@ -94,17 +98,37 @@ def _iid_like(y: torch.Tensor, fill) -> torch.Tensor:
 LP_NORMS = {"l1": 1.0, "l2": 2.0, "linf": math.inf}
 
 
-class LpNorm(nn.Module):
-    """Section 3.3's alternative to BatchNorm: fix the first moment as BN does (subtract each
-    unit's batch mean; conv: over batch, height and width), then divide by the batch average of
-    each sample's l_p norm of the centred activations, then gamma * . + beta per unit.
+def batch_lp_norm(x: torch.Tensor, p: float, sample_dim: int = 0) -> torch.Tensor:
+    """The batch average of each sample's power-mean l_p norm over its units (and positions),
+    ``mean_i (mean_j |x_ij|^p)^(1/p)`` (``mean_i max_j |x_ij|`` for p = inf), of ``x`` as given:
+    ``LpNorm`` passes the raw activations. Samples run along ``sample_dim``, units over every dim
+    after it (dims before it are kept: a stack of seeds). One reduction over the unit dims (no
+    flatten: a channels_last tensor would be copied)."""
+    unit_dims = tuple(range(sample_dim + 1, x.dim()))
+    if math.isinf(p):
+        per_sample = x.abs().amax(dim=unit_dims)  # vector_norm(inf)'s backward is ~2x slower
+    elif p == 1:
+        per_sample = x.abs().mean(dim=unit_dims)
+    else:
+        n = math.prod(x.shape[sample_dim + 1:])
+        per_sample = torch.linalg.vector_norm(x, ord=p, dim=unit_dims) / (n ** (1.0 / p))
+    return per_sample.mean(dim=sample_dim)
 
-    The paper says "normalizes them by the average of their l_p-norm"; ours (stated in the
-    summary): the norm of one sample is taken over all units of the layer (and positions), as
-    a power mean ``(mean_j |c_j|^p)^(1/p)`` (``max_j |c_j|`` for p = inf) so that its scale does
-    not grow with the layer's size, and it is one scalar per layer: unlike BN, no unit's
-    variance is fixed, which is the point of the experiment (Fig. 6: the distributions are no
-    longer Gaussian-like). For p = 2 this is not BN: BN divides each unit by its own std.
+
+class LpNorm(nn.Module):
+    """Section 3.3's alternative to BatchNorm: "fix the first order moment of the activations, as
+    BatchNorm does, and then normalizes them by the average of their l_p-norm (before shifting
+    the mean)". So: subtract each unit's batch mean (conv: over batch, height and width), and
+    divide by the batch average of each sample's l_p norm of the RAW activations (taken before
+    the mean is subtracted), then gamma * . + beta per unit.
+
+    Ours where the paper is silent (the report's departures table): the norm of one sample is
+    taken over all units of the layer (and positions), as a power mean ``(mean_j |x_j|^p)^(1/p)``
+    (``max_j |x_j|`` for p = inf), so that its scale does not grow with the layer's size (a
+    constant factor n^(1/p) per layer, which gamma absorbs); it is one scalar per layer: unlike
+    BN, no unit's variance is fixed, which is the point of the experiment (Fig. 6: the
+    distributions are no longer Gaussian-like). For p = 2 this is not BN: BN divides each unit
+    by its own centred std.
 
     Like BN it keeps running estimates (momentum 0.1) of the means and of the norm for eval
     mode, where it is the fixed map ``(x - running_mean) / running_norm * gamma + beta``. It is
@@ -132,20 +156,11 @@ class LpNorm(nn.Module):
                     * self.weight.view(shape) + self.bias.view(shape))
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
-        c = x - mean
-        # Each sample's power mean over its units, (mean_j |c_j|^p)^(1/p) = ||c||_p / n^(1/p), as
-        # one vector_norm over the non-batch dims (no flatten: a channels_last tensor would be
-        # copied), then one fused multiply-add: ~2x faster per step than pow/mean/div/mul/add.
-        unit_dims = tuple(range(1, x.dim()))
-        if math.isinf(self.p):
-            per_sample = c.abs().amax(dim=unit_dims)  # vector_norm(inf)'s backward is ~2x slower
-        else:
-            per_sample = torch.linalg.vector_norm(c, ord=self.p, dim=unit_dims) / (c[0].numel() ** (1.0 / self.p))
-        norm = per_sample.mean() + self.eps
+        norm = batch_lp_norm(x, self.p) + self.eps  # of the raw x: "before shifting the mean"
         with torch.no_grad():
             self.running_mean.lerp_(mean.flatten(), self.momentum)
             self.running_norm.lerp_(norm.detach(), self.momentum)
-        return torch.addcmul(self.bias.view(shape), c, (self.weight / norm).view(shape))
+        return torch.addcmul(self.bias.view(shape), x - mean, (self.weight / norm).view(shape))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, p={self.p_name}, eps={self.eps}, momentum={self.momentum}"

@@ -1,16 +1,22 @@
-"""What every figure shares: matplotlib set up headless, colours and labels per variant, the
-run record, saving. Figures themselves live with their experiment; ``training.figures`` is the
-one registry that maps an experiment name to its figure."""
+"""What every figure shares: matplotlib set up headless when a figure is drawn (``pyplot``; not
+on import), colours and labels per variant, the run record, saving. Figures themselves live with
+their experiment; ``training.experiments`` maps an experiment name to its figure."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from pathlib import Path
 
-import matplotlib
+from .records import RunRecord
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend (set here, where a figure is drawn)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
 
 COLORS = {"standard": "tab:blue", "bn": "tab:red", "noisy_bn": "tab:green", "l1": "tab:orange",
           "l2": "tab:purple", "linf": "tab:brown"}
@@ -19,15 +25,18 @@ LABELS = {"standard": "Standard", "bn": "Standard + BatchNorm", "noisy_bn": 'Sta
 
 
 def run_record(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    """The run's record as a dict ({} when the directory has none)."""
+    try:
+        return asdict(RunRecord.read(run_dir))
+    except OSError:
+        return {}
 
 
 def save(fig, run_dir: Path, out: str | Path | None, dpi: int = 100) -> Path:
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
     out = Path(out) if out else Path(run_dir) / "figure.png"
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    pyplot().close(fig)
     return out
 
 

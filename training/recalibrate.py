@@ -32,7 +32,10 @@ from torch import nn
 
 from .checkpoint import POPULATION, batchnorms, load_checkpoint, save_checkpoint
 from .data import BatchSampler, Normalizer, get_spec, load_dataset
+from .ioffe.train import binarize
 from .loop import evaluate
+from .records import preset_of, write_json
+from .runs import finish_run, start_run
 
 
 @torch.no_grad()
@@ -94,7 +97,6 @@ def input_transform(ckpt: dict):
     """The conversion a run applied to its uint8 images before normalising (the Ioffe MLP's
     binary input), else None."""
     if ckpt.get("run", {}).get("binarize"):
-        from .ioffe.train import binarize
         return binarize
     return None
 
@@ -214,12 +216,11 @@ def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else None
     loaded = {c: load_checkpoint(c) for c in checkpoints}  # model, checkpoint dict
     if run_dir is not None:
-        from .runs import run_preset, start_run
         config = {"checkpoints": [str(c) for c in checkpoints], "batches": args.batches,
                   "batch_size": args.batch_size, "noise": args.noise, "compare_noise": args.compare_noise,
                   "seed": args.seed, "data_dir": args.data_dir,
                   "dataset": ", ".join(sorted({ck["data"]["dataset"] for _, ck in loaded.values()}))}
-        start_run(run_dir, "recalibrate", config, preset=run_preset(checkpoints[0]))
+        start_run(run_dir, "recalibrate", config, preset=preset_of(checkpoints[0]))
     results = []
     for ckpt, (model, _) in loaded.items():
         # (noise, output suffix) per pass: the noisy BN twice with --compare-noise
@@ -231,9 +232,9 @@ def main(args: argparse.Namespace) -> int:
                                        seed=args.seed, data_dir=args.data_dir, device=args.device))
     text = summary(results)
     if run_dir is not None:
-        from .runs import write_json
         write_json(run_dir / "results.json", results)
         (run_dir / "summary.md").write_text(text)
+        finish_run(run_dir)
     print(text)
     for r in results:
         print(f"Wrote {r['out']} (bn_statistics.estimate = {POPULATION!r}); `python -m export {r['out']} ...` "

@@ -7,8 +7,8 @@ claims marked PASS or DIFFERS with the paper's own number or statement beside ou
 
 Everything is read from the run directories (``config.json``, metrics files, figures): nothing is
 retrained, so the report can be regenerated and diffed. The experiments supply their sections
-through ``registered()`` (experiment name -> function of a run directory), so this module only
-assembles and renders: Markdown, and a self-contained HTML page (figures embedded as data URIs,
+through the experiment registry (``training.experiments``: each experiment's section builder, a
+function of a run directory), so this module only assembles and renders: Markdown, and a self-contained HTML page (figures embedded as data URIs,
 no external resources).
 """
 
@@ -16,120 +16,29 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PASS, DIFFERS = "PASS", "DIFFERS"
+from .experiments import EXPERIMENTS, QUESTIONS
+from .records import RunRecord
+from .report_types import Question, QuestionBuilder, Section, SectionBuilder
+from .verdicts import RULE, VERDICTS
+from .verdicts import count as count_verdicts
 
-
-@dataclass(frozen=True)
-class Claim:
-    """One of the paper's claims, checked against our numbers."""
-
-    statement: str  # the claim, in the paper's terms
-    paper: str  # what the paper reports or states
-    ours: str  # what we measured
-    passed: bool
-
-    @property
-    def verdict(self) -> str:
-        return PASS if self.passed else DIFFERS
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Where a section's numbers come from: read from the run's ``config.json``."""
-
-    run_dir: Path
-    experiment: str
-    preset: str | None
-    dataset: str | None
-    seeds: list[int]
-    git_revision: str
-    started_at: str
-    machine: str
-
-    @classmethod
-    def read(cls, run_dir: str | Path) -> RunInfo:
-        run_dir = Path(run_dir)
-        record = json.loads((run_dir / "config.json").read_text())
-        cfg = record.get("config", {})
-        env = record.get("environment", {})
-        seeds = record.get("seeds")  # the list, where the run recorded it
-        if not isinstance(seeds, list):
-            first, n = record.get("seed", cfg.get("seed")), cfg.get("seeds", 1)
-            seeds = [] if first is None else list(range(first, first + (n if isinstance(n, int) else 1)))
-        machine = ", ".join(str(x) for x in (
-            env.get("gpu") or f"CPU ({env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} torch threads)",
-            env.get("platform"), f"torch {env.get('torch')}" if env.get("torch") else None) if x)
-        return cls(run_dir=run_dir, experiment=record.get("experiment", run_dir.name),
-                   preset=record.get("preset"), dataset=cfg.get("dataset"), seeds=list(seeds),
-                   git_revision=record.get("git_revision", "unknown"),
-                   started_at=record.get("started_at", "unknown"), machine=machine)
-
-    def provenance(self) -> str:
-        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})" \
-            if self.seeds else "seed not recorded"
-        return (f"Run `{self.run_dir.name}`: preset **{self.preset or 'defaults'}**, dataset "
-                f"**{self.dataset or 'n/a'}**, {seeds}; {self.machine}; started {self.started_at}; "
-                f"git {self.git_revision}.")
-
-
-@dataclass(frozen=True)
-class Section:
-    """One figure (or one experiment) of the report."""
-
-    key: str  # the experiment's name, e.g. "ioffe-fig1"
-    title: str
-    context: str
-    plotted: str
-    observed: list[str]  # bullet points with our numbers
-    interpretation: str
-    claims: list[Claim]
-    figures: list[Path]  # PNG files inside the run directory
-    run: RunInfo
-
-
-@dataclass(frozen=True)
-class Question:
-    """A conceptual question answered with this repository's own measurements."""
-
-    title: str
-    answer: str
-    evidence: list[str] = field(default_factory=list)
-
-
-SectionBuilder = Callable[[Path], Section]
-QuestionBuilder = Callable[[dict[str, list[Path]]], Question | None]
-
-
-def registered() -> tuple[dict[str, SectionBuilder], list[QuestionBuilder]]:
-    """Experiment name -> section builder (one section per run directory of that experiment), and
-    the conceptual questions (given every run found, by experiment name). Imported here, lazily:
-    the experiments import this module's types."""
-    from .inference_report import questions, recalibrate_section, test_time_section
-    from .ioffe.report import section as ioffe_fig1
-    from .santurkar.report import TEXT
-    from .santurkar.report import section as santurkar
-    return ({"ioffe-fig1": ioffe_fig1, "recalibrate": recalibrate_section, "bn-test-time": test_time_section,
-             **{name: santurkar for name in TEXT}}, questions())
+# Experiments whose checks are the project's own (BN at test time, Algorithm 2's statistics),
+# not claims of the papers: counted and tabled apart from them.
+OWN_CHECKS = ("recalibrate", "bn-test-time")
 
 
 def find_runs(runs_dir: str | Path) -> dict[str, list[Path]]:
     """Experiment name -> its run directories (sorted by path), for every directory under
-    ``runs_dir`` (itself included) that holds a ``config.json`` naming an experiment. An
+    ``runs_dir`` (itself included) that holds a run record naming an experiment. An
     experiment can have several runs (e.g. ``bn-test-time`` on the MLP and on the VGG)."""
     runs: dict[str, list[Path]] = {}
-    for cfg in sorted(Path(runs_dir).rglob("config.json")):
-        try:
-            experiment = json.loads(cfg.read_text()).get("experiment")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(experiment, str) and experiment:
-            runs.setdefault(experiment, []).append(cfg.parent)
+    for run_dir, record in RunRecord.find(runs_dir):
+        runs.setdefault(record.experiment, []).append(run_dir)
     return runs
 
 
@@ -139,20 +48,40 @@ class Report:
     questions: list[Question]
     missing: list[str]  # experiments with a builder but no run directory
     generated_by: str
+    departures: list[tuple[str, str, str, str]] = field(default_factory=list)  # (where, what, why, may change)
 
 
 def build_report(runs_dir: str | Path, builders: dict[str, SectionBuilder] | None = None,
                  questions: list[QuestionBuilder] | None = None) -> Report:
-    if builders is None or questions is None:
-        default_builders, default_questions = registered()
-        builders = default_builders if builders is None else builders
-        questions = default_questions if questions is None else questions
+    if builders is None:
+        builders = {e.name: e.section for e in EXPERIMENTS.values() if e.section is not None}
+    if questions is None:
+        questions = list(QUESTIONS)
     runs = find_runs(runs_dir)
     sections = [builders[name](run) for name in builders for run in runs.get(name, [])]
     answered = [q for q in (qb(runs) for qb in questions) if q is not None]
     missing = [name for name in builders if name not in runs]
+    from .departures import departures
     return Report(sections=sections, questions=answered, missing=missing,
-                  generated_by=f"python -m training report {runs_dir}")
+                  generated_by=f"python -m training report {runs_dir}", departures=departures(runs))
+
+
+def is_own_check(section: Section) -> bool:
+    """The project's own checks (BN at test time, Algorithm 2), not a claim of the papers."""
+    return section.run.experiment in OWN_CHECKS
+
+
+def verdict_rows(report: Report, own: bool) -> list[tuple[str, list[str]]]:
+    """(section title, its verdicts) of the papers' sections (``own`` False) or of the project's
+    own checks (``own`` True)."""
+    return [(s.title, [c.verdict for c in s.claims]) for s in report.sections
+            if s.claims and is_own_check(s) == own]
+
+
+def _verdict_summary(report: Report) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    return [("The papers' claims", verdict_rows(report, own=False)),
+            ("The project's own checks (BN at test time, Algorithm 2: not claims of the papers)",
+             verdict_rows(report, own=True))]
 
 
 def _figure_name(section: Section, fig: Path) -> str:
@@ -165,8 +94,21 @@ def render_markdown(report: Report, figure_links: dict[Path, str] | None = None)
     links = figure_links or {}
     out = ["# Reproduced figures: Ioffe & Szegedy 2015 and Santurkar et al. 2018", "",
            f"Generated from the run directories' metrics alone by `{report.generated_by}`.", ""]
-    verdicts = [c.verdict for s in report.sections for c in s.claims]
-    out += [f"Claims checked: {len(verdicts)}; PASS {verdicts.count(PASS)}, DIFFERS {verdicts.count(DIFFERS)}.", ""]
+    if report.departures:
+        out += ["## Departures from the papers", "",
+                "Every place where these runs do not do what the papers did (or where the papers are silent "
+                "and the choice is ours), why, and what it may change.", "",
+                "| where | what | why | what it may change |", "|---|---|---|---|"]
+        out += ["| " + " | ".join(_cell(x) for x in d) + " |" for d in report.departures]
+        out.append("")
+    out += ["## Verdicts", "", RULE, ""]
+    for heading, rows in _verdict_summary(report):
+        allv = [v for _, vs in rows for v in vs]
+        out += [f"**{heading}**: {len(allv)} checked; {count_verdicts(allv)}.", ""]
+        if rows:
+            out += ["| section | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
+            out += [f"| {_cell(t)} | " + " | ".join(str(vs.count(v)) for v in VERDICTS) + " |" for t, vs in rows]
+            out.append("")
     if report.missing:
         out += [f"Not run (no run directory found): {', '.join(report.missing)}.", ""]
     out += ["## Contents", ""]
@@ -201,13 +143,22 @@ def render_html(report: Report) -> str:
              "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
              "line-height:1.45;color:#222}img{max-width:100%;border:1px solid #ddd}"
              "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .5rem;"
-             "vertical-align:top}.PASS{color:#075e07;font-weight:bold}.DIFFERS{color:#a33;font-weight:bold}"
+             "vertical-align:top}.PASS{color:#075e07;font-weight:bold}.DIFFERS{color:#a33;font-weight:bold}.INCONCLUSIVE{color:#8a6d00;font-weight:bold}"
              ".prov{color:#555;font-size:.9rem}</style></head><body>",
              "<h1>Reproduced figures: Ioffe &amp; Szegedy 2015 and Santurkar et al. 2018</h1>",
              f"<p>Generated from the run directories' metrics alone by <code>{e(report.generated_by)}</code>.</p>"]
-    verdicts = [c.verdict for s in report.sections for c in s.claims]
-    parts.append(f"<p>Claims checked: {len(verdicts)}; PASS {verdicts.count(PASS)}, "
-                 f"DIFFERS {verdicts.count(DIFFERS)}.</p>")
+    if report.departures:
+        parts.append("<h2 id='departures-from-the-papers'>Departures from the papers</h2><table><tr><th>where</th>"
+                     "<th>what</th><th>why</th><th>what it may change</th></tr>")
+        parts += ["<tr>" + "".join(f"<td>{_md_inline(x)}</td>" for x in d) + "</tr>" for d in report.departures]
+        parts.append("</table>")
+    parts.append(f"<h2 id='verdicts'>Verdicts</h2><p>{_md_inline(RULE)}</p>")
+    for heading, rows in _verdict_summary(report):
+        allv = [v for _, vs in rows for v in vs]
+        parts.append(f"<p><b>{e(heading)}</b>: {len(allv)} checked; {e(count_verdicts(allv))}.</p>")
+        parts.append("<table><tr><th>section</th>" + "".join(f"<th>{v}</th>" for v in VERDICTS) + "</tr>"
+                     + "".join(f"<tr><td>{e(t)}</td>" + "".join(f"<td>{vs.count(v)}</td>" for v in VERDICTS)
+                               + "</tr>" for t, vs in rows) + "</table>")
     if report.missing:
         parts.append(f"<p>Not run (no run directory found): {e(', '.join(report.missing))}.</p>")
     parts.append("<ul>" + "".join(f"<li><a href='#{_anchor(x)}'>{e(x)}</a></li>"
@@ -266,7 +217,6 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None,
 
 
 def _relative(path: Path, start: Path) -> str:
-    import os
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 

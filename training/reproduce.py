@@ -1,7 +1,8 @@
 """``python -m training reproduce --preset cpu|paper [--seeds N]`` (``make reproduce``): run every
 experiment of both papers in one preset, then write the report (training/report.py).
 
-Each experiment is one job: a ``python -m training ...`` command run as a child process, its
+Each experiment has its jobs in the registry (``training.experiments``): a ``python -m training
+...`` (or ``python -m studies ...``) command run as a child process, its
 output in ``<runs>/<job>/log.txt``. When a job succeeds, ``<runs>/<job>/reproduce.json`` records
 its command, the revision of the code it runs (``job_revision``: the committed files of the shared
 code and of its own experiment package, so a docs-only commit or a change to the other paper's
@@ -20,64 +21,27 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import REPO_ROOT, code_revision, write_json
+from .experiments import STUDIES, Job, reproduce_jobs
+from .records import write_json
+from .report import write_report
+from .runs import REPO_ROOT, code_revision
 
 RECORD = "reproduce.json"
 
 
-@dataclass(frozen=True)
-class Job:
-    name: str  # its run directory under the runs root
-    argv: tuple[str, ...]  # after ``python -m training``; ``{out}`` and ``{runs}`` are filled in
-    after: tuple[str, ...] = field(default=())  # jobs whose outputs this one reads
-    code: tuple[str, ...] = field(default=())  # its experiment packages (see job_revision)
-
-    def command(self, runs: Path) -> list[str]:
-        return [a.format(out=runs / self.name, runs=runs) for a in self.argv]
-
-
 def plan(preset: str, seeds: int | None) -> list[Job]:
-    """Every experiment of both papers, in the order they run."""
-    seed_args = ("--seeds", str(seeds)) if seeds else ()
-    first = 0  # every preset's first seed: the runs whose checkpoints the later jobs read
-    # Figure 1 of Ioffe with 5 seeds in either preset (its cpu preset alone trains one): 5 stacked
-    # seeds cost ~3x one seed, ~3 minutes here.
-    ioffe_seeds = ("--seeds", str(seeds or 5))
-    common = ("--preset", preset, "--no-progress", "--out", "{out}")
-    return [
-        Job("ioffe-fig1", ("ioffe-fig1", *common, *ioffe_seeds), code=IOFFE),
-        # BN for one image at test time, on Figure 1's BN network (first seed) and on the VGG of
-        # Santurkar's Figure 1 (BN, lr 0.1, first seed; its first 2,000 test images).
-        Job("ioffe-bn-test-time", ("bn-test-time", "{runs}/ioffe-fig1", "--out", "{out}"), after=("ioffe-fig1",),
-            code=IOFFE),
-        Job("santurkar-fig1", ("santurkar-fig1", *common, *seed_args), code=SANTURKAR),
-        Job("santurkar-bn-test-time", ("bn-test-time", f"{{runs}}/santurkar-fig1/bn_lr0.1_seed{first}/checkpoint.pt",
-                                       "--images", "2000", "--out", "{out}"), after=("santurkar-fig1",),
-            code=IOFFE + SANTURKAR),
-        Job("santurkar-fig2", ("santurkar-fig2", *common, *seed_args), code=SANTURKAR),
-        # Algorithm 2's population statistics vs the EMA: the Ioffe MLP + BN, and Figure 2's BN and
-        # noisy-BN VGGs (the noisy one with the noise on and off during the passes).
-        Job("recalibrate", ("recalibrate", "{runs}/ioffe-fig1/bn/checkpoint.pt",
-                            f"{{runs}}/santurkar-fig2/bn_lr0.1_seed{first}/checkpoint.pt",
-                            f"{{runs}}/santurkar-fig2/noisy_bn_lr0.1_seed{first}/checkpoint.pt",
-                            "--compare-noise", "--run-dir", "{out}"), after=("ioffe-fig1", "santurkar-fig2"),
-            code=IOFFE + SANTURKAR),
-        Job("santurkar-fig3", ("santurkar-fig3", *common), code=SANTURKAR),
-        Job("santurkar-fig4", ("santurkar-fig4", *common), code=SANTURKAR),
-        Job("santurkar-fig5", ("santurkar-fig5", *common, *seed_args), code=SANTURKAR),
-    ]
+    """Every experiment of both papers (the registry's jobs), in the order they run."""
+    return reproduce_jobs(preset, seeds)
 
 
 # The code every job runs (data, models, loop, export, serving); each experiment package counts
 # only for the jobs that run it, and the report / orchestration code for none (a report change
 # does not redo a run).
-EXPERIMENT_PACKAGES = ("training/ioffe", "training/santurkar")
-NOT_RUN_CODE = ("training/report.py", "training/inference_report.py", "training/reproduce.py",
-                "training/ioffe/report.py", "training/santurkar/report.py")
-IOFFE, SANTURKAR = ("training/ioffe",), ("training/santurkar",)
+EXPERIMENT_PACKAGES = ("training/ioffe", "training/santurkar", *STUDIES)
+NOT_RUN_CODE = ("training/report.py", "training/report_types.py", "training/inference_report.py",
+                "training/reproduce.py", "training/ioffe/report.py", "training/santurkar/report.py")
 
 
 def job_revision(job: Job, root: Path = REPO_ROOT) -> str:
@@ -158,7 +122,7 @@ def run_jobs(jobs: list[Job], runs: Path, python: str = sys.executable, revision
         out = runs / job.name
         out.mkdir(parents=True, exist_ok=True)
         (out / RECORD).unlink(missing_ok=True)
-        cmd = [python, "-m", "training", *job.command(runs)]
+        cmd = [python, "-m", job.module, *job.command(runs)]
         started = time.monotonic()
         with open(out / "log.txt", "w") as log:
             log.write("$ " + " ".join(cmd) + "\n")
@@ -191,7 +155,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     runs = Path(args.runs or f"runs/reproduce-{args.preset}")
     status = run_jobs(plan(args.preset, args.seeds), runs)
-    from .report import write_report
     md, page = write_report(runs)
     print(f"report: {md} and {page}")
     if args.docs:

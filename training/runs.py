@@ -1,18 +1,18 @@
-"""Run records: every run directory holds its resolved config, seed, git revision and
-environment (``config.json``), metrics as JSONL, checkpoints and figures."""
+"""Where and how a run executes: the device, the environment and code revision it records
+(``training.records.RunRecord`` is what it writes), and starting / finishing a run directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
+
+from .records import RunRecord
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def git_revision(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
-CODE_PATHS = ("training", "export", "serving", "pyproject.toml", "requirements")
+CODE_PATHS = ("training", "export", "serving", "studies", "pyproject.toml", "requirements")
 
 
 def code_revision(root: Path = REPO_ROOT, paths: tuple[str, ...] = CODE_PATHS, exclude: tuple[str, ...] = ()) -> str:
@@ -89,78 +89,22 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def to_jsonable(obj):
-    if is_dataclass(obj):
-        return to_jsonable(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.device):
-        return str(obj)
-    return obj
-
-
-def start_run(out: str | Path, experiment: str, config, device=None, preset: str | None = None) -> Path:
-    """Create the run directory and write ``config.json`` before any training starts."""
+def start_run(out: str | Path, experiment: str, config, device=None, preset: str | None = None,
+              module: str = "training") -> Path:
+    """Create the run directory and write its record (``config.json``, ``partial`` until
+    ``finish_run``) before any training starts."""
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "experiment": experiment,
-        "preset": preset,
-        "config": to_jsonable(config),
-        "seed": getattr(config, "seed", None),
-        "git_revision": git_revision(),
-        "version": project_version(),
-        "command": [Path(sys.executable).name, "-m", "training", *sys.argv[1:]],
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": environment(device),
-    }
-    write_json(run_dir / "config.json", record)
+    RunRecord.for_config(
+        experiment, config, preset=preset, git_revision=git_revision(), version=project_version(),
+        command=[Path(sys.executable).name, "-m", module, *sys.argv[1:]],
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment=environment(device),
+        partial=True).write(run_dir)
     return run_dir
 
 
-def run_preset(checkpoint: Path) -> str | None:
-    """The preset of the run a checkpoint came from (its run directory's ``config.json``, in the
-    checkpoint's directory or the one above it)."""
-    for d in (checkpoint.parent, checkpoint.parent.parent):
-        try:
-            return json.loads((d / "config.json").read_text()).get("preset")
-        except (OSError, ValueError):
-            continue
-    return None
+def finish_run(run_dir: str | Path) -> None:
+    """The run finished every job: its record is no longer partial."""
+    RunRecord.read(run_dir).finished(run_dir)
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-class MetricsWriter:
-    """Append-only JSONL, flushed per row, so a killed run keeps what it measured."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "w")
-
-    def write(self, row: dict) -> None:
-        self._f.write(json.dumps(to_jsonable(row)) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def read_metrics(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -45,7 +45,8 @@ def write_summary(run_dir: str | Path, results: list[dict] | None = None, wall: 
         + ("" if spec.name == "mnist" else " - the paper used MNIST; this run did not."),
         "Input: " + (f"**binary** as in the paper's Sec. 4.1 (pixel >= {BINARIZE_THRESHOLD} of 255 -> 1, else 0)"
                      if cfg.binarize else "greyscale (the paper's is binary: `--binarize`)") + ".",
-        f"Settings: {cfg.steps:,} steps, batch {cfg.batch_size}, plain SGD, 3x100 sigmoid MLP, "
+        f"Settings: {cfg.steps:,} steps, batch {cfg.batch_size} (the paper's), plain SGD at the lr below (ours: "
+        "Sec. 4.1 states no optimiser and no learning rate), 3x100 sigmoid MLP, "
         f"weights N(0, 1/fan_in); seeds {', '.join(map(str, seeds))} (each seed: its own init and "
         f"batch order, the same for both variants); test accuracy on the full test set.",
         "",

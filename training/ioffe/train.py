@@ -1,28 +1,28 @@
 """Training the Figure 1 jobs: one job = one (variant, lr), all its seeds stacked in one process.
 
-Per seed, a job writes metrics rows ``{"variant", "lr", "seed", "step", "loss", "test_accuracy",
-"p15", "p50", "p85", "elapsed_s"}`` to ``<job>/metrics.jsonl`` and a checkpoint:
-``<job>/checkpoint.pt`` for the first seed, ``<job>/checkpoint-seed<k>.pt`` for the others.
+Per seed, a job writes metrics rows ``{"kind": "eval", "variant", "lr", "seed", "step", "loss",
+"test_accuracy", "p15", "p50", "p85", "elapsed_s"}`` to ``<job>/metrics.jsonl`` and a checkpoint:
+``<job>/checkpoint.pt`` for the first seed, ``<job>/checkpoint-seed<k>.pt`` for the others. The
+steps run on ``training.loop.run_steps`` (per-seed losses, its divergence rule).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import save_checkpoint
 from ..data import Normalizer, Split, load_dataset
-from ..loop import PlainSGD, step_bar
-from ..runs import MetricsWriter, pick_device, start_run, write_json
+from ..loop import Interval, PlainSGD, run_steps, step_bar
+from ..pool import run_jobs
+from ..records import MetricsWriter
+from ..runs import finish_run, pick_device, start_run
 from ..seeds import seed_list
 from .config import BINARIZE_THRESHOLD, IoffeFig1Config, eval_steps, job_name
+from .figures import plot_ioffe_fig1
 from .stacked import (
     NormalizedSplit,
     StackedMLP,
@@ -31,6 +31,7 @@ from .stacked import (
     stacked_evaluate,
     stacked_step,
 )
+from .summary import write_summary
 
 PERCENTILES = (0.15, 0.50, 0.85)
 
@@ -86,44 +87,42 @@ def train_job(cfg: IoffeFig1Config, variant: str, lr: float, run_dir: str, posit
     name = job_name(variant, lr, cfg)
     out_dir = Path(run_dir) / name
     bar = step_bar(cfg.progress, cfg.steps, f"{name:>8}", position)
-    loss_sum = torch.zeros(len(seeds), device=device)
     train_seconds = 0.0
     accuracy: dict[int, dict[int, float]] = {s: {} for s in seeds}
-    base = {"variant": variant, "lr": lr}
+    base = {"kind": "eval", "variant": variant, "lr": lr}
+    last: dict[str, tuple[float, ...]] = {}  # the last interval's per-seed losses
+
+    def step_fn(_step: int):
+        x, labels = inputs.batch(sampler.next_indices())
+        return stacked_step(net, opt, x, labels, record), None  # per-seed losses (S,)
+
     with MetricsWriter(out_dir / "metrics.jsonl") as metrics:
-        for s, acc in zip(seeds, stacked_evaluate(net, test, norm).tolist(), strict=True):
-            metrics.write({**base, "seed": s, "step": 0, "test_accuracy": acc})
-            accuracy[s][0] = acc
-        step = 0
-        for target in eval_steps(cfg)[1:]:
+        def on_interval(iv: Interval) -> None:
+            nonlocal train_seconds
             t0 = time.perf_counter()
-            n_steps = target - step
-            for _ in range(n_steps):
-                x, labels = inputs.batch(sampler.next_indices())
-                loss_sum += stacked_step(net, opt, x, labels, record)
-                step += 1
-                if bar is not None and step % 100 == 0:
-                    bar.update(100)
             accs = stacked_evaluate(net, test, norm).tolist()  # one sync per interval
-            train_seconds += time.perf_counter() - t0
-            mean_loss = (loss_sum / n_steps).tolist()
-            loss_sum.zero_()
+            train_seconds += iv.seconds + time.perf_counter() - t0
             pcts = percentiles(probe[:, :cursor[0]]).tolist()
             cursor[0] = 0
             for i, s in enumerate(seeds):
-                accuracy[s][target] = accs[i]
-                metrics.write({**base, "seed": s, "step": target, "loss": mean_loss[i],
+                accuracy[s][iv.step] = accs[i]
+                metrics.write({**base, "seed": s, "step": iv.step, "loss": iv.losses[i],
                                "test_accuracy": accs[i], "p15": pcts[i][0], "p50": pcts[i][1],
                                "p85": pcts[i][2], "elapsed_s": round(train_seconds, 3)})
-            diverged = [s for s, v in zip(seeds, mean_loss, strict=True) if not math.isfinite(v)]
-            if diverged:
-                raise FloatingPointError(f"{name}: loss became non-finite at step {target} for seeds "
-                                         f"{diverged}; lower --lr")
             if bar is not None:
-                bar.update(step - bar.n)
-                bar.set_postfix(loss=f"{sum(mean_loss) / len(seeds):.3f}", acc=f"{sum(accs) / len(seeds):.4f}")
+                bar.set_postfix(loss=f"{iv.loss:.3f}", acc=f"{sum(accs) / len(seeds):.4f}")
+            last["losses"] = iv.losses
+
+        for s, acc in zip(seeds, stacked_evaluate(net, test, norm).tolist(), strict=True):
+            metrics.write({**base, "seed": s, "step": 0, "test_accuracy": acc})
+            accuracy[s][0] = acc
+        diverged_at = run_steps(step_fn, cfg.steps, eval_steps(cfg)[1:], on_interval, cfg.batch_size, bar)
     if bar is not None:
         bar.close()
+    if diverged_at is not None:
+        diverged = [s for s, v in zip(seeds, last["losses"], strict=True) if not math.isfinite(v)]
+        raise FloatingPointError(f"{name}: loss became non-finite at step {diverged_at} for seeds "
+                                 f"{diverged}; lower --lr")
     for i, s in enumerate(seeds):
         save_checkpoint(out_dir / checkpoint_name(s, seeds[0]), net.module(i), spec,
                         test_accuracy=accuracy[s][cfg.steps], step=cfg.steps,
@@ -134,33 +133,17 @@ def train_job(cfg: IoffeFig1Config, variant: str, lr: float, run_dir: str, posit
             "threads": torch.get_num_threads(), "n_test": len(test)}
 
 
-def run_jobs(cfg: IoffeFig1Config, run_dir: Path) -> list[dict]:
-    """Every (variant, lr) job; on a multi-core CPU side by side, one process each (at most one
-    per core)."""
-    jobs = [(v, lr) for lr in cfg.lr_list for v in cfg.variants]
-    device = pick_device(cfg.device)
-    cores = os.cpu_count() or 1
-    workers = min(len(jobs), cores)
-    if cfg.parallel and device.type == "cpu" and workers > 1:
-        threads = max(1, cores // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(train_job, cfg, v, lr, str(run_dir), i % workers, threads)
-                       for i, (v, lr) in enumerate(jobs)]
-            return [f.result() for f in futures]
-    return [train_job(cfg, v, lr, str(run_dir), 0) for v, lr in jobs]
-
-
 def run(cfg: IoffeFig1Config, preset: str | None = None) -> Path:
+    """Every (variant, lr) job (side by side on a multi-core CPU, one process each), then the
+    figure and ``summary.md``."""
     device = pick_device(cfg.device)
     load_dataset(cfg.dataset, cfg.data_dir)  # fail (or download) once, before any worker starts
     run_dir = start_run(cfg.out, "ioffe-fig1", cfg, device, preset)
-    record = json.loads((run_dir / "config.json").read_text())
-    write_json(run_dir / "config.json", {**record, "seeds": seed_list(cfg.seed, cfg.seeds)})
     t0 = time.perf_counter()
-    results = run_jobs(cfg, run_dir)
+    jobs = [(train_job, cfg, v, lr, str(run_dir)) for lr in cfg.lr_list for v in cfg.variants]
+    results = run_jobs(jobs, cfg.parallel, device.type)
     wall = time.perf_counter() - t0
-    from .figures import plot_ioffe_fig1
-    from .summary import write_summary
     plot_ioffe_fig1(run_dir)
     write_summary(run_dir, results, wall)
+    finish_run(run_dir)
     return run_dir

@@ -7,31 +7,17 @@
 - ``dln``: the 25-layer deep linear network (Appendix A.1);
 - ``ics``: internal covariate shift, Definition 2.1 (Fig. 3);
 - ``landscape``: the loss landscape along the gradient, Section 3.2 (Fig. 4);
-- ``claims``: the paper's claims checked over metrics, PASS / DIFFERS per claim;
+- ``claims``: the paper's claims checked over metrics, PASS / DIFFERS per claim (torch-free);
+- ``report``: each figure's section of the report, from the run record and metrics alone;
 - ``experiments``: the jobs of each figure, side by side, then figure and ``summary.md``;
 - ``figures``: the figures, laid out like the paper's.
 
 The l_p normalisation layer of Section 3.3 (Figs. 5, 6) is ``training.models.LpNorm``: the model
 registry is the only place that knows architectures.
 
+Nothing is imported here: the report reads a run with ``claims``, ``jobs`` and ``report`` alone,
+without torch or the training loop. The registry (``training.experiments``) names every figure.
+
     python -m training santurkar-fig1 --preset cpu   # ... santurkar-fig5
     -> runs/santurkar-figN/{config.json, figure.png, summary.md, <job>/metrics.jsonl, ...}
 """
-
-from .config import (
-    FIG1_PRESETS,
-    FIG2_PRESETS,
-    FIG3_PRESETS,
-    FIG4_PRESETS,
-    FIG5_PRESETS,
-    Fig1Config,
-    Fig2Config,
-    Fig3Config,
-    Fig4Config,
-    Fig5Config,
-)
-from .experiments import run_fig1, run_fig2, run_fig3, run_fig4, run_fig5
-
-__all__ = ["FIG1_PRESETS", "FIG2_PRESETS", "FIG3_PRESETS", "FIG4_PRESETS", "FIG5_PRESETS",
-           "Fig1Config", "Fig2Config", "Fig3Config", "Fig4Config", "Fig5Config",
-           "run_fig1", "run_fig2", "run_fig3", "run_fig4", "run_fig5"]

@@ -1,7 +1,9 @@
 """The paper's claims, checked: pure functions over metrics rows (no torch), each returning
-``Claim``s with PASS / DIFFERS and the numbers behind the verdict. Claims about training
-curves are checked per seed and paired by seed ("BN ahead in 3 of 3 seeds"); a claim PASSes
-only when it holds in every seed.
+``Claim``s with PASS / DIFFERS / INCONCLUSIVE and the numbers behind the verdict. Every claim is
+one value per seed, paired by seed, judged by ``training.verdicts``' rule: it PASSes only when
+every seed agrees AND the mean effect exceeds twice the pooled standard deviation over seeds,
+DIFFERS when the opposite holds the same way, and is INCONCLUSIVE otherwise. "Faster" is the
+area under the curve (its mean over the run), not one step.
 
 Inputs are metrics rows as written by the loops (``vgg.py``, ``dln.py``), grouped by job:
 ``{(variant, lr): [row, ...]}`` with every row carrying its ``seed``.
@@ -12,16 +14,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..report import Claim
-from ..seeds import ahead, at_step, by_seed, common_steps
+from .. import verdicts as V
+from ..report_types import Claim
+from ..seeds import by_seed, common_steps, stats
 
 Rows = Sequence[Mapping]
 Jobs = Mapping[tuple[str, float], Rows]
+CHANCE = 0.1  # ten classes
 
 
-def claim(statement: str, passed: bool, ours: str, paper: str = "") -> Claim:
-    """A ``training.report.Claim`` (the one claim contract of every experiment)."""
-    return Claim(statement=statement, paper=paper, ours=ours, passed=bool(passed))
+def claim(statement: str, judged, ours: str, paper: str = "") -> Claim:
+    """A ``training.report_types.Claim``; ``judged`` is a ``verdicts.Judgement`` (its verdict and
+    numbers are appended to ``ours``) or a plain verdict (True, False, None)."""
+    if isinstance(judged, V.Judgement):
+        return Claim(statement=statement, paper=paper, ours=f"{ours} [{judged.fmt()}]",
+                     passed=V.verdict_of(judged))
+    return Claim(statement=statement, paper=paper, ours=ours, passed=judged)
 
 
 def claim_line(c: Claim) -> str:
@@ -56,64 +64,119 @@ def eval_series(rows: Rows, key: str, fill: Sequence[int] = ()) -> dict[int, dic
     return series
 
 
-def _mean_at(series, step: int) -> float:
-    return at_step(series, step).mean
+def at(series, step: int) -> dict[int, float]:
+    """``{seed: value at step}``."""
+    return {seed: s[step] for seed, s in series.items() if step in s}
 
 
-def fig1_claims(jobs: Jobs, mid: int, end: int, paper_test: Mapping[str, float], same_data: bool) -> list[Claim]:
+def auc(series) -> dict[int, float]:
+    """``{seed: area under the curve}`` (its mean over the run, ``verdicts.area_under``)."""
+    return V.per_seed(series, V.area_under)
+
+
+def fmt_seeds(values: Mapping[int, float], digits: int = 4) -> str:
+    """``0.8607 +- 0.0095`` over seeds: the mean to ``digits`` significant digits, the sample
+    std to two (``inf`` when a seed's value is)."""
+    v = list(values.values())
+    if not v:
+        return "n/a"
+    if not all(math.isfinite(x) for x in v):
+        return "inf (a run diverged)"
+    st = stats(v)
+    std = st.std if st.std > 1e-9 * max(1.0, abs(st.mean)) else 0.0  # float noise of equal values
+    return f"{st.mean:.{digits}g}" + (f" +- {std:.2g}" if st.n > 1 else "")
+
+
+PAPER_SPEED = "Fig. 1(a): a consistent gain in training speed with BN, at both learning rates"
+
+
+def fig1_claims(jobs: Jobs, mid: int, end: int, paper_test: Mapping[str, float], same_data: bool,
+                layers: Sequence[int] = ()) -> list[Claim]:
     claims = []
     lrs = sorted({lr for _, lr in jobs})
     for lr in lrs:
-        if ("bn", lr) in jobs and ("standard", lr) in jobs:
-            b = eval_series(jobs[("bn", lr)], "train_eval_accuracy", (mid, end))
-            s = eval_series(jobs[("standard", lr)], "train_eval_accuracy", (mid, end))
-            a = ahead(b, s, mid)
-            claims.append(claim(f"lr {lr:g}: BN ahead of Standard in training accuracy at step {mid:,}",
-                                a.all, f"BN ahead in {a.fmt()}; mean {_mean_at(b, mid):.4f} vs {_mean_at(s, mid):.4f}",
-                                "Fig. 1(a): a consistent gain in training speed with BN, at both learning rates"))
+        if not (("bn", lr) in jobs and ("standard", lr) in jobs):
+            continue
+        b = eval_series(jobs[("bn", lr)], "train_eval_accuracy", (mid, end))
+        s = eval_series(jobs[("standard", lr)], "train_eval_accuracy", (mid, end))
+        best_s = {seed: max(c.values()) for seed, c in s.items()}
+        statement = f"lr {lr:g}: BN trains faster than Standard (area under the training-accuracy curve)"
+        ours = (f"mean training accuracy over the run BN {fmt_seeds(auc(b))} vs Standard {fmt_seeds(auc(s))}; "
+                f"at step {mid:,}: {fmt_seeds(at(b, mid))} vs {fmt_seeds(at(s, mid))}")
+        if all(v < CHANCE + 0.05 for v in best_s.values()):
+            claims.append(claim(statement, None, ours + f"; Standard never leaves chance (best {max(best_s.values()):.3f}): "
+                                "a comparison with a network that does not train says nothing about speed", PAPER_SPEED))
+        else:
+            claims.append(claim(statement, V.greater(auc(b), auc(s)), ours, PAPER_SPEED))
     hi, lo = max(lrs), min(lrs)
     if hi > lo and ("bn", hi) in jobs and ("standard", hi) in jobs:
         b = eval_series(jobs[("bn", hi)], "train_eval_accuracy", (mid, end))
         s = eval_series(jobs[("standard", hi)], "train_eval_accuracy", (mid, end))
+        best_s = {seed: max(c.values()) for seed, c in s.items()}
         diverged = {r["seed"] for r in kind(jobs[("standard", hi)], "eval") if r.get("diverged")}
-        k = sum(1 for seed in s if (seed in diverged or s[seed][end] < b[seed][end] - 0.05) and b[seed][end] > 0.5)
-        claims.append(claim(f"lr {hi:g}: Standard unstable or clearly worse (>5 points) while BN trains",
-                            k == len(s), f"{k} of {len(s)} seeds; final training accuracy Standard "
-                            f"{_mean_at(s, end):.4f} ({len(diverged)} diverged), BN {_mean_at(b, end):.4f}",
-                            "Sec. 1-2: BN enables training with larger learning rates (Fig. 1(a): the lr 0.5 curves)"))
+        trains = V.above(best_s, CHANCE + 0.1)
+        statement = (f"lr {hi:g}: Standard still trains, but worse than BN (final training accuracy below BN's)")
+        ours = (f"Standard's best training accuracy {fmt_seeds(best_s)} ({len(diverged)} of {len(s)} diverged); "
+                f"final: Standard {fmt_seeds(at(s, end))}, BN {fmt_seeds(at(b, end))}")
+        paper = ("Fig. 1(a): the Standard, LR=0.5 curve rises, below BN's (caption: Standard \"just performs worse\"); "
+                 "Sec. 1-2: BN allows larger learning rates")
+        if trains.verdict == V.DIFFERS:
+            claims.append(claim(statement, False, ours + f"; Standard does not leave chance [{trains.fmt()}]", paper))
+        elif trains.verdict == V.INCONCLUSIVE:
+            claims.append(claim(statement, None, ours + f"; whether Standard trains at all is within the seed "
+                                f"spread [{trains.fmt()}]", paper))
+        else:
+            claims.append(claim(statement, V.greater(at(b, end), at(s, end)), ours, paper))
     b = eval_series(jobs.get(("bn", lo), []), "test_accuracy", (mid, end))
     s = eval_series(jobs.get(("standard", lo), []), "test_accuracy", (mid, end))
     if b and s:
-        a = ahead(b, s, end)
         note = "" if same_data else "; not the paper's data set, so not comparable with its numbers"
         claims.append(claim(f"lr {lo:g}: BN's final test accuracy above Standard's (paper, CIFAR-10: "
-                            f"{paper_test['bn']:.0%} vs {paper_test['standard']:.0%})", a.all,
-                            f"BN ahead in {a.fmt()}; mean {_mean_at(b, end):.4f} vs {_mean_at(s, end):.4f}{note}",
+                            f"{paper_test['bn']:.0%} vs {paper_test['standard']:.0%})",
+                            V.greater(at(b, end), at(s, end)),
+                            f"BN {fmt_seeds(at(b, end))} vs Standard {fmt_seeds(at(s, end))}{note}",
                             f"Fig. 1(b), Appendix A: test accuracy {paper_test['bn']:.0%} with BN, "
                             f"{paper_test['standard']:.0%} without (CIFAR-10)"))
+    for j, layer in enumerate(layers):
+        if not (("bn", lo) in jobs and ("standard", lo) in jobs):
+            break
+        for moment in MOMENTS:
+            sc = moment_change(jobs[("standard", lo)], j, moment)
+            bc = moment_change(jobs[("bn", lo)], j, moment)
+            if not sc or not bc:
+                continue
+            claims.append(claim(
+                f"lr {lo:g}, layer #{layer} input: the {MOMENT_NAMES[moment]} changes per step about alike with "
+                f"and without BN (within a factor {LIKE_FACTOR:g} either way)",
+                V.within_factor(sc, bc, LIKE_FACTOR),
+                f"mean |change between successive steps|: Standard {fmt_seeds(sc)}, BN {fmt_seeds(bc)}",
+                "Fig. 1(c): \"the difference in the evolution of layer input distributions seems to be much less "
+                "pronounced\" (than the performance gap); Sec. 2: \"the difference in distributional stability "
+                "(change in the mean and variance) ... seems to be marginal\""))
     return claims
 
 
-def instability(rows: Rows, layer_index: int) -> dict[int, float]:
-    """Per seed: how much the probed unit's distribution moves between consecutive records,
-    ``mean |median_t - median_{t-1}|`` over the mean 5th-95th spread (scale-free, so networks
-    whose activations have different scales compare)."""
+MOMENTS = ("mean", "var")
+MOMENT_NAMES = {"mean": "mean", "var": "variance"}
+LIKE_FACTOR = 2.0  # "about alike": within a factor 2 either way
+
+
+def moment_change(rows: Rows, layer_index: int, moment: str) -> dict[int, float]:
+    """Per seed: the probed input unit's batch ``moment`` ("mean" or "var"), its mean absolute
+    change between two successive training steps over the run: Fig. 8's |mu_{t+1} - mu_t| and
+    |sigma^2_{t+1} - sigma^2_t|, averaged (raw units, as the paper's)."""
     out = {}
-    for seed, acts in _by_seed_rows(kind(rows, "activation")).items():
-        q = [r["values"][layer_index] for r in sorted(acts, key=lambda r: r["step"])
-             if all(math.isfinite(v) for v in r["values"][layer_index])]
-        if len(q) < 2:
-            continue
-        moves = [abs(b[2] - a[2]) for a, b in zip(q, q[1:], strict=False)]
-        spread = sum(v[4] - v[0] for v in q) / len(q)
-        out[seed] = (sum(moves) / len(moves)) / spread if spread > 0 else float("nan")
-    return out
-
-
-def _by_seed_rows(rows: Rows) -> dict[int, list[Mapping]]:
-    out: dict[int, list[Mapping]] = {}
-    for r in rows:
-        out.setdefault(int(r.get("seed", 0)), []).append(r)
+    by: dict[int, dict[int, float]] = {}
+    for r in kind(rows, "moments"):
+        seq = by.setdefault(int(r.get("seed", 0)), {})
+        for step, vals in zip(r["steps"], r[moment], strict=True):
+            seq[int(step)] = float(vals[layer_index])
+    for seed, seq in by.items():
+        steps = sorted(seq)
+        d = [abs(seq[b] - seq[a]) for a, b in zip(steps, steps[1:], strict=False)
+             if b == a + 1 and math.isfinite(seq[a]) and math.isfinite(seq[b])]
+        if d:
+            out[seed] = math.fsum(d) / len(d)
     return out
 
 
@@ -134,24 +197,32 @@ def fig2_claims(jobs: Jobs, lr: float, mid: int, end: int, layers: Sequence[int]
         return claims
     n, b, s = series
     what = "mini-batch training accuracy, train mode"
-    for step in (mid, end):
-        close = sum(abs(n[seed][step] - b[seed][step]) <= 0.03 for seed in n if seed in b)
-        claims.append(claim(f"step {step:,}, {what}: noisy BN tracks BN (within 3 points)",
-                            close == len(n), f"{close} of {len(n)} seeds; mean noisy "
-                            f"{_mean_at(n, step):.4f} vs BN {_mean_at(b, step):.4f}",
-                            "Fig. 2: the noisy-BN model nearly matches the BN model's performance"))
-        a = ahead(n, s, step)
-        claims.append(claim(f"step {step:,}, {what}: noisy BN beats Standard", a.all,
-                            f"noisy ahead in {a.fmt()}; mean {_mean_at(n, step):.4f} vs {_mean_at(s, step):.4f}",
-                            "Fig. 2: noisy BN keeps BN's advantage over Standard"))
+    match = "Fig. 2: \"the performance difference between models with BatchNorm layers, and 'noisy' BatchNorm layers is almost non-existent\""
+    better = "Fig. 2: \"both these networks perform much better than standard networks\""
+    claims.append(claim(f"{what}: noisy BN tracks BN over the run (area under the curve at most 3 points below BN's)",
+                        V.greater(auc(n), auc(b), -0.03),
+                        f"mean over the run noisy {fmt_seeds(auc(n))} vs BN {fmt_seeds(auc(b))}", match))
+    claims.append(claim(f"{what}: noisy BN within 3 points of BN at step {end:,}",
+                        V.greater(at(n, end), at(b, end), -0.03),
+                        f"noisy {fmt_seeds(at(n, end))} vs BN {fmt_seeds(at(b, end))}", match))
+    claims.append(claim(f"{what}: noisy BN trains faster than Standard (area under the curve)",
+                        V.greater(auc(n), auc(s)),
+                        f"mean over the run noisy {fmt_seeds(auc(n))} vs Standard {fmt_seeds(auc(s))}", better))
+    claims.append(claim(f"{what}: noisy BN above Standard at step {end:,}",
+                        V.greater(at(n, end), at(s, end)),
+                        f"noisy {fmt_seeds(at(n, end))} vs Standard {fmt_seeds(at(s, end))}", better))
     for j, layer in enumerate(layers):
-        ni, si = instability(jobs[("noisy_bn", lr)], j), instability(jobs[("standard", lr)], j)
-        k = sum(ni[seed] > si[seed] for seed in ni if seed in si)
-        claims.append(claim(f"layer #{layer}: noisy BN's distribution less stable than Standard's",
-                            k == len(ni) and k > 0, f"{k} of {len(ni)} seeds; mean step-to-step move of "
-                            f"the median / 5-95 spread: noisy {median(ni.values()):.3f}, "
-                            f"Standard {median(si.values()):.3f}",
-                            "Fig. 2: noisy BN's activations show complete distributional instability, more than Standard's"))
+        for moment in MOMENTS:
+            nc = moment_change(jobs[("noisy_bn", lr)], j, moment)
+            sc = moment_change(jobs[("standard", lr)], j, moment)
+            if not nc or not sc:
+                continue
+            claims.append(claim(
+                f"layer #{layer} input: noisy BN's {MOMENT_NAMES[moment]} changes more per step than Standard's",
+                V.greater(nc, sc), f"mean |change between successive steps|: noisy {fmt_seeds(nc)}, "
+                f"Standard {fmt_seeds(sc)}",
+                "Fig. 2 / Fig. 8: the noisy BN network \"has qualitatively less stable distributions than even the "
+                "standard, non-BatchNorm network\" (changes of mean and variance between successive steps)"))
     return claims
 
 
@@ -181,9 +252,21 @@ def eval_mode_note(jobs: Jobs, lr: float, end: int) -> str | None:
         return None
     n, b, s = series
     return (f"In eval mode (noise off, running statistics gathered under the noise) at step {end:,}: training "
-            f"accuracy noisy BN {_mean_at(n, end):.4f}, BN {_mean_at(b, end):.4f}, Standard {_mean_at(s, end):.4f}; "
+            f"accuracy noisy BN {fmt_seeds(at(n, end))}, BN {fmt_seeds(at(b, end))}, Standard {fmt_seeds(at(s, end))}; "
             "not the paper's measure (its networks are compared as they train), and fixed by statistics "
             "gathered with the noise off (the Algorithm 2 section)")
+
+
+def by_seed_rows(rows: Rows) -> dict[int, list[Mapping]]:
+    out: dict[int, list[Mapping]] = {}
+    for r in rows:
+        out.setdefault(int(r.get("seed", 0)), []).append(r)
+    return out
+
+
+def per_seed_stat(rows: Rows, fn, key: str) -> dict[int, float]:
+    """``{seed: fn(that seed's rows)[key]}``."""
+    return {seed: fn(rs)[key] for seed, rs in by_seed_rows(rows).items()}
 
 
 def fig3_claims(vgg: Jobs, dln: Jobs) -> list[Claim]:
@@ -191,28 +274,30 @@ def fig3_claims(vgg: Jobs, dln: Jobs) -> list[Claim]:
     for lr in sorted({lr for _, lr in dln}, reverse=True):
         s, b = dln.get(("standard", lr)), dln.get(("bn", lr))
         if s:
-            c = ics_stats(s)["ics_cosine"]
-            claims.append(claim(f"DLN lr {lr:g} without BN: near-zero ICS (median cosine > 0.99)",
-                                c > 0.99, f"median cosine {c:.4f}",
+            c = per_seed_stat(s, ics_stats, "ics_cosine")
+            claims.append(claim(f"DLN lr {lr:g} without BN: near-zero ICS (median cosine of G, G' above 0.99)",
+                                V.above(c, 0.99), f"median cosine {fmt_seeds(c)}",
                                 "Fig. 3 (DLN): the standard network has almost no ICS during training (cosine near 1)"))
         if s and b:
-            cs, cb = ics_stats(s), ics_stats(b)
+            cs, cb = per_seed_stat(s, ics_stats, "ics_cosine"), per_seed_stat(b, ics_stats, "ics_cosine")
+            rs, rb = per_seed_stat(s, ics_stats, "ics_rel"), per_seed_stat(b, ics_stats, "ics_rel")
             claims.append(claim(f"DLN lr {lr:g}: BN increases ICS (median cosine below Standard's)",
-                                cb["ics_cosine"] < cs["ics_cosine"],
-                                f"BN {cb['ics_cosine']:.4f} vs Standard {cs['ics_cosine']:.4f}; "
-                                f"l2/||G|| BN {cb['ics_rel']:.4g} vs Standard {cs['ics_rel']:.4g}",
+                                V.less(cb, cs), f"median cosine BN {fmt_seeds(cb)} vs Standard {fmt_seeds(cs)}; "
+                                f"l2/||G|| BN {fmt_seeds(rb)} vs Standard {fmt_seeds(rs)}",
                                 "Fig. 3 (DLN): with BN, G and G' are almost uncorrelated: BN increases ICS"))
     for lr in sorted({lr for _, lr in vgg}, reverse=True):
         s, b = vgg.get(("standard", lr)), vgg.get(("bn", lr))
         if s and b:
-            cs, cb = ics_stats(s), ics_stats(b)
-            dead = (f"; Standard's gradient was exactly 0 (dead ReLUs) at {cs['zero_grad']} layer "
-                    "measurements, left out" if cs["zero_grad"] else "")
+            cs, cb = per_seed_stat(s, ics_stats, "ics_cosine"), per_seed_stat(b, ics_stats, "ics_cosine")
+            rs, rb = per_seed_stat(s, ics_stats, "ics_rel"), per_seed_stat(b, ics_stats, "ics_rel")
+            dead = ics_stats(s)["zero_grad"]
+            note = (f"; Standard's gradient was exactly 0 (dead ReLUs) at {dead} layer measurements, left out"
+                    if dead else "")
             claims.append(claim(f"VGG lr {lr:g}: BN does not reduce ICS (BN's median cosine not above "
-                                "Standard's by more than 0.02)", cb["ics_cosine"] <= cs["ics_cosine"] + 0.02,
-                                f"BN {cb['ics_cosine']:.4f} vs Standard {cs['ics_cosine']:.4f}; "
-                                f"l2/||G|| BN {cb['ics_rel']:.4g} vs Standard {cs['ics_rel']:.4g}{dead}",
-                                "Fig. 3 (VGG): networks with BN often show more ICS, not less"))
+                                "Standard's by more than 0.02)", V.less(cb, cs, -0.02),
+                                f"median cosine BN {fmt_seeds(cb)} vs Standard {fmt_seeds(cs)}; "
+                                f"l2/||G|| BN {fmt_seeds(rb)} vs Standard {fmt_seeds(rs)}{note}",
+                                "Fig. 3 (VGG): \"models with BatchNorm have similar, or even worse, internal covariate shift\""))
     return claims
 
 
@@ -222,15 +307,16 @@ LANDSCAPE_MEASURES = (("loss_range", "loss range along the gradient (max - min)"
 
 
 def landscape_stats(rows: Rows, until: int | None = None) -> dict[str, float]:
-    """Medians over the probes of a run (all seeds; those at steps <= ``until`` if given) of
-    each Figure 4 measure."""
+    """Medians over the probes of a run (every seed given; those at steps <= ``until`` if given)
+    of each Figure 4 measure."""
     land = [r for r in kind(rows, "landscape") if until is None or r["step"] <= until]
     return {k: median(r[k] for r in land) for k, _ in LANDSCAPE_MEASURES}
 
 
 def fig4_claims(jobs: Jobs, net: str, steps: int | None = None) -> list[Claim]:
-    """BN smoother than Standard on each measure, over all of training and (the paper: "especially
-    in the initial phases of training") over its first quarter, when ``steps`` is given."""
+    """BN smoother than Standard on each measure (per seed: the median over its probes), over
+    all of training and (the paper: "especially in the initial phases of training") over its
+    first quarter, when ``steps`` is given."""
     claims = []
     windows = [(None, "median over training")]
     if steps:
@@ -240,10 +326,11 @@ def fig4_claims(jobs: Jobs, net: str, steps: int | None = None) -> list[Claim]:
         if not (s and b):
             continue
         for until, where in windows:
-            ss, sb = landscape_stats(s, until), landscape_stats(b, until)
             for key, what in LANDSCAPE_MEASURES:
+                ss = per_seed_stat(s, lambda rs, u=until: landscape_stats(rs, u), key)
+                sb = per_seed_stat(b, lambda rs, u=until: landscape_stats(rs, u), key)
                 claims.append(claim(f"{net} lr {lr:g}: BN smoother, lower {what} ({where})",
-                                    sb[key] < ss[key], f"BN {sb[key]:.4g} vs Standard {ss[key]:.4g}",
+                                    V.less(sb, ss), f"BN {fmt_seeds(sb)} vs Standard {fmt_seeds(ss)}",
                                     "Fig. 4 / Sec. 3.1: BN makes the loss and its gradient change less along the "
                                     "gradient (smoother landscape), especially in the initial phases of training"))
     return claims
@@ -253,7 +340,7 @@ def final_loss(rows: Rows, until: int | None = None) -> dict[int, float]:
     """Per seed, the DLN's last recorded loss (at steps <= ``until`` if given; inf for a run
     that diverged)."""
     out = {}
-    for seed, rs in _by_seed_rows(kind(rows, "loss")).items():
+    for seed, rs in by_seed_rows(kind(rows, "loss")).items():
         rs = [r for r in rs if until is None or r["step"] <= until]
         if not rs:
             continue
@@ -262,56 +349,101 @@ def final_loss(rows: Rows, until: int | None = None) -> dict[int, float]:
     return out
 
 
+def loss_auc(rows: Rows, until: int | None = None) -> dict[int, float]:
+    """Per seed, the DLN's training loss over the run: the area under log10(loss) (a mean of
+    decades: every decade counts alike), steps <= ``until``; inf for a diverged run."""
+    series = by_seed(kind(rows, "loss"), "loss")
+    return {seed: V.area_under(c, until, log10=True) for seed, c in series.items()}
+
+
 def _last_common_step(*runs: Rows) -> int:
     """The last step every run recorded a loss at (runs stopped early compare fairly)."""
     ends = [max((r["step"] for r in kind(rows, "loss")), default=0) for rows in runs]
     return min(ends)
 
 
-def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int) -> list[Claim]:
+LP = ("l1", "l2", "linf")
+FIG6 = ("Fig. 6 / Sec. 3.3: \"the l_p-normalization techniques lead to larger distributional covariate shift "
+        "(as considered in [10]) than the vanilla, i.e., unnormalized, networks\"")
+
+
+def fig5_claims(vgg: Jobs, dln: Jobs, mid: int, end: int, layers: Sequence[int] = ()) -> list[Claim]:
     claims = []
-    lps = ("l1", "l2", "linf")
     for lr in sorted({lr for _, lr in vgg}):
         if ("standard", lr) not in vgg or ("bn", lr) not in vgg:
             continue
         s = eval_series(vgg[("standard", lr)], "train_eval_accuracy", (mid, end))
         b = eval_series(vgg[("bn", lr)], "train_eval_accuracy", (mid, end))
-        for p in lps:
+        for p in LP:
             if (p, lr) not in vgg:
                 continue
             v = eval_series(vgg[(p, lr)], "train_eval_accuracy", (mid, end))
-            a = ahead(v, s, mid)
-            claims.append(claim(f"VGG lr {lr:g}: {p} ahead of Standard in training accuracy at step {mid:,}",
-                                a.all, f"{p} ahead in {a.fmt()}; mean {_mean_at(v, mid):.4f} vs {_mean_at(s, mid):.4f}",
-                                "Fig. 5 / Sec. 3.3: l_p normalisations improve training over Standard as BN does"))
-            close = sum(v[seed][end] >= b[seed][end] - 0.03 for seed in v if seed in b)
-            claims.append(claim(f"VGG lr {lr:g}: {p} comparable to BN at step {end:,} (not more than 3 points below)",
-                                close == len(v), f"{close} of {len(v)} seeds; mean {_mean_at(v, end):.4f} vs BN "
-                                f"{_mean_at(b, end):.4f}",
-                                "Fig. 5: all the l_p normalisations perform comparably to BN"))
+            claims.append(claim(f"VGG lr {lr:g}: {p} trains faster than Standard (area under the training-accuracy curve)",
+                                V.greater(auc(v), auc(s)),
+                                f"mean over the run {p} {fmt_seeds(auc(v))} vs Standard {fmt_seeds(auc(s))}",
+                                "Fig. 5(a) / Sec. 3.3: the l_p normalisations improve training over Standard, as BN does"))
+            claims.append(claim(f"VGG lr {lr:g}: {p} comparable to BN at step {end:,} (at most 3 points below)",
+                                V.greater(at(v, end), at(b, end), -0.03),
+                                f"{p} {fmt_seeds(at(v, end))} vs BN {fmt_seeds(at(b, end))}",
+                                "Fig. 5: \"all the normalization strategies offer comparable performance to BatchNorm\""))
+        for p in LP:
+            if (p, lr) not in vgg or not layers:
+                continue
+            for moment in MOMENTS:
+                pc = moment_change(vgg[(p, lr)], 0, moment)
+                sc = moment_change(vgg[("standard", lr)], 0, moment)
+                if pc and sc:
+                    claims.append(claim(f"VGG lr {lr:g}, layer #{layers[0]} input: {p}'s {MOMENT_NAMES[moment]} changes more "
+                                        "per step than Standard's (larger distributional shift)", V.greater(pc, sc),
+                                        f"mean |change between successive steps|: {p} {fmt_seeds(pc)}, "
+                                        f"Standard {fmt_seeds(sc)}", FIG6))
     for lr in sorted({lr for _, lr in dln}):
         if ("standard", lr) not in dln:
             continue
-        for p in lps:
+        for p in LP:
             if (p, lr) not in dln:
                 continue
-            at = _last_common_step(dln[(p, lr)], dln[("standard", lr)])
-            v, s = final_loss(dln[(p, lr)], at), final_loss(dln[("standard", lr)], at)
-            k = sum(v[seed] < s[seed] for seed in v if seed in s)
+            at_ = _last_common_step(dln[(p, lr)], dln[("standard", lr)])
+            v, s = final_loss(dln[(p, lr)], at_), final_loss(dln[("standard", lr)], at_)
+            av, as_ = loss_auc(dln[(p, lr)], at_), loss_auc(dln[("standard", lr)], at_)
+            claims.append(claim(f"DLN lr {lr:g}: {p} trains faster than Standard (area under log10 training loss)",
+                                V.less(av, as_), f"mean log10 loss over the run {p} {fmt_seeds(av, 3)} vs "
+                                f"Standard {fmt_seeds(as_, 3)}",
+                                "Fig. 5(b): the l_p normalisations train the DLN faster than Standard"))
             claims.append(claim(f"DLN lr {lr:g}: {p} ends with a lower training loss than Standard",
-                                k == len(v), f"{k} of {len(v)} seeds; at step {at:,}: median "
-                                f"{median(v.values()):.4g} vs {median(s.values()):.4g}",
-                                "Fig. 5 (DLN): l_p normalisation trains the DLN faster than Standard"))
+                                V.less(v, s), f"at step {at_:,}: {p} {fmt_seeds(v)} vs Standard {fmt_seeds(s)}",
+                                "Fig. 5(b): the l_p curves end below Standard's"))
         if ("l1", lr) in dln and ("bn", lr) in dln:
-            at = _last_common_step(dln[("l1", lr)], dln[("bn", lr)])
-            v, b = final_loss(dln[("l1", lr)], at), final_loss(dln[("bn", lr)], at)
-            k = sum(v[seed] < b[seed] for seed in v if seed in b)
-            claims.append(claim(f"DLN lr {lr:g}: l1 even better than BN (lower final loss)", k == len(v),
-                                f"{k} of {len(v)} seeds; at step {at:,}: median {median(v.values()):.4g} "
-                                f"vs BN {median(b.values()):.4g}",
-                                "Sec. 3.3: for deep linear networks l1 normalisation performs even better than BN"))
+            at_ = _last_common_step(dln[("l1", lr)], dln[("bn", lr)])
+            v, b = final_loss(dln[("l1", lr)], at_), final_loss(dln[("bn", lr)], at_)
+            claims.append(claim(f"DLN lr {lr:g}: l1 even better than BN (lower final loss)", V.less(v, b),
+                                f"at step {at_:,}: l1 {fmt_seeds(v)} vs BN {fmt_seeds(b)}",
+                                "Sec. 3.3: \"for deep linear networks, l1-normalization performs even better than BatchNorm\""))
     return claims
 
 
-__all__ = ["Claim", "claim", "claim_line", "common_steps", "eval_mode_note", "eval_series", "fig1_claims", "fig2_claims", "fig3_claims",
-           "fig4_claims", "fig5_claims", "final_loss", "ics_stats", "instability", "landscape_stats"]
+__all__ = ["Claim", "auc", "claim", "claims_for", "claim_line", "common_steps", "eval_mode_note", "eval_series", "fig1_claims",
+           "fig2_claims", "fig3_claims", "fig4_claims", "fig5_claims", "final_loss", "ics_stats", "landscape_stats",
+           "loss_auc", "moment_change"]
+
+
+# --- every figure's claims ------------------------------------------------------------------
+
+PAPER_TEST_ACCURACY = {"bn": 0.83, "standard": 0.80}  # CIFAR-10, no augmentation (Appendix A.1)
+
+
+def claims_for(experiment: str, c: Mapping, vgg: Jobs, dln: Jobs) -> list[Claim]:
+    """The paper's claims of ``experiment``, checked over the run's metrics (``c``: the run's
+    config, as recorded in its run record)."""
+    mid, end = c["steps"] // 2, c["steps"]
+    if experiment == "santurkar-fig1":
+        return fig1_claims(vgg, mid, end, PAPER_TEST_ACCURACY, c["dataset"] == "cifar10", c["probe_layers"])
+    if experiment == "santurkar-fig2":
+        return fig2_claims(vgg, min(c["lrs"]), mid, end, c["probe_layers"])
+    if experiment == "santurkar-fig3":
+        return fig3_claims(vgg, dln)
+    if experiment == "santurkar-fig4":
+        return fig4_claims(vgg, "VGG", c["steps"]) + fig4_claims(dln, "DLN", c["dln_steps"])
+    if experiment == "santurkar-fig5":
+        return fig5_claims(vgg, dln, mid, end, c["probe_layers"])
+    raise ValueError(f"no claims for {experiment!r}")

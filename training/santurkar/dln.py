@@ -16,7 +16,7 @@ import torch
 
 from ..loop import interval_ends, run_steps, step_bar
 from ..models import NORMALISATIONS, create_model
-from ..runs import MetricsWriter
+from ..records import MetricsWriter
 from .config import DLN_LANDSCAPE_RANGE, DLNOptions
 from .ics import ics
 from .jobs import dln_job_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runs import read_metrics
+from ..records import read_metrics
 from ..seeds import seed_list
 
 
@@ -18,7 +18,7 @@ def dln_job_name(variant: str, lr: float, seed: int) -> str:
 
 def load_jobs(run_dir: Path, cfg: dict) -> tuple[dict, dict]:
     """``({(variant, lr): rows}, {(variant, lr): rows})`` of the VGG and DLN jobs of a run (its
-    ``config.json`` ``config``), rows of every seed together (each row carries its seed)."""
+    record's ``config``), rows of every seed together (each row carries its seed)."""
     run_dir = Path(run_dir)
     seeds = seed_list(cfg.get("seed", 0), cfg.get("seeds", 1))
     vgg, dln = {}, {}

@@ -1,8 +1,14 @@
-"""Activation probes: the distribution of "a random activation" of a layer over training
-(Figures 1(c), 2, 6). Appendix A.2.1: the distribution is over the batch for a fully connected
-layer, and over batch, height and width for a convolutional layer, so the probed unit of a conv
-layer is one channel. The percentile code is shared: ``batch_quantiles`` never syncs with the
-host, so probes cost no stall on a GPU.
+"""Activation probes: the distribution of "a random input" of a layer over training
+(Figures 1(c), 2, 6, 8). The probed site is the layer's *input* (what enters weight layer i,
+through a forward pre-hook), the same place in Standard, BN, noisy-BN and l_p networks: the
+paper's "layer input distributions". Appendix A.2.1: the distribution is over the batch for a
+fully connected layer, and over batch, height and width for a convolutional layer, so the probed
+unit of a conv layer's input is one channel.
+
+Two records: the unit's percentiles every ``record_every`` steps (the figures' bands), and its
+batch mean and variance at *every* step (Fig. 8's moment changes between two successive steps,
+the measure of Fig. 2's claims). Both stay on the device until an interval ends
+(``batch_quantiles`` never syncs with the host), so probes cost no stall on a GPU.
 """
 
 from __future__ import annotations
@@ -35,26 +41,39 @@ def unit_values(out: torch.Tensor, unit: int) -> torch.Tensor:
     return out.detach()[:, unit].reshape(-1)
 
 
+def unit_moments(v: torch.Tensor) -> torch.Tensor:
+    """(mean, variance) of a unit's values over the batch (population variance, as BN's)."""
+    v = v.float()
+    mean = v.mean()
+    return torch.stack([mean, (v - mean).square().mean()])
+
+
 class ActivationProbe:
-    """Forward hooks that, when ``armed``, write the batch percentiles of one fixed random unit
-    of each probed layer's activation site into a device tensor (read back once per interval).
-    ``hist_steps``: steps at which the unit's raw values are also kept for a histogram (Fig. 6)."""
+    """Forward pre-hooks on the probed weight layers (their input, see the module docstring).
+    At every training forward pass they keep one fixed random input unit's batch mean and
+    variance; when ``armed`` also its batch percentiles; at ``hist_steps`` its raw values for a
+    histogram (Fig. 6). Everything stays a device tensor until ``drain`` (once per interval)."""
 
     def __init__(self, model, layers, seed: int, device: torch.device, hist_steps=()):
         self.layers, self.armed, self.pending, self.hists = list(layers), False, [], []
         self.hist_steps = set(hist_steps)
         self.qs = torch.tensor(QUANTILES, device=device)
-        sites = model.activation_sites()
-        self.units = {i: pick_unit(_units(sites[i - 1]), seed, i) for i in self.layers}
+        weights = model.weight_layers()
+        self.units = {i: pick_unit(input_units(weights[i - 1]), seed, i) for i in self.layers}
         self._current: dict[int, torch.Tensor] = {}
+        self._moments: dict[int, torch.Tensor] = {}
+        self.moments: list[tuple[int, torch.Tensor]] = []
         self._raw: dict[int, torch.Tensor] = {}
         self.keep_raw = False
-        self.hooks = [sites[i - 1].register_forward_hook(self._hook(i)) for i in self.layers]
+        self.hooks = [weights[i - 1].register_forward_pre_hook(self._hook(i)) for i in self.layers]
 
     def _hook(self, layer: int):
-        def record(_module, _inp, out):
+        def record(module, args):
+            if not module.training:
+                return  # evaluations are not training steps
+            v = unit_values(args[0], self.units[layer])
+            self._moments[layer] = unit_moments(v)
             if self.armed:
-                v = unit_values(out, self.units[layer])
                 self._current[layer] = batch_quantiles(v, self.qs)
                 if self.keep_raw:
                     self._raw[layer] = v.float().clone()
@@ -66,6 +85,9 @@ class ActivationProbe:
 
     def commit(self, step: int) -> None:
         self.armed = False
+        if self._moments:
+            self.moments.append((step, torch.stack([self._moments[i] for i in self.layers])))
+            self._moments = {}
         if self._current:
             self.pending.append((step, torch.stack([self._current[i] for i in self.layers])))
             self._current = {}
@@ -76,6 +98,11 @@ class ActivationProbe:
     def drain(self) -> list[dict]:
         rows = [{"kind": "activation", "step": s, "layers": self.layers, "units": [self.units[i] for i in self.layers],
                  "quantiles": QUANTILES, "values": q.tolist()} for s, q in self.pending]
+        if self.moments:
+            m = torch.stack([t for _, t in self.moments]).tolist()  # (steps, layers, 2)
+            rows.append({"kind": "moments", "steps": [s for s, _ in self.moments], "layers": self.layers,
+                         "mean": [[x[0] for x in step] for step in m], "var": [[x[1] for x in step] for step in m]})
+            self.moments = []
         for s, layer, v in self.hists:
             counts, edges = histogram(v)
             rows.append({"kind": "histogram", "step": s, "layer": layer, "unit": self.units[layer],
@@ -101,8 +128,9 @@ def histogram(values: torch.Tensor, bins: int = HIST_BINS) -> tuple[list[int], l
     return [int(c) for c in counts.tolist()], edges.tolist()
 
 
-def _units(site: torch.nn.Module) -> int:
-    for attr in ("num_features", "out_channels", "out_features"):
-        if hasattr(site, attr):
-            return int(getattr(site, attr))
-    raise TypeError(f"cannot tell how many units {type(site).__name__} has")
+def input_units(layer: torch.nn.Module) -> int:
+    """How many input units (channels of a conv) a weight layer has."""
+    for attr in ("in_channels", "in_features"):
+        if hasattr(layer, attr):
+            return int(getattr(layer, attr))
+    raise TypeError(f"cannot tell how many input units {type(layer).__name__} has")

@@ -19,7 +19,8 @@ from ..checkpoint import save_checkpoint
 from ..data import BatchSampler, Normalizer, load_dataset
 from ..loop import autocast, evaluate, interval_ends, prepare_model, run_steps, step_bar
 from ..models import NORMALISATIONS, create_model
-from ..runs import MetricsWriter, pick_device
+from ..records import MetricsWriter
+from ..runs import pick_device
 from .config import VGG_LANDSCAPE_RANGE, VGGRunsConfig
 from .ics import ics
 from .jobs import job_name

@@ -1,4 +1,4 @@
-"""``python -m training bn-test-time RUN_DIR|CKPT``: what does BN do for one image at test time?
+"""``python -m studies bn-test-time RUN_DIR|CKPT``: what does BN do for one image at test time?
 
 The variance of one value is undefined, so BN cannot normalise a single image with its own
 statistics. This measures, on a trained BN network, the test accuracy when BN normalises with
@@ -28,10 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import batchnorms, file_sha256, load_checkpoint
-from .data import Normalizer, load_dataset
-from .recalibrate import input_transform
-from .runs import run_preset, start_run, write_json
+from export.pipeline import export_checkpoint, read_metadata
+from serving.model import OnnxClassifier
+from training.checkpoint import batchnorms, file_sha256, load_checkpoint
+from training.data import Normalizer, load_dataset
+from training.plotting import pyplot
+from training.recalibrate import input_transform
+from training.records import preset_of, write_json
+from training.runs import finish_run, start_run
 
 BATCH_SIZES = tuple(2 ** k for k in range(11))  # 1 .. 1024
 
@@ -93,7 +97,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def onnx_for(checkpoint: Path, workdir: Path, data_dir=None) -> tuple[Path, str]:
     """The exported file of ``checkpoint``: a ``model.onnx`` beside it made from this very
     checkpoint (its metadata names the checkpoint's sha256), else a fresh export."""
-    from export.pipeline import export_checkpoint, read_metadata
     beside = checkpoint.with_name("model.onnx")
     if beside.is_file():
         try:
@@ -109,7 +112,6 @@ def onnx_for(checkpoint: Path, workdir: Path, data_dir=None) -> tuple[Path, str]
 def bit_identity(onnx_path: Path, x: np.ndarray, batch: int = 64) -> dict:
     """Each image alone (batch of 1) vs the same image inside batches of ``batch`` other
     images, on the service's ONNX Runtime session (serving.model.OnnxClassifier, CPU)."""
-    from serving.model import OnnxClassifier
     clf = OnnxClassifier(onnx_path, want="cpu")
     n = len(x) - len(x) % batch
     x = x[:n]
@@ -176,7 +178,6 @@ def measure(checkpoint: str | Path, *, data_dir=None, images: int | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             path, how = onnx_for(ckpt_path, Path(workdir or tmp), data_dir)
             xn = x.numpy()
-            from serving.model import OnnxClassifier
             clf = OnnxClassifier(path, want="cpu")
             onnx_logits = np.concatenate([clf(xn[i:i + 256]) for i in range(0, len(xn), 256)])
             result["onnx"] = {"file": how, "accuracy": float((onnx_logits.argmax(1) == y.numpy()).mean()),
@@ -185,10 +186,7 @@ def measure(checkpoint: str | Path, *, data_dir=None, images: int | None = None,
 
 
 def plot(result: dict, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     bs = result["batch_sizes"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.plot(bs, [result["train_mode_accuracy"][str(b)] for b in bs], "o-", color="tab:red",
@@ -283,11 +281,12 @@ def main(args: argparse.Namespace) -> int:
     sizes = tuple(b for b in BATCH_SIZES if b <= args.max_batch)
     config = {"checkpoint": str(ckpt), "dataset": load_checkpoint(ckpt)[1]["data"]["dataset"],
               "images": args.images, "max_batch": args.max_batch, "onnx": args.onnx, "data_dir": args.data_dir}
-    start_run(out, "bn-test-time", config, preset=run_preset(ckpt))  # config.json: a run the report reads
+    start_run(out, "bn-test-time", config, preset=preset_of(ckpt), module="studies")  # a run the report reads
     result = measure(ckpt, data_dir=args.data_dir, images=args.images, batch_sizes=sizes, onnx=args.onnx)
     write_json(out / "results.json", result)
     plot(result, out / "figure.png")
     (out / "summary.md").write_text(summary(result))
     print((out / "summary.md").read_text())
+    finish_run(out)
     print(f"Written to {out}/: figure.png, summary.md, results.json")
     return 0

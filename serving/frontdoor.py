@@ -1,0 +1,292 @@
+"""The front door of a worker: what every inference request goes through before and after the model.
+
+``Traffic.handle`` wraps one inference request (``POST /classify``, or any path of
+``INFERENCE_PATHS``):
+
+- **Refusals before the body is read** (serving/admission.py): over the admission limit of its
+  cost class, or over the worker's budget of upload bytes held (``BNSERVE_UPLOAD_BUDGET``),
+  503 + ``Retry-After`` + JSON at once.
+- **Clients that left**: once the body is read, a watcher waits for ``http.disconnect``; if the
+  client goes, the request's task is cancelled wherever it is (waiting for a decode thread or
+  for the micro-batcher, whose batch then skips it) and nothing is answered.
+- **Drain**: while draining, answers carry ``Connection: close``, so a keep-alive client gets its
+  answer and then finds the port closed instead of a reset (serving/drain.py).
+- Only a 2xx answer feeds the admission's service-time estimate.
+
+``FrontDoor`` is the outermost ASGI layer (wrapped around the app uvicorn serves): a request the
+admission would refuse is refused there, before BentoML's metrics, tracing, access-log and
+timeout middlewares spend anything on it. ``open_front_door`` installs it together with the
+connection deadlines of serving/deadlines.py (head, keep-alive idle) on the uvicorn server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import typing as t
+from collections.abc import Awaitable, Callable
+
+from .admission import SMALL, AcceptQueue, Admission, UploadBudget, cost_class
+from .deadlines import with_header_deadline
+
+Scope = dict
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+# The POST routes that run the model: admitted, budgeted and drained here. /classify, and the
+# Open Inference Protocol's /v2/models/{name}[/versions/{version}]/infer.
+INFERENCE_PATHS = ("/classify",)
+INFERENCE_PATTERN = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+
+
+def is_inference(scope: Scope) -> bool:
+    """True for a POST to one of the inference routes (the ones admission applies to)."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    path = scope["path"]
+    return path in INFERENCE_PATHS or INFERENCE_PATTERN.match(path) is not None
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, or None (absent or not a number)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return None
+    return None
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+def json_response_messages(status: int, body: dict, headers: dict[str, str] | None = None) -> list[dict]:
+    """The ASGI messages of a small JSON answer (no Starlette: refusing must cost little)."""
+    data = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return [{"type": "http.response.start", "status": status, "headers": raw},
+            {"type": "http.response.body", "body": data}]
+
+
+def with_connection_close(send: Send) -> Send:
+    """``send`` that adds ``Connection: close`` to the response head (uvicorn then closes the
+    connection after the answer instead of keeping it alive)."""
+    async def close_after(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+    return close_after
+
+
+def _ignore_event(name: str) -> None:
+    pass
+
+
+def _ignore_count(name: str, delta: int) -> None:
+    pass
+
+
+# --- per request ----------------------------------------------------------------------------------
+
+class Traffic:
+    """Admission, upload budget, disconnects and drain for one worker's inference requests.
+    ``on_event(name)`` counts ``refused:<reason>`` and ``client_gone``; ``on_count(name, delta)``
+    follows ``reading``, ``in_progress`` and ``bytes_held`` (the service feeds both to
+    Prometheus, serving/metrics.py)."""
+
+    def __init__(self, admission: Admission, budget: UploadBudget | None = None, max_bytes: int = 8 << 20,
+                 on_event: Callable[[str], None] = _ignore_event,
+                 on_count: Callable[[str, int], None] = _ignore_count):
+        self.admission = admission
+        self.budget = budget or UploadBudget(64 << 20)
+        self.max_bytes = max_bytes  # reserved for an upload of unknown length
+        self.on_event, self.on_count = on_event, on_count
+        self.draining = False
+        self._refusals: dict[tuple, list[dict]] = {}
+        self.reading = 0  # uploads still arriving (their requests wait on the client, not on us)
+        self._unanswered: set[asyncio.Task] = set()  # requests in handle() whose answer has not started
+        self._cut: set[asyncio.Task] = set()
+        self.finishing = 0  # answered (response started), task not yet ended (FrontDoor counts)
+
+    def count_ahead_in(self, server: t.Any, workers: int = 1) -> None:
+        """Requests ahead = uvicorn's request tasks, less the asking one, the uploads still
+        arriving and the requests already answered (see serving/admission.py), plus this
+        worker's share of the connections the kernel has completed but no worker has accepted
+        yet (``workers`` processes take from that one queue): under a burst of new connections
+        they are where the wait is, and only counting them lets the worker refuse quickly
+        enough to keep taking them in."""
+        tasks = server.server_state.tasks
+        queue = AcceptQueue(server)
+        share = 1.0 / max(1, workers)
+        self.admission.ahead = lambda: (len(tasks) - 1 - self.reading - self.finishing
+                                        + int(queue.length() * share))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send,
+                     read: Callable[[], Awaitable[t.Any]],
+                     respond: Callable[[t.Any], Awaitable[t.Any]]) -> None:
+        """``read()`` reads the upload (or returns its error); ``respond(upload)`` returns an
+        ASGI response (a Starlette Response: its ``status_code`` says whether it was answered)."""
+        if self.draining:
+            send = with_connection_close(send)
+        admission = self.admission
+        length = declared_length(scope)
+        cost = cost_class(length)
+        if admission.full(cost):  # before reading the body: a refusal costs next to nothing
+            admission.refuse("overloaded")
+            return await self.refuse(send, "overloaded", cost)
+        reserved = min(length, self.max_bytes) if length is not None else self.max_bytes
+        if not self.budget.reserve(reserved):
+            admission.refuse("memory")
+            return await self.refuse(send, "memory", cost)
+        self.on_count("bytes_held", reserved)
+        task = asyncio.current_task()
+        self._unanswered.add(task)
+        try:
+            await self._admitted(scope, receive, send, read, respond, cost)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            await self.shutting_down(send)
+        finally:
+            self._unanswered.discard(task)
+            self._cut.discard(task)
+            self.budget.release(reserved)
+            self.on_count("bytes_held", -reserved)
+
+    def cut(self) -> int:
+        """At the drain's bound: every request not yet answered (an upload still arriving, or
+        one waiting for the model) is answered 503 ``shutting_down`` now, rather than cancelled
+        by uvicorn's shutdown with a 500. Returns how many."""
+        for task in self._unanswered:
+            self._cut.add(task)
+            task.cancel()
+        return len(self._unanswered)
+
+    async def shutting_down(self, send: Send) -> None:
+        for message in json_response_messages(
+                503, {"error": "shutting_down", "detail": "the server is shutting down (BNSERVE_DRAIN_TIMEOUT "
+                                                          "reached); retry on another replica"},
+                {"Retry-After": "1", "Connection": "close"}):
+            await send(message)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, read: Callable[[], Awaitable[t.Any]],
+                        respond: Callable[[t.Any], Awaitable[t.Any]], cost: str) -> None:
+        admission = self.admission
+        self.reading += 1
+        self.on_count("reading", 1)
+        try:
+            upload = await read()  # raises ClientDisconnect if the client left mid-upload
+        finally:
+            self.reading -= 1
+            self.on_count("reading", -1)
+        # checked again now the body is here (a burst of uploads may have passed the door
+        # together); a large upload already read is kept: refusing it now would waste its bytes,
+        # and the upload budget and the decode threads bound what it costs
+        ticket = admission.enter(cost) if cost != SMALL else admission.try_enter(cost)
+        if ticket is None:
+            return await self.refuse(send, "overloaded", cost)
+        self.on_count("in_progress", 1)
+        task = asyncio.current_task()
+        gone = False
+
+        def client_left(watch: asyncio.Future) -> None:
+            nonlocal gone
+            if not watch.cancelled() and watch.exception() is None and watch.result()["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        # After the body, the next receive() returns only when the client disconnects (or the
+        # answer is complete): a watcher on it lets a request whose client left stop at once.
+        watch = asyncio.ensure_future(receive())
+        watch.add_done_callback(client_left)
+        ok = False
+        try:
+            response = await respond(upload)
+            ok = 200 <= getattr(response, "status_code", 500) < 300
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            self.on_event("client_gone")
+            return
+        finally:
+            watch.remove_done_callback(client_left)
+            watch.cancel()
+            admission.leave(ticket, ok)
+            self.on_count("in_progress", -1)
+        self._unanswered.discard(task)  # its answer starts: no longer cut at the drain's bound
+        await response(scope, receive, send)
+
+    async def refuse(self, send: Send, reason: str, cost: str = SMALL) -> None:
+        """503 + Retry-After + JSON, built once per (reason, limit, Retry-After)."""
+        self.on_event(f"refused:{reason}")
+        a = self.admission
+        key = (reason, cost, a.classes[cost].limit, a.retry_after(cost))
+        if key not in self._refusals:
+            if len(self._refusals) > 256:
+                self._refusals.clear()
+            detail = (a.overloaded_detail(cost) if reason == "overloaded" else
+                      f"the server holds {self.budget.limit} bytes of uploads at most (BNSERVE_UPLOAD_BUDGET) "
+                      "and is at that limit; retry after the Retry-After seconds, or on another replica")
+            self._refusals[key] = json_response_messages(503, {"error": "overloaded", "detail": detail},
+                                                         {"Retry-After": str(key[3])})
+        for message in self._refusals[key]:
+            await send(message)
+
+
+class FrontDoor:
+    """The outermost ASGI layer of a worker: an inference request that the admission would
+    refuse is refused here, before BentoML's metrics, tracing, access-log and timeout
+    middlewares spend anything on it. Under overload most requests are refused, so their cost
+    decides how much CPU is left for the admitted. (They count in ``bnserve_refused_total``,
+    not in BentoML's request metrics.)"""
+
+    def __init__(self, app: t.Any, traffic: Traffic):
+        self.app, self.traffic = app, traffic
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_inference(scope):
+            return await self.app(scope, receive, send)
+        traffic = self.traffic
+        task = asyncio.current_task()
+        answered = False
+
+        def ended(_: asyncio.Task) -> None:  # runs right after uvicorn drops the task
+            traffic.finishing -= 1
+
+        async def send_marked(message: dict) -> None:
+            # once its answer has started, a request is no longer ahead of anyone, though its
+            # task lingers (access log, metrics) until after the client may have sent the next
+            nonlocal answered
+            if not answered and message["type"] == "http.response.start":
+                answered = True
+                traffic.finishing += 1
+                task.add_done_callback(ended)
+            await send(message)
+
+        cost = cost_class(declared_length(scope))
+        if traffic.admission.full(cost):
+            traffic.admission.refuse("overloaded")
+            return await traffic.refuse(with_connection_close(send_marked) if traffic.draining else send_marked,
+                                        "overloaded", cost)
+        return await self.app(scope, receive, send_marked)
+
+
+def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_timeout_s: float,
+                    keepalive_timeout_s: float) -> bool:
+    """On this uvicorn server (before it creates any connection): wrap its app in FrontDoor,
+    count requests ahead from its tasks and accept queue, give every connection a deadline for
+    its request head, and set its keep-alive idle timeout. False when ``server`` has no loaded
+    app (not uvicorn, or not started the way `bentoml serve` starts it)."""
+    config = getattr(server, "config", None)
+    if config is None or getattr(config, "loaded_app", None) is None:
+        return False
+    config.loaded_app = FrontDoor(config.loaded_app, traffic)
+    config.http_protocol_class = with_header_deadline(config.http_protocol_class, header_timeout_s)
+    config.timeout_keep_alive = keepalive_timeout_s
+    traffic.count_ahead_in(server, workers)
+    return True
