@@ -104,36 +104,10 @@ def binary_infer_request(x) -> tuple[bytes, dict]:
     return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
 
 
-async def raw_load(url: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> dict:
-    """Our own aiohttp closed loop posting one prepared body (as benchmarks/serving_http.py's
-    load does for /classify): the server's cost of a route without a heavier client's."""
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, data=body, headers=headers) as r:
-                        await r.read()
-                        if r.status != 200:
-                            errors += 1
-                            continue
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return {"ok": len(latencies), "errors": errors, "rps": len(latencies) / wall,
-            **{f"p{q}_ms": percentile(latencies, q) * 1e3 for q in (50, 90, 99)}}
+async def raw_load(url: str, path: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> dict:
+    """Our own aiohttp closed loop (the harness's, as for /classify) posting one prepared body to
+    ``path``: the server's cost of a route without a heavier client's."""
+    return await load(url, None, concurrency, seconds, path=path, body=body, headers=headers)
 
 
 def locust_load(url: str, concurrency: int, seconds: float, out_dir: Path) -> dict:
@@ -156,10 +130,9 @@ def locust_load(url: str, concurrency: int, seconds: float, out_dir: Path) -> di
 
 
 def ours_load(url: str, image: bytes, concurrency: int, seconds: float) -> dict:
-    """benchmarks/serving_http.py's closed loop on /classify (p90 is not among its numbers)."""
+    """The harness's closed loop (benchmarks/http_harness.py) on /classify."""
     r = asyncio.run(load(url, image, concurrency, seconds))
-    return {"ok": r["ok"], "errors": r["errors"], "rps": r["rps"], "p50_ms": r["p50_ms"],
-            "p90_ms": None, "p99_ms": r["p99_ms"]}
+    return {k: r[k] for k in ("ok", "errors", "rps", "p50_ms", "p90_ms", "p99_ms")}
 
 
 def run(url: str, seconds: float, levels=LEVELS) -> dict:
@@ -179,7 +152,7 @@ def run(url: str, seconds: float, levels=LEVELS) -> dict:
             "locust (FastHttpUser), POST /classify": locust_load(url, c, seconds, out_dir),
             "tritonclient (http.aio, binary), POST /v2/.../infer": asyncio.run(triton_load(url, name, x, c, seconds)),
             "ours (aiohttp), POST /v2/.../infer, same binary request": asyncio.run(
-                raw_load(f"{url}/v2/models/{name}/infer", *binary_infer_request(x), c, seconds)),
+                raw_load(url, f"/v2/models/{name}/infer", *binary_infer_request(x), c, seconds)),
         }
         base = measured["ours (aiohttp), POST /classify"]["rps"]
         for client, r in measured.items():
