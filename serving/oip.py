@@ -113,14 +113,17 @@ class ModelView:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dataset: str | None = None
+    temperature: float = 1.0  # the calibration's (serving/calibration.py); 1: none fitted
 
     @classmethod
     def of(cls, info: t.Any) -> ModelView:
-        """From a ModelInfo (metadata, channels, height, width, classes, mean, std, dtype)."""
+        """From a ModelInfo (metadata, channels, height, width, classes, mean, std, dtype,
+        calibration)."""
         name, version = model_identity(info.metadata)
+        calibration = getattr(info, "calibration", None)
         return cls(name, version, DATATYPE_OF[np.dtype(info.dtype).name], info.channels, info.height,
                    info.width, tuple(info.classes), tuple(info.mean), tuple(info.std),
-                   info.metadata.get("dataset"))
+                   info.metadata.get("dataset"), 1.0 if calibration is None else calibration[0])
 
     @property
     def row_shape(self) -> tuple[int, int, int]:
@@ -338,17 +341,18 @@ def parse_infer(header: t.Any, binary: bytes, m: ModelView) -> InferRequest:
 
 # --- the answer -----------------------------------------------------------------------------------
 
-def output_tensors(logits: np.ndarray) -> dict[str, np.ndarray]:
-    """The model's outputs for (N, K) logits: logits (FP32) and probabilities (the softmax in
-    float64, as /classify computes it, sent as FP32)."""
+def output_tensors(logits: np.ndarray, temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """The model's outputs for (N, K) logits: logits (FP32) and probabilities (the softmax of
+    logits / temperature in float64, the calibrated probabilities /classify answers with
+    (serving.model.answer), sent as FP32)."""
     logits = np.asarray(logits, dtype=np.float32)
-    return {"logits": logits, "probabilities": softmax(logits).astype(np.float32)}
+    return {"logits": logits, "probabilities": softmax(logits / np.float64(temperature)).astype(np.float32)}
 
 
 def encode_infer(m: ModelView, request: InferRequest, logits: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """The infer response body and its headers (Content-Type; with binary outputs also
     Inference-Header-Content-Length)."""
-    tensors = output_tensors(logits)
+    tensors = output_tensors(logits, m.temperature)
     outputs, blobs = [], []
     for out in request.outputs:
         arr = tensors[out.name]

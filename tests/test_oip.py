@@ -349,10 +349,14 @@ def test_probabilities_are_the_classify_softmax_in_float32():
     from serving.model import answer
 
     logits = np.random.default_rng(2).standard_normal((5, 10)).astype(np.float32) * 4
-    probs = oip.output_tensors(logits)["probabilities"]
-    for row, p in zip(logits, probs, strict=True):
-        top = answer(row, [str(i) for i in range(10)])["top"]
-        assert [np.float32(c["probability"]) for c in top] == [p[c["index"]] for c in top]
+    for temperature, threshold in ((1.0, None), (0.9004, 0.3665), (2.5, 0.2)):
+        probs = oip.output_tensors(logits, temperature)["probabilities"]
+        calibration = None if threshold is None else (temperature, threshold)
+        for row, p in zip(logits, probs, strict=True):
+            top = answer(row, [str(i) for i in range(10)], calibration=calibration)["top"]
+            assert [np.float32(c["probability"]) for c in top] == [p[c["index"]] for c in top]
+    assert not np.array_equal(oip.output_tensors(logits, 2.5)["probabilities"],
+                              oip.output_tensors(logits)["probabilities"])
 
 
 # --- the ASGI route on a stand-in service ----------------------------------------------------------
@@ -562,7 +566,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     """The first N_IMAGES real Fashion-MNIST test images: uint8 pixels, labels, the model's
-    normalised input, and the PyTorch eval-mode probabilities (float64)."""
+    normalised input, and the PyTorch eval-mode probabilities (float64) at the checkpoint's
+    calibrated temperature, as the service answers."""
     import torch
 
     from serving.geometry import normalize_uint8
@@ -572,9 +577,10 @@ def images():
     pixels, labels = fashion_test_images(N_IMAGES)
     info = read_model(MODEL)
     x = normalize_uint8(pixels, info.mean, info.std)
-    model, _ = load_checkpoint(CHECKPOINT)
+    model, ckpt = load_checkpoint(CHECKPOINT)
+    temperature = (ckpt.get("calibration") or {}).get("temperature", 1.0)  # the service's calibration
     with torch.no_grad():
-        torch_probs = torch.softmax(model.eval()(torch.from_numpy(x)).double(), dim=1).numpy()
+        torch_probs = torch.softmax(model.eval()(torch.from_numpy(x)).double() / temperature, dim=1).numpy()
     return {"pixels": pixels, "labels": labels, "x": x, "torch": torch_probs, "name": oip.model_identity(info.metadata)[0]}
 
 
