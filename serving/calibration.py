@@ -1,4 +1,4 @@
-"""Calibrated probabilities and "none of my classes" (issue 20), in plain NumPy: the trainer
+"""Calibrated probabilities and "none of my classes", in plain NumPy: the trainer
 fits them (training/classifier.py), the exporter carries them in the ONNX metadata (key
 ``calibration``, serving/contract.py), the service applies them to every answer.
 
