@@ -50,7 +50,7 @@ lint: $(VENV)/.dev-installed
 
 # Every experiment of both papers in the cpu preset, then the report (also into docs/). The data:
 # $BNSERVE_DATA if set, else ../shared/data when it exists (this workplace's real MNIST), else
-# the usual search and download (README "Data"); Debian's Fashion-MNIST package is installed
+# the usual search and download (docs/reproduction.md, "Data"); Debian's Fashion-MNIST package is installed
 # when missing and this user may (root with apt-get), as .ci/run does.
 SHARED_DATA := $(if $(BNSERVE_DATA),,$(if $(wildcard ../shared/data),$(abspath ../shared/data)))
 reproduce: $(VENV)/.dev-installed fashion-mnist

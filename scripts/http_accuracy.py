@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:3000")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--checkpoint", default="models/default/checkpoint.pt")
-    p.add_argument("--data-dir", default=None, help="where the test images are (see README)")
+    p.add_argument("--data-dir", default=None, help="where the test images are (see docs/reproduction.md, \"Data\")")
     p.add_argument("--photos", action="store_true", help="also send the test images rendered as photos")
     p.add_argument("--photo-seed", type=int, default=1, help="seed of the photo rendering")
     p.add_argument("--photos-dir", default=None, help="send these photos (make_photos layout) instead")

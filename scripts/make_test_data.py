@@ -60,7 +60,7 @@ def write_subset(name: str, out: Path, data_dir: str | None) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="tests/data")
-    p.add_argument("--data-dir", default=None, help="where the full datasets are (see README)")
+    p.add_argument("--data-dir", default=None, help="where the full datasets are (see docs/reproduction.md, \"Data\")")
     p.add_argument("--dataset", choices=DATASETS, action="append",
                    help="only this dataset (repeatable); default: both")
     args = p.parse_args(argv)

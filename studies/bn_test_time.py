@@ -268,7 +268,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=1024, help="largest test batch size (default: 1024)")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the exported ONNX file (default: on)")
-    p.add_argument("--data-dir", default=None, help="dataset directory (see README)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (see docs/reproduction.md, \"Data\")")
 
 
 def main(args: argparse.Namespace) -> int:

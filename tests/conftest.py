@@ -55,7 +55,7 @@ def find_full_dataset(name: str):
     except DatasetNotFoundError:
         places = ", ".join(str(p) for p in candidate_dirs(get_spec(name)))
         return None, (f"the full {name} dataset is not on this machine (looked in {places}; "
-                      "set BNSERVE_DATA, see README 'Data')")
+                      "set BNSERVE_DATA, see docs/reproduction.md, \"Data\")")
     if ds.subset is not None:
         return None, f"{ds.source} holds only the subset {ds.subset} of {name}"
     return ds, None

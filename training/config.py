@@ -95,7 +95,7 @@ class RunOptions:
     seed: int = field(default=0, metadata={"help": "first seed (init, batch order, probed units)"})
     seeds: int = field(default=1, metadata={"help": "number of seeds: seed, seed+1, ..."})
     out: str = field(default="runs/experiment", metadata={"help": "run directory"})
-    data_dir: str | None = field(default=None, metadata={"help": "dataset directory (see README)"})
+    data_dir: str | None = field(default=None, metadata={"help": "dataset directory (see docs/reproduction.md, \"Data\")"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 

@@ -203,7 +203,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default=None,
                    help="write the checkpoints there (<job>-population.pt) with config.json, results.json "
                         "and summary.md: a run the report reads")
-    p.add_argument("--data-dir", default=None, help="dataset directory (see README)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (see docs/reproduction.md, \"Data\")")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
