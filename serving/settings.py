@@ -85,24 +85,23 @@ def positive_int(name: str, raw: str) -> int:
     return value
 
 
-def positive_seconds(name: str, raw: str) -> float:
+def positive_number(name: str, raw: str, unit: str) -> float:
+    """A positive, finite number of ``unit`` (the word the error message names)."""
     try:
         value = float(raw)
     except ValueError:
-        raise SettingError(f"{name} must be a number of seconds, got {raw!r}") from None
+        raise SettingError(f"{name} must be a number of {unit}, got {raw!r}") from None
     if not (value > 0 and math.isfinite(value)):
-        raise SettingError(f"{name} must be a positive number of seconds, got {raw!r}")
+        raise SettingError(f"{name} must be a positive number of {unit}, got {raw!r}")
     return value
+
+
+def positive_seconds(name: str, raw: str) -> float:
+    return positive_number(name, raw, "seconds")
 
 
 def positive_ms(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(f"{name} must be a number of milliseconds, got {raw!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise SettingError(f"{name} must be a positive number of milliseconds, got {raw!r}")
-    return value
+    return positive_number(name, raw, "milliseconds")
 
 
 def switch(name: str, raw: str) -> bool:
