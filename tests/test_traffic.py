@@ -581,6 +581,13 @@ class FakeUvicorn:
         self.lifespan = SimpleNamespace(state={})
         self.exits = []
 
+    @classmethod
+    def with_open_connection(cls) -> FakeUvicorn:
+        """No listening servers, one keep-alive connection still open (what a drain waits on)."""
+        uv = cls([])
+        uv.server_state.connections.add(object())
+        return uv
+
     def handle_exit(self, sig, frame):
         self.exits.append(sig)
 
@@ -627,8 +634,7 @@ def test_drain_waits_for_requests_in_progress_then_hands_over_to_uvicorn():
     async def main():
         a = admission()
         traffic = Traffic(a)
-        uv = FakeUvicorn([])
-        uv.server_state.connections.add(object())  # a keep-alive connection stays open
+        uv = FakeUvicorn.with_open_connection()
         drain = manual_drain(traffic, uv, clock, timeout_s=5.0, quiet_s=0.1)
         ticket = a.try_enter()  # one request in progress
         traffic.reading = 1  # and one upload still arriving
@@ -661,8 +667,7 @@ def test_drain_is_bounded_when_requests_never_finish():
 
     async def main():
         a = admission()
-        uv = FakeUvicorn([])
-        uv.server_state.connections.add(object())
+        uv = FakeUvicorn.with_open_connection()
         drain = manual_drain(Traffic(a), uv, clock, timeout_s=0.3)
         a.try_enter()  # never leaves
         drain.begin(signal.SIGTERM)
@@ -714,8 +719,7 @@ def test_drain_that_cannot_stop_listening_falls_back_to_a_normal_shutdown(monkey
     clock = Clock()
 
     async def main():
-        uv = FakeUvicorn([])
-        uv.server_state.connections.add(object())
+        uv = FakeUvicorn.with_open_connection()
         d = manual_drain(Traffic(admission()), uv, clock, timeout_s=5.0)
         d.begin(signal.SIGTERM)
         await asyncio.wait_for(d.task, 60)
@@ -732,8 +736,7 @@ def test_second_signal_during_the_drain_shuts_down_now_and_a_third_forces():
 
     async def main():
         a = admission()
-        uv = FakeUvicorn([])
-        uv.server_state.connections.add(object())
+        uv = FakeUvicorn.with_open_connection()
         d = manual_drain(Traffic(a), uv, clock, timeout_s=60.0)
         a.try_enter()  # a request that never ends
         d._on_signal(signal.SIGTERM, None)
