@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import in_distribution
+from .calibration import in_distribution, softmax
 from .contract import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -165,12 +165,6 @@ class OnnxClassifier:
             self(np.zeros((n, self.info.channels, self.info.height, self.info.width), self.info.dtype))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5,
            calibration: tuple[float, float] | None = None) -> dict:
     """One image's logits -> the /classify answer (probabilities by softmax, top-k by
@@ -178,7 +172,7 @@ def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5,
     (temperature, ood_threshold; serving/calibration.py) the probabilities are softmax(logits / T)
     and ``in_distribution`` says whether the top one reaches the threshold; without, it is None."""
     temperature, threshold = calibration if calibration is not None else (1.0, None)
-    p = softmax(np.asarray(logits).reshape(-1) / np.float64(temperature))
+    p = softmax(np.asarray(logits).reshape(-1), temperature)
     order = np.argsort(-p, kind="stable")[: max(1, min(k, p.size))]
     top = [{"label": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
     ood = {"in_distribution": None if threshold is None else in_distribution(top[0]["probability"], threshold),

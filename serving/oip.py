@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import softmax
 from .decode import InputError
-from .model import softmax
 
 logger = logging.getLogger("bentoml.bnserve.oip")
 
@@ -346,7 +346,7 @@ def output_tensors(logits: np.ndarray, temperature: float = 1.0) -> dict[str, np
     logits / temperature in float64, the calibrated probabilities /classify answers with
     (serving.model.answer), sent as FP32)."""
     logits = np.asarray(logits, dtype=np.float32)
-    return {"logits": logits, "probabilities": softmax(logits / np.float64(temperature)).astype(np.float32)}
+    return {"logits": logits, "probabilities": softmax(logits, temperature).astype(np.float32)}
 
 
 def encode_infer(m: ModelView, request: InferRequest, logits: np.ndarray) -> tuple[bytes, dict[str, str]]:
