@@ -54,7 +54,24 @@ def calibration_section(meta: dict) -> str:
 - `in_distribution: false` when the calibrated top probability is below **{c['ood_threshold']:.4f}**: the
   {c['ood_quantile']:.0%} quantile of that score on the held-out images (augmented copies), so
   {m.get('held_flagged', float('nan')):.1%} of them are flagged by design
-"""
+{outlier_lines(c)}"""
+
+
+def outlier_lines(c: dict) -> str:
+    """The held-out outliers' flagged shares under the served score and under energy (training/
+    outliers.py; measured by the trainer on outliers no training step saw), when measured."""
+    m = c.get("measured", {})
+    if "held_outliers_flagged" not in m:
+        return ""
+    sources = [k[len("held_"):-len("_flagged")] for k in m
+               if k.startswith("held_") and k.endswith("_flagged") and k not in ("held_flagged", "held_outliers_flagged")]
+    per = ", ".join(f"{s.replace('_', ' ')} {m[f'held_{s}_flagged']:.1%} / {m.get(f'energy_held_{s}_flagged', float('nan')):.1%}"
+                    for s in sources)
+    return (f"- held-out outliers (none of the classes; {c.get('outliers_measured_on', 'held out')}): "
+            f"flagged **{m['held_outliers_flagged']:.1%}** by the served score (top probability; AUROC "
+            f"{m['auroc_max_probability']:.3f}) vs {m['energy_held_outliers_flagged']:.1%} by the energy score "
+            f"logsumexp(logits / T) at the same {c['ood_quantile']:.0%} quantile (AUROC {m['auroc_energy']:.3f}); "
+            f"per source, top probability / energy: {per}\n")
 
 
 # real_images*.json files a run directory may hold, and what each measured
