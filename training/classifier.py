@@ -1,7 +1,9 @@
 """A plain image-classifier trainer for any registry model: ``python -m training classifier``.
 
 It makes the embedded default model of the service (``make default-model``) and any checkpoint
-a user wants to export. SGD with momentum, fixed learning rate with an optional linear decay,
+a user wants to export. Options for what users send: augmentation (training/augment.py),
+outlier exposure (training/outliers.py), and a holdout to calibrate the probabilities and the
+out-of-distribution threshold on. SGD with momentum, fixed learning rate with an optional linear decay,
 the whole dataset on the device, bf16 autocast and channels_last on CUDA, one host sync per
 evaluation interval.
 
@@ -106,8 +108,9 @@ class ClassifierConfig(RunOptions):
                 "lowres": self.aug_lowres}
 
 
-# Held-out outliers are drawn from seed + this: no training step (seed + 3) draws them.
-HELD_OUTLIER_SEED = 1_000_003
+# Outlier exposure's draws, from the run's seed + these: the training pool, its sampler, its
+# augmentation; the held-out outliers from a seed no training draw uses.
+OUTLIER_SEED, HELD_OUTLIER_SEED = 3, 1_000_003
 
 
 def lr_at(step: int, cfg: ClassifierConfig) -> float:
@@ -168,11 +171,11 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
     other = other_dataset_images(cfg) if (cfg.outlier_exposure > 0 or held is not None) else None
     oe_pool, oe_counts = None, {}
     if cfg.outlier_exposure > 0:
-        oe_pool, oe_counts = outlier_set(cfg, cfg.outlier_pool, cfg.seed + 3,
+        oe_pool, oe_counts = outlier_set(cfg, cfg.outlier_pool, cfg.seed + OUTLIER_SEED,
                                          None if other is None else other[0])
         oe_pool = oe_pool.to(device)
-        oe_sampler = BatchSampler(len(oe_pool), cfg.batch_size, cfg.seed + 4, device)
-        oe_gen = torch.Generator().manual_seed(cfg.seed + 5)
+        oe_sampler = BatchSampler(len(oe_pool), cfg.batch_size, cfg.seed + OUTLIER_SEED + 1, device)
+        oe_gen = torch.Generator().manual_seed(cfg.seed + OUTLIER_SEED + 2)
     bar = step_bar(cfg.progress, cfg.steps, cfg.model)
     state = {"acc": float("nan"), "train_seconds": 0.0}
 
@@ -239,7 +242,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         + (f"- holdout: {cfg.holdout:,} training images kept out (seed {cfg.seed}); {len(train):,} trained on\n"
            if held is not None else "")
         + (f"- outlier exposure: weight {cfg.outlier_exposure}, a batch of {cfg.batch_size} outliers a step "
-           f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + 3}; training/outliers.py)\n"
+           f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + OUTLIER_SEED}; training/outliers.py)\n"
            if oe_pool is not None else ""))
     finish_run(run_dir)
     return run_dir
