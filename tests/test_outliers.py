@@ -130,10 +130,7 @@ def test_fit_to_frame_scales_the_drawing_to_the_asked_size():
     assert out.max() == 255
 
 
-def test_energy_is_logsumexp_and_auroc_and_flagged_share_closed_form():
-    logits = np.array([[0.0, 0.0], [2.0, 0.0]])
-    assert outliers.energy(logits).tolist() == pytest.approx([math.log(2), math.log(math.exp(2) + 1)])
-    assert outliers.energy(logits, 2.0).tolist() == pytest.approx([math.log(2), math.log(math.e + 1)])
+def test_auroc_and_flagged_share_closed_form():
     assert outliers.auroc([3, 4], [1, 2]) == 1.0 and outliers.auroc([1, 2], [3, 4]) == 0.0
     assert outliers.auroc([1, 2], [1, 2]) == 0.5  # pairs: (1>1: 1/2)+(1<2: 0)+(2>1: 1)+(2=2: 1/2) = 2 of 4
     assert outliers.flagged_share(np.array([0.1, 0.2, 0.3, 0.4]), 0.3) == 0.5
@@ -173,4 +170,39 @@ def test_fine_tune_with_outlier_exposure_measures_held_out_outliers(tmp_path, fi
               "energy_held_outliers_flagged", "auroc_max_probability", "auroc_energy"):
         assert 0.0 <= m[k] <= 1.0
     assert '"synthetic": 100, "other_dataset": 50' in rec["outliers_measured_on"]
+    # the served score is the one with the higher held-out AUROC, its threshold the one served
+    better = "energy" if m["auroc_energy"] > m["auroc_max_probability"] else "max_probability"
+    assert rec["ood_score"] == better and "AUROC" in rec["ood_score_reason"]
+    if better == "energy":
+        assert rec["ood_threshold"] == m["energy_threshold"]
+    else:
+        assert 0.0 <= rec["ood_threshold"] <= 1.0 and rec["ood_threshold"] != m["energy_threshold"]
     assert "outlier exposure: weight 0.5" in (tmp_path / "oe" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("with_outliers", [False, True])
+def test_calibrate_serves_the_score_the_held_out_data_chooses(with_outliers):
+    """classifier.calibrate on a fixed linear model: without held-out outliers the top
+    probability is served; with them, the score of higher held-out AUROC, at its own threshold."""
+    from serving import calibration as cal
+    from training.classifier import calibrate
+    from training.data import Split
+
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    held = Split(torch.randint(0, 256, (200, 1, 4, 4), dtype=torch.uint8, generator=gen),
+                 torch.randint(0, 3, (200,), generator=gen))
+    outs = (torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8, generator=gen) // 4, {"synthetic": 60})
+    rec = calibrate(model, held, held, lambda x: x.float() / 255, ClassifierConfig(), {}, "cpu",
+                    outs if with_outliers else None)
+    m = rec["measured"]
+    if not with_outliers:
+        assert rec["ood_score"] == "max_probability" and "no held-out outliers" in rec["ood_score_reason"]
+        assert "auroc_energy" not in m
+        return
+    served = "energy" if m["auroc_energy"] > m["auroc_max_probability"] else "max_probability"
+    assert rec["ood_score"] == served and "AUROC" in rec["ood_score_reason"]
+    with torch.no_grad():
+        logits = model(held.images.float() / 255).numpy().astype(np.float64)
+    scores = cal.ood_score(logits, rec["temperature"], served)
+    assert rec["ood_threshold"] == pytest.approx(cal.threshold_at_quantile(scores, 0.05))

@@ -15,6 +15,7 @@ evaluation interval.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,13 +265,13 @@ def split_holdout(train: Split, n: int, seed: int) -> tuple[Split, Split | None]
 def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_kw: dict,
               device, held_out: tuple[torch.Tensor, dict] | None = None) -> dict:
     """Fit the temperature on the held-out images (as they are, plus an augmented copy: what
-    users send), then the out-of-distribution threshold on the calibrated top probability of
-    the augmented copy; expected calibration error before/after on the test split.
+    users send), then each out-of-distribution score's threshold at the ``ood_quantile`` of the
+    augmented copy; expected calibration error before/after on the test split.
 
     ``held_out``: outliers no training step saw (outlier_set with its own seed, as they are plus
-    an augmented copy), to measure the flagged share of outliers at that threshold, and the same
-    for the energy score (threshold at the same quantile): ``measured`` holds both scores'
-    shares and AUROCs; the service applies the top probability (serving/calibration.py)."""
+    an augmented copy), to measure each score's flagged share of outliers and AUROC; the served
+    score (``ood_score``) is the one with the higher held-out AUROC (serving/calibration.py's
+    ``choose_ood_score``), the top probability when there are no held-out outliers."""
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     images = held.images
     if cfg.augment > 0:
@@ -287,7 +288,8 @@ def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_
     t = cal.fit_temperature(held_logits, y_held)
     in_logits = held_logits[len(held):] if cfg.augment > 0 else held_logits
     scores = cal.max_probability(in_logits, t)
-    threshold = cal.threshold_at_quantile(scores, cfg.ood_quantile)
+    thresholds = {name: cal.threshold_at_quantile(cal.ood_score(in_logits, t, name), cfg.ood_quantile)
+                  for name in cal.SCORES}
     measured, outliers_on = {}, ""
     fitted_on = (f"{len(held)} held-out training images (seed {cfg.seed})"
                  + (" and an augmented copy of each" if cfg.augment > 0 else ""))
@@ -297,29 +299,30 @@ def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_
         if cfg.augment > 0:
             outs = torch.cat([outs, augment_batch(outs, gen, **{**aug_kw, "fraction": 1.0})])
             source = np.concatenate([source, source])
-        measured = outlier_measures(in_logits, logits_of(outs), source, list(counts), t, threshold,
-                                    cfg.ood_quantile)
+        measured = outlier_measures(in_logits, logits_of(outs), source, list(counts), t,
+                                    thresholds["max_probability"], thresholds["energy"])
         outliers_on = (f"{json.dumps(counts)} held-out outliers (seed {cfg.seed + HELD_OUTLIER_SEED})"
                        + (" and an augmented copy of each" if cfg.augment > 0 else ""))
+    served, reason = cal.choose_ood_score({name: measured.get(f"auroc_{name}", math.nan) for name in cal.SCORES})
     record = cal.calibration_record(
-        temperature=t, threshold=threshold, quantile=cfg.ood_quantile, fitted_on=fitted_on,
+        temperature=t, threshold=thresholds[served], quantile=cfg.ood_quantile, fitted_on=fitted_on,
+        ood_score=served, ood_score_reason=reason,
         ece_test_before=cal.expected_calibration_error(cal.softmax(test_logits, 1.0), y_test),
         ece_test_after=cal.expected_calibration_error(cal.softmax(test_logits, t), y_test),
         nll_held_before=cal.nll(held_logits, y_held, 1.0), nll_held_after=cal.nll(held_logits, y_held, t),
-        held_flagged=float((scores < threshold).mean()), **measured)
+        held_flagged=float((scores < thresholds["max_probability"]).mean()), **measured)
     if held_out is not None:
         record["outliers_measured_on"] = outliers_on
     return record
 
 
 def outlier_measures(in_logits: np.ndarray, out_logits: np.ndarray, source: np.ndarray, sources: list[str],
-                     temperature: float, threshold: float, quantile: float) -> dict[str, float]:
-    """Flagged shares of held-out outliers (all, and per source) under the served score (the
-    calibrated top probability below ``threshold``) and under the energy score (threshold at the
-    same ``quantile`` of the in-distribution rows), and each score's AUROC."""
+                     temperature: float, threshold: float, e_thr: float) -> dict[str, float]:
+    """Flagged shares of held-out outliers (all, and per source) under the calibrated top
+    probability (below ``threshold``; keys without a prefix) and under the energy score (below
+    ``e_thr``; keys ``energy_*``), and each score's AUROC (``auroc_<score>``)."""
     msp_in, msp_out = cal.max_probability(in_logits, temperature), cal.max_probability(out_logits, temperature)
-    e_in, e_out = outliers.energy(in_logits, temperature), outliers.energy(out_logits, temperature)
-    e_thr = cal.threshold_at_quantile(e_in, quantile)
+    e_in, e_out = cal.energy(in_logits, temperature), cal.energy(out_logits, temperature)
     m = {"held_outliers_flagged": outliers.flagged_share(msp_out, threshold),
          "auroc_max_probability": outliers.auroc(msp_in, msp_out),
          "energy_threshold": e_thr,

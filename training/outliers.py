@@ -232,14 +232,7 @@ def synthetic_outliers(n: int, seed: int, digits_are_classes: bool = False) -> n
 
 
 # --- how well a score separates the classes from the outliers ---------------------------------
-
-def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The negative free energy of Liu et al. 2020, ``logsumexp(logits / T)`` per row: higher
-    means more like the training classes (an alternative to the top probability)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    m = z.max(axis=-1)
-    return m + np.log(np.exp(z - m[:, None]).sum(axis=-1))
-
+# (the scores themselves: serving/calibration.py's max_probability and energy, which the service applies)
 
 def flagged_share(scores: np.ndarray, threshold: float) -> float:
     """The share of ``scores`` below ``threshold`` (answered ``in_distribution: false``)."""
