@@ -45,16 +45,44 @@ def calibration_section(meta: dict) -> str:
     if not c:
         return ""
     m = c.get("measured", {})
+    score = c.get("ood_score", "max_probability")
+    held_flagged_key = "held_flagged" if score == "max_probability" else f"{score}_held_flagged"
     return f"""
 ## Calibration and "none of my classes" (stored in the file's metadata, key `calibration`)
 - temperature **{c['temperature']:.4f}**: every answer's probabilities are softmax(logits / T) (the answer
   itself never changes); fitted on {c['fitted_on']} by minimising the negative log-likelihood
   (held-out NLL {m.get('nll_held_before', float('nan')):.4f} -> {m.get('nll_held_after', float('nan')):.4f})
 - expected calibration error on the test split (15 bins): **{m.get('ece_test_before', float('nan')):.4f} before, {m.get('ece_test_after', float('nan')):.4f} after**
-- `in_distribution: false` when the calibrated top probability is below **{c['ood_threshold']:.4f}**: the
+- `in_distribution: false` when the {SCORE_WORDS[score]} is below **{c['ood_threshold']:.4f}**: the
   {c['ood_quantile']:.0%} quantile of that score on the held-out images (augmented copies), so
-  {m.get('held_flagged', float('nan')):.1%} of them are flagged by design
-"""
+  {m.get(held_flagged_key, float('nan')):.1%} of them are flagged by design
+- served score: **`{score}`** (why: {c.get('ood_score_reason') or 'the only score when this file was made'})
+{outlier_lines(c)}"""
+
+
+# how the card names each out-of-distribution score (serving/contract.py's OOD_SCORES)
+SCORE_WORDS = {"max_probability": "calibrated top probability",
+               "energy": "energy score T * logsumexp(logits / T)"}
+
+
+def outlier_lines(c: dict) -> str:
+    """The held-out outliers' flagged shares under the served score and under energy (training/
+    outliers.py; measured by the trainer on outliers no training step saw), when measured."""
+    m = c.get("measured", {})
+    if "held_outliers_flagged" not in m:
+        return ""
+    sources = [k[len("held_"):-len("_flagged")] for k in m
+               if k.startswith("held_") and k.endswith("_flagged") and k not in ("held_flagged", "held_outliers_flagged")]
+    per = ", ".join(f"{s.replace('_', ' ')} {m[f'held_{s}_flagged']:.1%} / {m.get(f'energy_held_{s}_flagged', float('nan')):.1%}"
+                    for s in sources)
+    served = c.get("ood_score", "max_probability")
+    mark = {k: "**" if k == served else "" for k in SCORE_WORDS}
+    return (f"- held-out outliers (none of the classes; {c.get('outliers_measured_on', 'held out')}), each score "
+            f"at its {c['ood_quantile']:.0%} quantile: flagged {mark['max_probability']}"
+            f"{m['held_outliers_flagged']:.1%}{mark['max_probability']} by the top probability (AUROC "
+            f"{m['auroc_max_probability']:.3f}) vs {mark['energy']}{m['energy_held_outliers_flagged']:.1%}"
+            f"{mark['energy']} by the energy score T * logsumexp(logits / T) (AUROC {m['auroc_energy']:.3f}); "
+            f"per source, top probability / energy: {per}\n")
 
 
 # real_images*.json files a run directory may hold, and what each measured

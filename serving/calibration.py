@@ -6,10 +6,13 @@ fits them (training/classifier.py), the exporter carries them in the ONNX metada
   probabilities are ``softmax(logits / T)`` with the one T > 0 that minimises the negative
   log-likelihood on held-out images. It never changes the answer (argmax), only how sure the
   answer says it is.
-- Out-of-distribution signal: the calibrated top probability (Hendrycks & Gimpel 2017's
-  maximum softmax probability); below a threshold, the image is answered with
+- Out-of-distribution signal: one of two scores, higher meaning more like the classes: the
+  calibrated top probability (Hendrycks & Gimpel 2017's maximum softmax probability) or the
+  energy score ``T * logsumexp(logits / T)`` (Liu et al. 2020, "Energy-based Out-of-distribution
+  Detection": the free energy's negative). Below a threshold, the image is answered with
   ``in_distribution: false``. The threshold is the ``quantile`` of the same score on held-out
-  images of the classes, so about that share of in-class images is flagged by design.
+  images of the classes, so about that share of in-class images is flagged by design; the
+  trainer serves the score that separates held-out outliers better (``choose_ood_score``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 
 import numpy as np
 
-from .contract import OOD_SCORE
+from .contract import OOD_SCORES
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -73,8 +76,38 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def max_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The out-of-distribution score: the calibrated top probability of each row."""
+    """An out-of-distribution score: the calibrated top probability of each row."""
     return softmax(logits, temperature).max(axis=-1)
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """An out-of-distribution score: ``T * logsumexp(logits / T)`` of each row (float64,
+    numerically stable), the negative of Liu et al. 2020's free energy ``-T log sum exp(f_i / T)``."""
+    t = float(temperature)
+    z = np.asarray(logits, dtype=np.float64) / t
+    m = z.max(axis=-1)
+    return t * (m + np.log(np.exp(z - np.expand_dims(m, -1)).sum(axis=-1)))
+
+
+SCORES = {"max_probability": max_probability, "energy": energy}  # contract.OOD_SCORES, by name
+
+
+def ood_score(logits: np.ndarray, temperature: float, name: str) -> np.ndarray:
+    """The out-of-distribution score ``name`` (one of contract.OOD_SCORES) of each row."""
+    return SCORES[name](logits, temperature)
+
+
+def choose_ood_score(aurocs: dict[str, float]) -> tuple[str, str]:
+    """The score to serve and why: the one whose held-out AUROC (in-distribution vs outliers) is
+    highest; the first of OOD_SCORES (the top probability) on a tie or when none was measured."""
+    measured = {k: v for k, v in aurocs.items() if k in SCORES and math.isfinite(v)}
+    if not measured:
+        return OOD_SCORES[0], "no held-out outliers to compare the scores on: the top probability"
+    best = max(OOD_SCORES, key=lambda k: (measured.get(k, -math.inf), -OOD_SCORES.index(k)))
+    others = {k: v for k, v in measured.items() if k != best}
+    tie = any(v == measured[best] for v in others.values())
+    return best, (("equal" if tie else "higher") + " AUROC on held-out images vs held-out outliers: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in {best: measured[best], **others}.items()))
 
 
 def threshold_at_quantile(scores: np.ndarray, quantile: float) -> float:
@@ -88,8 +121,11 @@ def in_distribution(score: float, threshold: float) -> bool:
 
 
 def calibration_record(*, temperature: float, threshold: float, quantile: float, fitted_on: str,
-                       **measured: float) -> dict:
-    """The ``calibration`` object a checkpoint and the ONNX metadata carry."""
-    return {"temperature": float(temperature), "ood_score": OOD_SCORE, "ood_threshold": float(threshold),
-            "ood_quantile": float(quantile), "fitted_on": fitted_on,
+                       ood_score: str = OOD_SCORES[0], ood_score_reason: str = "", **measured: float) -> dict:
+    """The ``calibration`` object a checkpoint and the ONNX metadata carry (``threshold`` in the
+    units of ``ood_score``)."""
+    if ood_score not in OOD_SCORES:
+        raise ValueError(f"ood_score must be one of {', '.join(OOD_SCORES)}, got {ood_score!r}")
+    return {"temperature": float(temperature), "ood_score": ood_score, "ood_score_reason": ood_score_reason,
+            "ood_threshold": float(threshold), "ood_quantile": float(quantile), "fitted_on": fitted_on,
             "measured": {k: float(v) for k, v in measured.items()}}

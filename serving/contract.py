@@ -21,9 +21,11 @@ hand) and stored by ``set_metadata``.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 FORMAT = "bnserve-onnx/1"
 METADATA_KEY = "bnserve"
@@ -34,14 +36,26 @@ INPUT_DTYPES = ("float32", "float16")
 # The dataset conversions serving/conversions.py knows (training/data.py's input_convention facts).
 PIPELINES = ("fashion-mnist", "mnist", "cifar10")
 # Calibration (serving/calibration.py): the metadata's optional ``calibration`` object holds the
-# softmax temperature and the out-of-distribution threshold on OOD_SCORE. Files without it are
-# answered with plain softmax probabilities and ``in_distribution: null``.
+# softmax temperature, which out-of-distribution score the service computes (``ood_score``, one of
+# OOD_SCORES) and the threshold in that score's units. Files without it are answered with plain
+# softmax probabilities and ``in_distribution: null``.
 CALIBRATION_KEY = "calibration"
-OOD_SCORE = "max_probability"  # the calibrated top probability
+# "max_probability": the calibrated top probability, in [0, 1] (the first: files before the choice);
+# "energy": T * logsumexp(logits / T), the negative free energy, any real number. Higher: more
+# like the classes, for both.
+OOD_SCORES = ("max_probability", "energy")
 
 
 class ContractError(ValueError):
     """The file (or metadata) breaks the contract; the message says which part."""
+
+
+class Calibration(NamedTuple):
+    """The checked ``calibration`` object: what serving/model.py's ``answer`` applies."""
+
+    temperature: float
+    ood_threshold: float  # in the units of ood_score
+    ood_score: str = OOD_SCORES[0]
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,7 @@ class ServingSpec:
     classes: tuple[str, ...]
     dtype: str  # of the input: "float32" or "float16"
     input_convention: dict | None = None  # {"pipeline", "background"}; None: files before it
-    calibration: tuple[float, float] | None = None  # (temperature, ood_threshold); None: not fitted
+    calibration: Calibration | None = None  # None: not fitted
 
 
 # --- the node walk --------------------------------------------------------------------------
@@ -178,18 +192,20 @@ def check_metadata(meta) -> ServingSpec:
                        None if record is None else check_calibration(record))
 
 
-def check_calibration(record) -> tuple[float, float]:
-    """(temperature, ood_threshold) of a ``calibration`` object; ContractError when malformed."""
+def check_calibration(record) -> Calibration:
+    """The ``calibration`` object's temperature, threshold and score; ContractError when malformed."""
     try:
-        t, thr = float(record["temperature"]), float(record["ood_threshold"])
-    except (KeyError, TypeError, ValueError) as e:
+        t, thr, score = float(record["temperature"]), float(record["ood_threshold"]), record.get("ood_score")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ContractError(f"calibration must be an object with a numeric temperature and "
                             f"ood_threshold, got {record!r}") from e
-    if record.get("ood_score") != OOD_SCORE:
-        raise ContractError(f"calibration ood_score must be {OOD_SCORE!r}, got {record.get('ood_score')!r}")
-    if not (0.0 < t < float("inf")) or not 0.0 <= thr <= 1.0:
-        raise ContractError(f"calibration needs 0 < temperature < inf and 0 <= ood_threshold <= 1, got {t}, {thr}")
-    return t, thr
+    if score not in OOD_SCORES:
+        raise ContractError(f"calibration ood_score must be one of {', '.join(map(repr, OOD_SCORES))}, got {score!r}")
+    if not 0.0 < t < math.inf or not math.isfinite(thr):
+        raise ContractError(f"calibration needs 0 < temperature < inf and a finite ood_threshold, got {t}, {thr}")
+    if score == "max_probability" and not 0.0 <= thr <= 1.0:
+        raise ContractError(f"calibration's max_probability threshold must be in [0, 1], got {thr}")
+    return Calibration(t, thr, score)
 
 
 def check_graph(model) -> None:

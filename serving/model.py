@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import in_distribution, softmax
+from .calibration import in_distribution, ood_score, softmax
 from .contract import (
     INPUT_NAME,
     OUTPUT_NAME,
+    Calibration,
     ContractError,
     ServingSpec,
     check_model,
@@ -166,15 +167,21 @@ class OnnxClassifier:
 
 
 def answer(logits: np.ndarray, classes: tuple[str, ...] | list[str], k: int = 5,
-           calibration: tuple[float, float] | None = None) -> dict:
+           calibration: Calibration | tuple | None = None) -> dict:
     """One image's logits -> the /classify answer (probabilities by softmax, top-k by
     probability; ties keep the lower index first, as argmax does). With ``calibration``
-    (temperature, ood_threshold; serving/calibration.py) the probabilities are softmax(logits / T)
-    and ``in_distribution`` says whether the top one reaches the threshold; without, it is None."""
-    temperature, threshold = calibration if calibration is not None else (1.0, None)
-    p = softmax(np.asarray(logits).reshape(-1), temperature)
+    (contract.Calibration: temperature, ood_threshold, ood_score; serving/calibration.py) the
+    probabilities are softmax(logits / T), ``ood_value`` is the image's ``ood_score`` and
+    ``in_distribution`` says whether it reaches ``ood_threshold``; without, all four are None."""
+    c = None if calibration is None else Calibration(*calibration)
+    row = np.asarray(logits).reshape(-1)
+    p = softmax(row, 1.0 if c is None else c.temperature)
     order = np.argsort(-p, kind="stable")[: max(1, min(k, p.size))]
     top = [{"label": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
-    ood = {"in_distribution": None if threshold is None else in_distribution(top[0]["probability"], threshold),
-           "ood_threshold": threshold}
+    if c is None:
+        ood = {"in_distribution": None, "ood_score": None, "ood_value": None, "ood_threshold": None}
+    else:
+        value = float(ood_score(row[None, :], c.temperature, c.ood_score)[0])
+        ood = {"in_distribution": in_distribution(value, c.ood_threshold), "ood_score": c.ood_score,
+               "ood_value": value, "ood_threshold": c.ood_threshold}
     return {**top[0], "top": top, **ood}

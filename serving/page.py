@@ -1,9 +1,10 @@
 """The test page served at GET /ui: pick or drop an image, or click one of the shipped samples,
 see it as the model saw it (the converted input, enlarged), the top-5 classes as bars with their
 calibrated probabilities, and whether the image looks like one of the classes at all
-(``in_distribution``), with the model's name, dataset, accuracy and provider from /model. One
-self-contained HTML document: no external scripts, styles, fonts or images (the samples are
-inlined as data: URLs), so it works offline and behind a firewall."""
+(``in_distribution``: the score the calibration serves, its value and threshold), with the
+model's name, dataset, accuracy and provider from /model. One self-contained HTML
+document: no external scripts, styles, fonts or images (the samples are inlined as data: URLs),
+so it works offline and behind a firewall."""
 
 from __future__ import annotations
 
@@ -126,13 +127,19 @@ async function classify(file) {
   text($("top"), answer.label);
   text($("prob"), pct(answer.probability));
   const ood = $("ood");
+  // the score the model's calibration serves: the top probability (a percentage) or the energy
+  const score = answer.ood_score === "energy"
+    ? {name: "energy score T * logsumexp(logits / T)", fmt: (v) => v.toFixed(3)}
+    : {name: "calibrated top probability", fmt: pct};
+  const value = typeof answer.ood_value === "number" ? answer.ood_value : answer.probability;
   if (answer.in_distribution === false) {
     ood.className = "out";
-    text(ood, `This looks like none of the classes: the calibrated top probability ${pct(answer.probability)} `
-      + `is below the threshold ${pct(answer.ood_threshold)} (in_distribution: false).`);
+    text(ood, `This looks like none of the classes: its ${score.name} ${score.fmt(value)} `
+      + `is below the threshold ${score.fmt(answer.ood_threshold)} (in_distribution: false).`);
   } else if (answer.in_distribution === true) {
     ood.className = "in";
-    text(ood, `Looks like one of the classes (in_distribution: true; threshold ${pct(answer.ood_threshold)}).`);
+    text(ood, `Looks like one of the classes (in_distribution: true; ${score.name} ${score.fmt(value)}, `
+      + `threshold ${score.fmt(answer.ood_threshold)}).`);
   } else { ood.className = ""; text(ood, "This model carries no calibration (in_distribution: null)."); }
   const bars = $("bars");
   bars.querySelectorAll(".bar").forEach((b) => b.remove());

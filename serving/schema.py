@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from .contract import OOD_SCORES
 from .conversions import CONVERT_HELP, ConvertMode
 
 # /classify's request as the OpenAPI schema and BentoML clients see it (ClassifyRoute parses it).
@@ -42,9 +43,14 @@ class Prediction(Choice):
                     "or scan: trimmed, fitted, centred, negated; serving/conversions.py); 'none': "
                     "the image was only resized to the model's input, as a dataset image is")
     in_distribution: bool | None = Field(
-        None, description="false: the image looks like none of the classes (its calibrated top "
-                          "probability is below ood_threshold); null: the model carries no calibration")
-    ood_threshold: float | None = Field(None, description="the threshold, chosen on held-out data")
+        None, description="false: the image looks like none of the classes (its ood_value is below "
+                          "ood_threshold); null: the model carries no calibration")
+    ood_score: t.Literal[OOD_SCORES] | None = Field(
+        None, description="the out-of-distribution score the model's calibration chose on held-out "
+                          "data: 'max_probability' (the calibrated top probability) or 'energy' "
+                          "(T * logsumexp(logits / T)); higher is more like the classes")
+    ood_value: float | None = Field(None, description="this image's ood_score")
+    ood_threshold: float | None = Field(None, description="the threshold, in ood_score's units, chosen on held-out data")
     input_image: str | None = Field(
         None, description="with show_input=true: the model's input (after conversion) as a "
                           "data:image/png;base64 URL")

@@ -120,11 +120,11 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def tiny_model(tmp_path, *, meta: dict | None | str = "ok", bn: bool = False, name="m.onnx",
-               classes=("a", "b", "c"), outputs: int | str = 3):
+               classes=("a", "b", "c"), outputs: int | str = 3, calibration: dict | None = None):
     """A 1x4x4 -> ``outputs`` logits ONNX model built with onnx.helper (no torch), carrying the
-    serving contract's metadata (``serving.contract.build_metadata``, naming ``classes``) unless
-    ``meta`` says otherwise (None: no key; a str: that raw value). ``outputs`` as a str: the
-    graph states its output size symbolically (the real size is 3)."""
+    serving contract's metadata (``serving.contract.build_metadata``, naming ``classes``, with
+    ``calibration`` when given) unless ``meta`` says otherwise (None: no key; a str: that raw
+    value). ``outputs`` as a str: the graph states its output size symbolically (the real size is 3)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -150,7 +150,8 @@ def tiny_model(tmp_path, *, meta: dict | None | str = "ok", bn: bool = False, na
     proto.ir_version = 10
     if meta == "ok":
         set_metadata(proto, build_metadata(model={"name": "tiny"}, dataset="tiny", classes=classes, channels=1,
-                                           height=4, width=4, mean=[0.5], std=[0.25], parity={"passed": True, "n": 1}))
+                                           height=4, width=4, mean=[0.5], std=[0.25], parity={"passed": True, "n": 1},
+                                           calibration=calibration))
     elif meta is not None:
         p = proto.metadata_props.add()
         p.key, p.value = METADATA_KEY, meta if isinstance(meta, str) else json.dumps(meta)

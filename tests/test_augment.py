@@ -140,8 +140,9 @@ def test_summarise_counts_accuracy_confusion_and_flags():
 @pytest.mark.slow
 def test_augmented_fine_tune_carries_its_calibration_into_the_served_file(tmp_path, fixture_data_dir):
     """classifier --init --augment --holdout -> checkpoint with a calibration record -> export ->
-    the service's answer has in_distribution and the calibrated probability."""
+    the service's answer has in_distribution on the served score (the higher held-out AUROC)."""
     from export import export_checkpoint
+    from serving.calibration import ood_score
     from serving.model import OnnxClassifier, answer, read_model
     from training.__main__ import main
     from training.checkpoint import load_checkpoint
@@ -153,11 +154,15 @@ def test_augmented_fine_tune_carries_its_calibration_into_the_served_file(tmp_pa
                  "--init", str(tmp_path / "base" / "checkpoint.pt"), "--out", str(tmp_path / "ft")]) == 0
     _, ckpt = load_checkpoint(tmp_path / "ft" / "checkpoint.pt")
     rec = ckpt["calibration"]
-    assert rec["temperature"] > 0 and 0 <= rec["ood_threshold"] <= 1
+    m = rec["measured"]  # the served score: the higher held-out AUROC vs the held-out outliers
+    served = "energy" if m["auroc_energy"] > m["auroc_max_probability"] else "max_probability"
+    assert rec["temperature"] > 0 and rec["ood_score"] == served and "AUROC" in rec["ood_score_reason"]
     assert rec["measured"]["held_flagged"] == pytest.approx(0.05, abs=0.01)  # 5% of 200 by design
     export_checkpoint(tmp_path / "ft" / "checkpoint.pt", tmp_path / "m.onnx", data_dir=fixture_data_dir, max_images=64)
     info = read_model(tmp_path / "m.onnx")
-    assert info.calibration == (rec["temperature"], rec["ood_threshold"])
+    assert info.calibration == (rec["temperature"], rec["ood_threshold"], served)
     logits = OnnxClassifier(tmp_path / "m.onnx", want="cpu", threads=1)(np.zeros((1, 1, 28, 28), np.float32))[0]
     out = answer(logits, info.classes, calibration=info.calibration)
-    assert out["in_distribution"] == (out["probability"] >= rec["ood_threshold"])
+    assert out["ood_score"] == served and out["ood_threshold"] == rec["ood_threshold"]
+    assert out["ood_value"] == pytest.approx(float(ood_score(logits[None].astype(np.float64), rec["temperature"], served)[0]))
+    assert out["in_distribution"] == (out["ood_value"] >= rec["ood_threshold"])

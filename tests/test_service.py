@@ -200,7 +200,8 @@ def test_convert_override_by_query_or_form_field(client, fixture_data_dir):
 
 def test_openapi_describes_the_real_request_and_answer(client):
     spec = json.dumps(client.get("/docs.json").json())
-    for word in ("convert", "show_input", "converted", "input_image", '"image"', "in_distribution", "ood_threshold"):
+    for word in ("convert", "show_input", "converted", "input_image", '"image"', "in_distribution", "ood_threshold",
+                 "ood_score", "ood_value"):
         assert word in spec, word
 
 

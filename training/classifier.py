@@ -1,7 +1,9 @@
 """A plain image-classifier trainer for any registry model: ``python -m training classifier``.
 
 It makes the embedded default model of the service (``make default-model``) and any checkpoint
-a user wants to export. SGD with momentum, fixed learning rate with an optional linear decay,
+a user wants to export. Options for what users send: augmentation (training/augment.py),
+outlier exposure (training/outliers.py), and a holdout to calibrate the probabilities and the
+out-of-distribution threshold on. SGD with momentum, fixed learning rate with an optional linear decay,
 the whole dataset on the device, bf16 autocast and channels_last on CUDA, one host sync per
 evaluation interval.
 
@@ -13,6 +15,7 @@ evaluation interval.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +25,11 @@ import torch
 
 from serving import calibration as cal
 
+from . import outliers
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunOptions, require_positive
-from .data import BatchSampler, Normalizer, Split, load_dataset
+from .data import BatchSampler, DatasetNotFoundError, Normalizer, Split, load_dataset
 from .loop import evaluate, interval_ends, prepare_model, run_steps, sgd_step, step_bar
 from .models import MODELS, create_model
 from .records import MetricsWriter
@@ -70,6 +74,15 @@ class ClassifierConfig(RunOptions):
                 "out-of-distribution threshold (0: no calibration)"})
     ood_quantile: float = field(default=0.05, metadata={
         "help": "share of held-out (augmented) images below the out-of-distribution threshold"})
+    # Outlier exposure (Hendrycks, Mazeika & Dietterich 2019; training/outliers.py). 0 keeps the
+    # plain loss; each step then adds a batch of outliers, augmented like the images.
+    outlier_exposure: float = field(default=0.0, metadata={
+        "help": "weight of the outliers' cross-entropy to the uniform distribution (paper: 0.5; 0: off)"})
+    outlier_pool: int = field(default=10000, metadata={
+        "help": "synthetic outliers drawn once from the seed (text, strokes, shapes, blobs, textures)"})
+    outlier_other: bool = field(default=True, metadata={
+        "help": "add the other dataset's images as outliers when on disk (MNIST for Fashion-MNIST "
+                "and the reverse; never downloaded)"})
 
     def validate(self) -> None:
         self.validate_run_options()
@@ -82,6 +95,11 @@ class ClassifierConfig(RunOptions):
             raise ValueError(f"--aug-scale takes MIN MAX with 0 < MIN <= MAX, got {self.aug_scale}")
         if self.holdout < 0 or not 0.0 < self.ood_quantile < 1.0:
             raise ValueError("--holdout must be >= 0 and --ood-quantile in (0, 1)")
+        if self.outlier_exposure < 0 or self.outlier_pool < 1:
+            raise ValueError("--outlier-exposure must be >= 0 and --outlier-pool positive")
+        if self.outlier_exposure > 0 and self.dataset not in outliers.OTHER_DATASET:
+            raise ValueError(f"--outlier-exposure draws 28x28 grey outliers: for "
+                             f"{', '.join(outliers.OTHER_DATASET)}, not {self.dataset}")
 
     def augment_kwargs(self, pipeline: str | None) -> dict:
         """The keyword arguments of training.augment.augment_batch."""
@@ -91,11 +109,42 @@ class ClassifierConfig(RunOptions):
                 "lowres": self.aug_lowres}
 
 
+# Outlier exposure's draws, from the run's seed + these: the training pool, its sampler, its
+# augmentation; the held-out outliers from a seed no training draw uses.
+OUTLIER_SEED, HELD_OUTLIER_SEED = 3, 1_000_003
+
+
 def lr_at(step: int, cfg: ClassifierConfig) -> float:
     """Constant for the first half, then linear to 0 (if ``lr_decay``)."""
     if not cfg.lr_decay or step < cfg.steps // 2:
         return cfg.lr
     return cfg.lr * max(0.0, (cfg.steps - step) / (cfg.steps - cfg.steps // 2))
+
+
+def other_dataset_images(cfg: ClassifierConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(train, test) uint8 images of the dataset whose images are outliers to this one
+    (outliers.OTHER_DATASET), if it is on disk and ``outlier_other``; else None (never downloads)."""
+    name = outliers.OTHER_DATASET.get(cfg.dataset)
+    if not cfg.outlier_other or name is None:
+        return None
+    try:
+        other = load_dataset(name, cfg.data_dir, download=False, progress=False)
+    except DatasetNotFoundError:
+        return None
+    return other.train.images, other.test.images
+
+
+def outlier_set(cfg: ClassifierConfig, n: int, seed: int, other: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    """``n`` synthetic outliers drawn from ``seed`` plus up to ``n // 2`` of ``other`` (the other
+    dataset's images, a seeded choice): uint8 (N, 1, 28, 28), and the count from each source."""
+    digits = cfg.dataset in outliers.DIGIT_DATASETS
+    parts = [torch.from_numpy(outliers.synthetic_outliers(n, seed, digits)).unsqueeze(1)]
+    counts = {"synthetic": n}
+    if other is not None:
+        pick = torch.randperm(len(other), generator=torch.Generator().manual_seed(seed))[:n // 2]
+        parts.append(other[pick.sort().values])
+        counts["other_dataset"] = len(pick)
+    return torch.cat(parts), counts
 
 
 def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
@@ -120,6 +169,14 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, foreach=True)
     sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed, device)
+    other = other_dataset_images(cfg) if (cfg.outlier_exposure > 0 or held is not None) else None
+    oe_pool, oe_counts = None, {}
+    if cfg.outlier_exposure > 0:
+        oe_pool, oe_counts = outlier_set(cfg, cfg.outlier_pool, cfg.seed + OUTLIER_SEED,
+                                         None if other is None else other[0])
+        oe_pool = oe_pool.to(device)
+        oe_sampler = BatchSampler(len(oe_pool), cfg.batch_size, cfg.seed + OUTLIER_SEED + 1, device)
+        oe_gen = torch.Generator().manual_seed(cfg.seed + OUTLIER_SEED + 2)
     bar = step_bar(cfg.progress, cfg.steps, cfg.model)
     state = {"acc": float("nan"), "train_seconds": 0.0}
 
@@ -129,7 +186,12 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         images, labels = train.batch(sampler.next_indices())
         if cfg.augment > 0:
             images = augment_batch(images, aug_gen, **aug_kw)
-        loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp)
+        outs = None
+        if oe_pool is not None:  # augmented alike: style alone must not tell an outlier
+            outs = oe_pool.index_select(0, oe_sampler.next_indices())
+            if cfg.augment > 0:
+                outs = augment_batch(outs, oe_gen, **aug_kw)
+        loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp, outs, cfg.outlier_exposure)
         return loss, (logits.argmax(1) == labels).sum()
 
     with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
@@ -158,7 +220,11 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         bar.close()
     calibration = None
     if held is not None:
-        calibration = calibrate(model, held, test, norm, cfg, aug_kw, device)
+        held_out = None
+        if cfg.dataset in outliers.OTHER_DATASET:  # a seed training never uses
+            held_out = outlier_set(cfg, cfg.holdout, cfg.seed + HELD_OUTLIER_SEED,
+                                   None if other is None else other[1])
+        calibration = calibrate(model, held, test, norm, cfg, aug_kw, device, held_out)
         (run_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     save_checkpoint(run_dir / "checkpoint.pt", model.to(memory_format=torch.contiguous_format),
                     spec, test_accuracy=acc, step=step, calibration=calibration,
@@ -175,7 +241,10 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         + (f"- augmentation: {cfg.augment:.0%} of each batch ({json.dumps(aug_kw)}), seed {cfg.seed + 1}\n"
            if cfg.augment > 0 else "")
         + (f"- holdout: {cfg.holdout:,} training images kept out (seed {cfg.seed}); {len(train):,} trained on\n"
-           if held is not None else ""))
+           if held is not None else "")
+        + (f"- outlier exposure: weight {cfg.outlier_exposure}, a batch of {cfg.batch_size} outliers a step "
+           f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + OUTLIER_SEED}; training/outliers.py)\n"
+           if oe_pool is not None else ""))
     finish_run(run_dir)
     return run_dir
 
@@ -194,10 +263,15 @@ def split_holdout(train: Split, n: int, seed: int) -> tuple[Split, Split | None]
 
 @torch.no_grad()
 def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_kw: dict,
-              device) -> dict:
+              device, held_out: tuple[torch.Tensor, dict] | None = None) -> dict:
     """Fit the temperature on the held-out images (as they are, plus an augmented copy: what
-    users send), then the out-of-distribution threshold on the calibrated top probability of
-    the augmented copy; expected calibration error before/after on the test split."""
+    users send), then each out-of-distribution score's threshold at the ``ood_quantile`` of the
+    augmented copy; expected calibration error before/after on the test split.
+
+    ``held_out``: outliers no training step saw (outlier_set with its own seed, as they are plus
+    an augmented copy), to measure each score's flagged share of outliers and AUROC; the served
+    score (``ood_score``) is the one with the higher held-out AUROC (serving/calibration.py's
+    ``choose_ood_score``), the top probability when there are no held-out outliers."""
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     images = held.images
     if cfg.augment > 0:
@@ -212,13 +286,50 @@ def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_
     held_logits, test_logits = logits_of(images), logits_of(test.images)
     y_held, y_test = labels.numpy(), test.labels.cpu().numpy()
     t = cal.fit_temperature(held_logits, y_held)
-    scores = cal.max_probability(held_logits[len(held):] if cfg.augment > 0 else held_logits, t)
-    threshold = cal.threshold_at_quantile(scores, cfg.ood_quantile)
-    return cal.calibration_record(
-        temperature=t, threshold=threshold, quantile=cfg.ood_quantile,
-        fitted_on=(f"{len(held)} held-out training images (seed {cfg.seed})"
-                   + (" and an augmented copy of each" if cfg.augment > 0 else "")),
+    in_logits = held_logits[len(held):] if cfg.augment > 0 else held_logits
+    scores = cal.max_probability(in_logits, t)
+    thresholds = {name: cal.threshold_at_quantile(cal.ood_score(in_logits, t, name), cfg.ood_quantile)
+                  for name in cal.SCORES}
+    measured, outliers_on = {}, ""
+    fitted_on = (f"{len(held)} held-out training images (seed {cfg.seed})"
+                 + (" and an augmented copy of each" if cfg.augment > 0 else ""))
+    if held_out is not None:
+        outs, counts = held_out
+        source = np.repeat(np.arange(len(counts)), list(counts.values()))
+        if cfg.augment > 0:
+            outs = torch.cat([outs, augment_batch(outs, gen, **{**aug_kw, "fraction": 1.0})])
+            source = np.concatenate([source, source])
+        measured = outlier_measures(in_logits, logits_of(outs), source, list(counts), t,
+                                    thresholds["max_probability"], thresholds["energy"])
+        outliers_on = (f"{json.dumps(counts)} held-out outliers (seed {cfg.seed + HELD_OUTLIER_SEED})"
+                       + (" and an augmented copy of each" if cfg.augment > 0 else ""))
+    served, reason = cal.choose_ood_score({name: measured.get(f"auroc_{name}", math.nan) for name in cal.SCORES})
+    record = cal.calibration_record(
+        temperature=t, threshold=thresholds[served], quantile=cfg.ood_quantile, fitted_on=fitted_on,
+        ood_score=served, ood_score_reason=reason,
         ece_test_before=cal.expected_calibration_error(cal.softmax(test_logits, 1.0), y_test),
         ece_test_after=cal.expected_calibration_error(cal.softmax(test_logits, t), y_test),
         nll_held_before=cal.nll(held_logits, y_held, 1.0), nll_held_after=cal.nll(held_logits, y_held, t),
-        held_flagged=float((scores < threshold).mean()))
+        held_flagged=float((scores < thresholds["max_probability"]).mean()), **measured)
+    if held_out is not None:
+        record["outliers_measured_on"] = outliers_on
+    return record
+
+
+def outlier_measures(in_logits: np.ndarray, out_logits: np.ndarray, source: np.ndarray, sources: list[str],
+                     temperature: float, threshold: float, e_thr: float) -> dict[str, float]:
+    """Flagged shares of held-out outliers (all, and per source) under the calibrated top
+    probability (below ``threshold``; keys without a prefix) and under the energy score (below
+    ``e_thr``; keys ``energy_*``), and each score's AUROC (``auroc_<score>``)."""
+    msp_in, msp_out = cal.max_probability(in_logits, temperature), cal.max_probability(out_logits, temperature)
+    e_in, e_out = cal.energy(in_logits, temperature), cal.energy(out_logits, temperature)
+    m = {"held_outliers_flagged": outliers.flagged_share(msp_out, threshold),
+         "auroc_max_probability": outliers.auroc(msp_in, msp_out),
+         "energy_threshold": e_thr,
+         "energy_held_flagged": outliers.flagged_share(e_in, e_thr),
+         "energy_held_outliers_flagged": outliers.flagged_share(e_out, e_thr),
+         "auroc_energy": outliers.auroc(e_in, e_out)}
+    for k, name in enumerate(sources):
+        m[f"held_{name}_flagged"] = outliers.flagged_share(msp_out[source == k], threshold)
+        m[f"energy_held_{name}_flagged"] = outliers.flagged_share(e_out[source == k], e_thr)
+    return m

@@ -53,13 +53,38 @@ def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, no
     return correct.double() / labels.shape[0]
 
 
+def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from the uniform distribution over the classes to ``softmax(logits)``,
+    averaged over rows: ``mean_k -log_softmax(logits)_k`` (Hendrycks et al. 2019's outlier
+    exposure term). Its least value, log(K), is reached by equal logits, where its gradient is 0."""
+    return -F.log_softmax(logits.float(), dim=1).mean(dim=1).mean()
+
+
+def outlier_exposure_loss(logits: torch.Tensor, labels: torch.Tensor, weight: float) -> torch.Tensor:
+    """Cross-entropy on the first ``len(labels)`` rows (the batch) plus ``weight`` times
+    ``uniform_cross_entropy`` of the remaining rows (the outliers); with no remaining rows, exactly
+    ``F.cross_entropy(logits, labels)``."""
+    n = labels.shape[0]
+    if logits.shape[0] == n:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits[:n], labels) + weight * uniform_cross_entropy(logits[n:])
+
+
 def sgd_step(model: nn.Module, opt: torch.optim.Optimizer, norm: nn.Module, images_u8: torch.Tensor,
-             labels: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One cross-entropy training step on a uint8 batch; returns (loss, logits), detached and
-    still on the device: no host sync."""
+             labels: torch.Tensor, amp: bool = False, outliers_u8: torch.Tensor | None = None,
+             oe_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cross-entropy training step on a uint8 batch; returns (loss, logits of the batch),
+    detached and still on the device: no host sync. With ``outliers_u8`` (outlier exposure) the
+    outliers go through the same forward pass as the batch (one set of BN batch statistics, as in
+    Hendrycks et al.'s code) and add ``oe_weight * uniform_cross_entropy`` to the loss."""
     with autocast(labels.device, amp):
-        logits = model(norm(images_u8))
-        loss = F.cross_entropy(logits, labels)
+        if outliers_u8 is None:
+            logits = model(norm(images_u8))
+            loss = F.cross_entropy(logits, labels)
+        else:
+            both = model(norm(torch.cat([images_u8, outliers_u8])))
+            loss = outlier_exposure_loss(both, labels, oe_weight)
+            logits = both[:labels.shape[0]]
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
