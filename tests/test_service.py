@@ -346,6 +346,23 @@ def test_server_healthy_after_bad_input(client):
     assert client.get("/docs.json").status_code == 200
 
 
+def test_image_too_costly_to_decode_is_413_naming_the_limit(client):
+    """A 25-megapixel progressive gray JPEG (its decoder would hold 48 MiB of coefficients, 72 MiB
+    in all by the estimate) is refused from its header with a JSON 413 that names the limit; the
+    server stays healthy."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (5000, 5000), 200).save(buf, "JPEG", progressive=True)
+    r = client.post("/classify", files={"image": ("p.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 413, r.text
+    body = r.json()
+    assert body["error"] == "too_costly_to_decode" and "64 MiB" in body["detail"], body
+    assert classify_file(client, SAMPLES[0]).status_code == 200
+
+
 # --- concurrency and batching -----------------------------------------------------------------------------
 
 def batch_histogram(metrics: str) -> tuple[float, float]:
