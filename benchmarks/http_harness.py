@@ -293,10 +293,11 @@ def multipart_request(port: int, image: bytes) -> bytes:
 class _Answer:
     """One open-loop request: when it was due, sent and answered, and how."""
 
-    __slots__ = ("due", "sent", "done", "kind", "good")
+    __slots__ = ("due", "sent", "done", "kind", "good", "fresh")
 
     def __init__(self, due: float):
         self.due, self.sent, self.done, self.kind, self.good = due, None, None, None, None
+        self.fresh = False  # sent on a connection opened for it (else on an idle keep-alive one)
 
 
 class _Connection(asyncio.Protocol):
@@ -385,6 +386,7 @@ async def open_loop(url: str, image: bytes, rate: float, seconds: float, timeout
             all_done.set()
 
     async def connect_and_send(answer: _Answer) -> None:
+        answer.fresh = True
         try:
             _, conn = await loop.create_connection(lambda: _Connection(idle, finish), "127.0.0.1", port)
         except ConnectionRefusedError:
@@ -428,7 +430,7 @@ async def open_loop(url: str, image: bytes, rate: float, seconds: float, timeout
         if a.done is None:
             log.append(("timeout", timeout, None, a.due, lag))
         else:
-            log.append((a.kind, a.done - a.due, a.good if a.kind == "shed" else None, a.due, lag))
+            log.append((a.kind, a.done - a.due, a.good if a.kind == "shed" else None, a.due, lag, a.fresh))
     return log, offered
 
 
@@ -440,7 +442,11 @@ def lag_summary(log: list) -> dict:
     lags = [e[4] for e in log if len(e) > 4 and e[4] is not None]
     after_send = {k: [e[1] - e[4] for e in log if e[0] == k and len(e) > 4 and e[4] is not None]
                   for k in ("ok", "shed")}
+    fresh = [e[1] - e[4] for e in log if len(e) > 5 and e[5] and e[4] is not None]
+    reused = [e[1] - e[4] for e in log if len(e) > 5 and not e[5] and e[4] is not None]
     return {"send_lag_p50_ms": percentile(lags, 50) * 1e3 if lags else 0.0,
+            "new_connections": len(fresh), "p99_from_send_new_connection_ms": percentile(fresh, 99) * 1e3 if fresh else 0.0,
+            "p99_from_send_kept_alive_ms": percentile(reused, 99) * 1e3 if reused else 0.0,
             "send_lag_p99_ms": percentile(lags, 99) * 1e3 if lags else 0.0,
             "send_lag_max_ms": max(lags) * 1e3 if lags else 0.0,
             "admitted_p99_from_send_ms": percentile(after_send["ok"], 99) * 1e3 if after_send["ok"] else 0.0,
