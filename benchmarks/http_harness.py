@@ -5,8 +5,10 @@
   ``wait_ready``, the process tree's RSS, ``stop`` (the whole tree).
 - ``wait_for``: poll a condition with a generous deadline (tests never sleep to order events).
 - Clients: ``load`` (closed loop, aiohttp), ``closed_loop`` and ``open_loop`` (arrivals at a fixed
-  rate over raw keep-alive connections, so the client costs the server little), each request's
-  fate (``outcome``) and a ``summary``; ``batch_stats`` and ``metric`` read ``/metrics``.
+  rate over raw keep-alive connections parsed by a bare asyncio protocol, so the client costs
+  little and one core can offer thousands of requests a second; its own send lag is recorded,
+  ``lag_summary``), each request's fate (``outcome``) and a ``summary``; ``batch_stats`` and
+  ``metric`` read ``/metrics``.
 
 Used by benchmarks/serving_http.py, serving_peers.py, traffic.py and tests/test_service.py,
 tests/test_traffic.py. Everything goes to 127.0.0.1 only, bounded in time and count.
@@ -288,88 +290,167 @@ def multipart_request(port: int, image: bytes) -> bytes:
     return head + body
 
 
-async def _raw_one(port: int, request: bytes, idle: list, log: list, t0: float) -> None:
-    """Send ``request`` on an idle keep-alive connection (or a new one) and read the answer with
-    plain asyncio streams: an open-loop client must cost the server's CPU little."""
-    status, err, retry_after, ok_json = None, None, False, False
-    conn = None
-    try:
-        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
-        reader, writer = conn
-        writer.write(request)
-        line = await reader.readline()
-        if not line:
-            raise ConnectionResetError("closed before answering")
-        status = int(line.split()[1])
-        length, close, chunked = 0, False, False
-        while (h := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = h.decode("latin-1").partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "retry-after":
-                retry_after = True
-            elif name == "connection" and "close" in value.lower():
-                close = True
-            elif name == "transfer-encoding" and "chunked" in value.lower():
-                chunked = True
-        if chunked:
-            body = b""
-            while size := int((await reader.readline()).split(b";")[0], 16):
-                body += await reader.readexactly(size + 2)
-            await reader.readline()
-        else:
-            body = await reader.readexactly(length)
-        if status in (503, 429):
+class _Answer:
+    """One open-loop request: when it was due, sent and answered, and how."""
+
+    __slots__ = ("due", "sent", "done", "kind", "good", "fresh")
+
+    def __init__(self, due: float):
+        self.due, self.sent, self.done, self.kind, self.good = due, None, None, None, None
+        self.fresh = False  # sent on a connection opened for it (else on an idle keep-alive one)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection of the open-loop client. It parses only what it must (status,
+    Content-Length, Retry-After, Connection: close) in ``data_received``: no stream reader, no
+    task per request, so one core can offer thousands of requests a second."""
+
+    def __init__(self, idle: list, finish: Callable[[_Answer], None]):
+        self.idle, self.finish = idle, finish
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.current: _Answer | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def send(self, request: bytes, answer: _Answer) -> None:
+        self.current = answer
+        answer.sent = time.perf_counter()
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        answer = self.current
+        end = self.buf.find(b"\r\n\r\n")
+        if answer is None or end < 0:
+            return
+        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", 0))
+        if len(self.buf) < end + 4 + length:
+            return
+        body = bytes(self.buf[end + 4:end + 4 + length])
+        del self.buf[:end + 4 + length]
+        status = int(lines[0].split()[1])
+        answer.kind = "ok" if status == 200 else "shed" if status in (503, 429) else f"http_{status}"
+        if answer.kind == "shed":  # a usable refusal: Retry-After and the service's JSON error body
             try:
-                ok_json = "error" in json.loads(body)
+                answer.good = "retry-after" in headers and "error" in json.loads(body)
             except ValueError:
-                ok_json = False
-        if close:
-            writer.close()
+                answer.good = False
+        self.current = None
+        self.finish(answer)
+        if "close" in headers.get("connection", "").lower():
+            self.transport.close()
         else:
-            idle.append(conn)
-    except ConnectionRefusedError as e:
-        err = _Refused(e)
-    except Exception as e:  # noqa: BLE001 - every failure is an outcome to count
-        err = e
-        if conn is not None:
-            conn[1].close()
-    kind = "refused" if isinstance(err, _Refused) else ("reset" if err is not None else
-                                                         ("ok" if status == 200 else "shed" if status in (503, 429)
-                                                          else f"http_{status}"))
-    log.append((kind, time.perf_counter() - t0, retry_after and ok_json if kind == "shed" else None, t0))
+            self.idle.append(self)
 
-
-class _Refused(Exception):
-    pass
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self in self.idle:
+            self.idle.remove(self)
+        if self.current is not None:
+            self.current.kind = "reset"  # the server dropped an accepted request
+            answer, self.current = self.current, None
+            self.finish(answer)
 
 
 async def open_loop(url: str, image: bytes, rate: float, seconds: float, timeout: float = 30.0) -> tuple[list, float]:
     """Arrivals at a fixed rate whatever the answers (no client waits for the last one), over
     keep-alive connections opened as needed. Latency counts from the scheduled arrival time,
-    so a client that falls behind shows it. Returns the log and the rate really offered."""
+    so a client that falls behind shows it; each entry also records the client's own send lag
+    (sent - due), which ``lag_summary`` reports. Every request due by now is sent at once
+    (a client that woke late catches up rather than drifting). Returns the log, entries
+    ``(kind, seconds from due to answer, usable refusal, due, send lag)``, and the rate really
+    offered (requests over the time it took to send them)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()  # this process may hold torch: no full collections stalling the client
+    loop = asyncio.get_running_loop()
     port = int(url.rsplit(":", 1)[1])
     request = multipart_request(port, image)
-    log: list = []
-    idle: list = []
+    idle: list[_Connection] = []
+    answers: list[_Answer] = []
     n = min(int(rate * seconds), MAX_REQUESTS)
-    tasks = []
+    left = [n]
+    all_done = asyncio.Event()
+
+    def finish(answer: _Answer) -> None:
+        answer.done = time.perf_counter()
+        left[0] -= 1
+        if left[0] == 0:
+            all_done.set()
+
+    async def connect_and_send(answer: _Answer) -> None:
+        answer.fresh = True
+        try:
+            _, conn = await loop.create_connection(lambda: _Connection(idle, finish), "127.0.0.1", port)
+        except ConnectionRefusedError:
+            answer.kind = "refused"
+            return finish(answer)
+        except OSError:
+            answer.kind = "reset"
+            return finish(answer)
+        conn.send(request, answer)
+
+    connecting: set[asyncio.Task] = set()
     t0 = time.perf_counter()
-    for i in range(n):
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(_raw_one(port, request, idle, log, due)))
+    i = 0
+    while i < n:
+        now = time.perf_counter()
+        while i < n and t0 + i / rate <= now:
+            answer = _Answer(t0 + i / rate)
+            answers.append(answer)
+            while idle and idle[-1].transport.is_closing():
+                idle.pop()
+            if idle:
+                idle.pop().send(request, answer)
+            else:
+                task = loop.create_task(connect_and_send(answer))
+                connecting.add(task)
+                task.add_done_callback(connecting.discard)
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
     offered = n / (time.perf_counter() - t0)
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-        log.append(("timeout", timeout, None, 0.0))
-    for reader_writer in idle:
-        reader_writer[1].close()
+    if n:
+        try:
+            await asyncio.wait_for(all_done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+    for conn in idle:
+        conn.transport.close()
+    log = []
+    for a in answers:
+        lag = None if a.sent is None else a.sent - a.due
+        if a.done is None:
+            log.append(("timeout", timeout, None, a.due, lag))
+        else:
+            log.append((a.kind, a.done - a.due, a.good if a.kind == "shed" else None, a.due, lag, a.fresh))
     return log, offered
+
+
+def lag_summary(log: list) -> dict:
+    """Where an open loop's latency comes from: the client's send lag (sent - scheduled, ms:
+    p50, p99, max) and the answers' latency from the moment they were really sent (p99 of
+    admitted and refused). A send lag comparable to the latencies means the client, not the
+    server, is behind."""
+    lags = [e[4] for e in log if len(e) > 4 and e[4] is not None]
+    after_send = {k: [e[1] - e[4] for e in log if e[0] == k and len(e) > 4 and e[4] is not None]
+                  for k in ("ok", "shed")}
+    fresh = [e[1] - e[4] for e in log if len(e) > 5 and e[5] and e[4] is not None]
+    reused = [e[1] - e[4] for e in log if len(e) > 5 and not e[5] and e[4] is not None]
+    return {"send_lag_p50_ms": percentile(lags, 50) * 1e3 if lags else 0.0,
+            "new_connections": len(fresh), "p99_from_send_new_connection_ms": percentile(fresh, 99) * 1e3 if fresh else 0.0,
+            "p99_from_send_kept_alive_ms": percentile(reused, 99) * 1e3 if reused else 0.0,
+            "send_lag_p99_ms": percentile(lags, 99) * 1e3 if lags else 0.0,
+            "send_lag_max_ms": max(lags) * 1e3 if lags else 0.0,
+            "admitted_p99_from_send_ms": percentile(after_send["ok"], 99) * 1e3 if after_send["ok"] else 0.0,
+            "refusal_p99_from_send_ms": percentile(after_send["shed"], 99) * 1e3 if after_send["shed"] else 0.0}
 
 
 def summary(log: list) -> dict:
@@ -378,4 +459,4 @@ def summary(log: list) -> dict:
     shed = [dt for k, dt, *_ in log if k == "shed"]
     return {"kinds": dict(kinds), "ok_p50_ms": percentile(ok, 50) * 1e3, "ok_p99_ms": percentile(ok, 99) * 1e3,
             "shed_p99_ms": percentile(shed, 99) * 1e3 if shed else 0.0,
-            "shed_without_retry_after_or_json": sum(1 for k, _, good, _ in log if k == "shed" and not good)}
+            "shed_without_retry_after_or_json": sum(1 for k, _, good, *_ in log if k == "shed" and not good)}

@@ -62,7 +62,7 @@ def inprocess_ort_p50(model_path: Path, image: bytes) -> float:
 
 
 def full_vgg11_model(directory: Path) -> Path:
-    """A full-width VGG-11 + BN for 32x32x3 inputs (the size issue #6's targets name), with
+    """A full-width VGG-11 + BN for 32x32x3 inputs (the size the targets name), with
     non-trivial BN statistics, exported by our own exporter (so it carries the metadata and the
     parity proof the service demands). Untrained: speed does not depend on the weights."""
     import torch

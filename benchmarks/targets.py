@@ -1,4 +1,4 @@
-"""Issue #6's targets, checked against the numbers of the same benchmark run (nothing typed in):
+"""The performance targets, checked against the numbers of the same benchmark run (nothing typed in):
 a table of target, measured value, met or missed. Rendered at the top of docs/BENCHMARKS.md."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
             out.append(("Serving, concurrency 32: p99 under 150 ms", f"{c32['p99_ms']:.1f} ms",
                         c32["p99_ms"] < 150))
     peers = (serving or {}).get("peers")
-    if peers:  # issue #14, on the default model
+    if peers:  # on the default model
         t = peers["totals"]
         ours = next(k for k in t if k.startswith("ours, ") and "default" in k and k.endswith(" c=32"))
         rps = {k: v["ok"] / v["wall"] for k, v in t.items()}
@@ -78,7 +78,7 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
                         "; ".join(f"{r['case']}: {r['ours']:,.0f} steps/s" for r in mlps),
                         slowest["ours"] >= 1000))
         seeds = training.get("seeds")
-        if seeds:  # issue #11
+        if seeds:
             out.append((f"Training: {seeds['seeds']} seeds x 2 variants of ioffe-fig1 within 1.5x the wall time of 1 seed",
                         f"{seeds['ratio']:.2f}x at {seeds['steps']:,} steps", seeds["ratio"] <= 1.5))
     return out
@@ -86,4 +86,4 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
 
 def render(by_suite: dict[str, dict]) -> str:
     rows = [[t, m, "met" if ok else "**missed**"] for t, m, ok in check(by_suite)]
-    return markdown_table(["target (issue #6: full VGG-11 + BN at 32x32; #14: default model)", "measured in this run", ""], rows) if rows else ""
+    return markdown_table(["target (full VGG-11 + BN at 32x32; peers: the default model)", "measured in this run", ""], rows) if rows else ""

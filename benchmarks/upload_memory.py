@@ -3,7 +3,7 @@ today's pipeline (``serving.conversions.prepare_image``) and the one before the 
 (``serving/preprocess.py`` at BASELINE_COMMIT, read with ``git show``), side by side.
 
     .venv/bin/python -m benchmarks upload            # through the registry, or:
-    .venv/bin/python -m benchmarks.upload_memory [--quick] [--agreement]
+    .venv/bin/python -m benchmarks.upload_memory [--quick] [--new-only] [--agreement]
 
 Memory: each (format, pipeline) runs in a fresh Python process; after a warm-up on a small image
 of the same format (codecs loaded) it resets the kernel's peak-RSS mark (``/proc/self/clear_refs``),
@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from serving.decode import DECODE_MEMORY_LIMIT
+
 from .common import markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 BASELINE_COMMIT = "7233e8b96944893a2b1fe9fd9821e2cf88032592"
 BASELINE_PATH = "serving/preprocess.py"
 FASHION = {"pipeline": "fashion-mnist", "background": "dark"}
+BOUND_MIB = DECODE_MEMORY_LIMIT // 2**20  # every accepted image's peak must stay under it
 MEAN, STD = (0.2860,), (0.3530,)
 
 
@@ -79,6 +82,8 @@ def cases() -> list[tuple[str, bytes, bytes]]:
         ("640x480 JPEG", encode(Image.fromarray(photo(640, 480)), "JPEG", quality=90),
          encode(small, "JPEG")),
         ("4000x3000 JPEG", encode(photo_12mp, "JPEG", quality=90), encode(small, "JPEG")),
+        ("4000x3000 JPEG, progressive", encode(photo_12mp, "JPEG", quality=90, progressive=True),
+         encode(small, "JPEG", progressive=True)),
         ("5000x5000 JPEG, progressive", encode(photo_25mp, "JPEG", quality=90, progressive=True),
          encode(small, "JPEG", progressive=True)),
         ("5000x5000 PNG (white RGB)", encode(Image.new("RGB", (5000, 5000), (255, 255, 255)), "PNG"),
@@ -132,12 +137,19 @@ def child(which: str, image: str, warm: str, baseline_file: str | None, repeats:
     def request(d: bytes) -> np.ndarray:
         return prepare(d, 1, 28, 28, MEAN, STD, convention=FASHION, convert="auto")
 
+    from serving.decode import InputError
+
     for _ in range(2):
         request(warm_data)
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS mark := current RSS
     idle = _status("VmRSS")
     t0 = time.perf_counter()
-    request(data)
+    try:
+        request(data)
+    except InputError as e:  # refused from its header (the new pipeline's memory bound): the answer
+        first = time.perf_counter() - t0
+        return {"peak_bytes": _status("VmHWM") - idle, "first_s": first, "median_s": first,
+                "cpu_median_s": None, "refused": f"{e.status} {e.error}: {e.detail}"}
     first = time.perf_counter() - t0
     peak = _status("VmHWM") - idle
     times, cpu = [], []
@@ -162,11 +174,12 @@ def measure(which: str, data: bytes, warm: bytes, baseline_file: str | None, rep
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> dict:
-    """The table: per format, peak memory above idle and time per request, new and old."""
+def run(quick: bool = False, old_too: bool = True) -> dict:
+    """The table: per format, peak memory above idle and time per request, new and old (the
+    old pipeline left out with ``old_too`` False: minutes less on a 25-megapixel image)."""
     from serving.decode import decode_bytes_estimate, open_image
 
-    source = baseline_source()
+    source = baseline_source() if old_too else None
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
         baseline_file = None
@@ -179,34 +192,45 @@ def run(quick: bool = False) -> dict:
                    if baseline_file else None)
             mib = 1024 * 1024
             estimate = decode_bytes_estimate(open_image(data), data)
+            refused = new.get("refused")
             r = {"format": name, "bytes": len(data), "new_peak_mib": new["peak_bytes"] / mib,
                  "estimate_mib": estimate / mib, "new_ms": new["median_s"] * 1e3,
-                 "new_cpu_ms": new["cpu_median_s"] * 1e3,
+                 "new_cpu_ms": new["cpu_median_s"] * 1e3 if new["cpu_median_s"] is not None else None,
+                 "new_refused": refused,
                  "old_peak_mib": old["peak_bytes"] / mib if old else None,
                  "old_ms": old["median_s"] * 1e3 if old else None,
                  "old_cpu_ms": old["cpu_median_s"] * 1e3 if old else None}
             results.append(r)
             ratio = lambda a, b: f"{a / b:.3f}x" if b else "-"  # noqa: E731
-            rows.append([name, f"{len(data) / 1024:,.0f} KiB",
-                         f"{r['new_peak_mib']:.1f}", f"{r['estimate_mib']:.1f}",
-                         f"{r['old_peak_mib']:.1f}" if old else "-",
-                         ratio(r["new_peak_mib"], r["old_peak_mib"]) if old else "-",
-                         f"{r['new_ms']:.1f}", f"{r['old_ms']:.1f}" if old else "-",
+            if refused:  # the time of a refusal is no decode time: not compared
+                name_cell = f"{name} (refused: {refused.split(':', 1)[0]})"
+                times = [f"{r['new_ms']:.1f}", f"{r['old_ms']:.1f}" if old else "-", "-", "-",
+                         f"{r['old_cpu_ms']:.1f}" if old else "-", "-"]
+            else:
+                name_cell = name
+                times = [f"{r['new_ms']:.1f}", f"{r['old_ms']:.1f}" if old else "-",
                          ratio(r["new_ms"], r["old_ms"]) if old else "-",
                          f"{r['new_cpu_ms']:.1f}", f"{r['old_cpu_ms']:.1f}" if old else "-",
-                         ratio(r["new_cpu_ms"], r["old_cpu_ms"]) if old else "-"])
-            print(f"  {name}: new {r['new_peak_mib']:.1f} MiB {r['new_ms']:.1f} ms "
-                  f"(CPU {r['new_cpu_ms']:.1f} ms)"
+                         ratio(r["new_cpu_ms"], r["old_cpu_ms"]) if old else "-"]
+            rows.append([name_cell, f"{len(data) / 1024:,.0f} KiB",
+                         f"{r['new_peak_mib']:.1f}", f"{r['estimate_mib']:.1f}",
+                         f"{r['old_peak_mib']:.1f}" if old else "-",
+                         ratio(r["new_peak_mib"], r["old_peak_mib"]) if old else "-", *times])
+            verdict = "PASS" if r["new_peak_mib"] <= BOUND_MIB else "FAIL"
+            print(f"  {verdict} {name}: new {r['new_peak_mib']:.1f} MiB (bound {BOUND_MIB} MiB) "
+                  + (f"REFUSED {refused}" if refused else f"{r['new_ms']:.1f} ms (CPU {r['new_cpu_ms']:.1f} ms)")
                   + (f"; old {r['old_peak_mib']:.1f} MiB {r['old_ms']:.1f} ms (CPU {r['old_cpu_ms']:.1f} ms)"
                      if old else ""), flush=True)
     table = markdown_table(["image", "file", "peak MiB (new)", "estimate MiB (new)", "peak MiB (old)",
                             "memory new/old", "ms (new)", "ms (old)", "time new/old",
                             "CPU ms (new)", "CPU ms (old)", "CPU new/old"], rows)
     note = ("Peak RSS above idle of a fresh process per (format, pipeline), every allocation counted; "
-            "estimate: serving.decode.decode_bytes_estimate from the header. Time: median wall and "
+            "estimate: serving.decode.decode_bytes_estimate from the header; an image whose estimate is over "
+            f"the bound ({BOUND_MIB} MiB, serving.decode.DECODE_MEMORY_LIMIT) is refused with 413 before "
+            "decoding (its row says so; its peak is the refusal's). Time: median wall and "
             "CPU (process) time per request after the first (CPU time is what a busy machine "
             "inflates least). old = serving/preprocess.py at "
-            f"{BASELINE_COMMIT[:7]}" + ("" if source else " (not available: no git history)") + ".")
+            f"{BASELINE_COMMIT[:7]}" + ("" if source else " (left out: --new-only, or no git history)") + ".")
     return {"name": "upload", "table": table, "note": note, "results": results}
 
 
@@ -267,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--new-only", action="store_true", help="leave the old (full-resolution) pipeline out")
     p.add_argument("--agreement", action="store_true", help="also check the answers (module doc)")
     p.add_argument("--photos", type=int, default=1000, help="photo renders per dataset, own size")
     p.add_argument("--large", type=int, default=200, help="photo renders per dataset, enlarged 4x")
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
     if not args.skip_table:
-        r = run(args.quick)
+        r = run(args.quick, old_too=not args.new_only)
         print("\n" + r["table"] + "\n" + r["note"])
     if args.agreement:
         source = baseline_source()

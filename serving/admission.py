@@ -25,6 +25,15 @@ arriving and the answers already started, plus this worker's share of the connec
 in the kernel's accept queue (shared by every worker: each counts ``1 / workers`` of it, not
 the whole queue). Anything not yet classified is priced as a small request.
 
+**A closed loop is never refused** (``BNSERVE_MIN_INFLIGHT``): a small request is refused only
+when its worker is over its own limit AND the requests ahead over all workers
+(``all_ahead``: every worker's count from serving/inflight.py, plus the accept queue counted
+once) reach ``all_floor``. A closed loop of N <= ``all_floor`` clients never has more than
+N - 1 requests ahead of any of its own, however the kernel spreads its connections, so it is
+never refused; each worker's limit then needs no floor above a full batch. Where the counts
+cannot be shared (one worker, or no shared file), each worker's floor is its share of
+``BNSERVE_MIN_INFLIGHT`` with a margin instead (serving/settings.py ``admission_floor``).
+
 The excess is refused at once, before its body is read: 503 with ``Retry-After`` and the
 service's JSON error body. 503 and not 429: the server is out of capacity, not the client over a
 quota; load balancers and client retry policies read 503 + Retry-After as "try again, maybe
@@ -114,6 +123,9 @@ class Admission:
                         LARGE: CostState(initial_service_time_s, max(1, min(large_floor, cap)), clock)}
         # requests in this worker ahead of the one asking; replaced where the server can tell
         self.ahead: Callable[[], int] = lambda: self.in_progress
+        # requests ahead over all workers, and below how many a small request is always admitted
+        self.all_ahead: Callable[[], int] | None = None
+        self.all_floor = 0
         self.admitted = 0
         self.refused: dict[str, int] = {}
         self.on_change = on_change  # called when an estimate or limit changes (metrics)
@@ -138,8 +150,18 @@ class Admission:
             return self.classes[LARGE].in_progress
         return max(0, self.ahead() - self.classes[LARGE].in_progress)
 
+    def count_all_workers(self, all_ahead: Callable[[], int], all_floor: int, floor: int) -> None:
+        """Admit a small request whenever fewer than ``all_floor`` are ahead of it over all
+        workers (``all_ahead``); this worker's own small floor becomes ``floor``."""
+        self.all_ahead, self.all_floor = all_ahead, all_floor
+        state = self.classes[SMALL]
+        state.floor = max(1, min(floor, self.cap))
+        state.limit = admission_limit(state.service_time_s, self.max_wait_s, state.floor, self.cap)
+
     def full(self, cost: str = SMALL) -> bool:
-        return self.waiting(cost) >= self.classes[cost].limit
+        if self.waiting(cost) < self.classes[cost].limit:
+            return False
+        return cost != SMALL or self.all_ahead is None or self.all_ahead() >= self.all_floor
 
     def try_enter(self, cost: str = SMALL) -> Ticket | None:
         if self.full(cost):

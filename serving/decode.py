@@ -3,7 +3,13 @@ InputError (4xx), and with memory bounded per request: an image larger than twic
 is decoded already reduced by an integer factor (JPEG at 1/2..1/8 scale inside the decoder, a
 still WebP scaled by libwebp (serving/webp.py), PNG and striped TIFF strip by strip, other formats
 reduced strip by strip once loaded), so no full-size float, RGBA
-or index copy of a 25-megapixel upload ever exists."""
+or index copy of a 25-megapixel upload ever exists.
+
+Where a format's decoder must hold something at full size whatever the reduction (a
+progressive JPEG's DCT coefficients, an interlaced PNG, a lossless WebP's frame, a TIFF that is
+not striped), ``decode_bytes_estimate`` prices it from the header, and an image whose estimate is
+over ``DECODE_MEMORY_LIMIT`` is refused (413 ``too_costly_to_decode``, naming the limit and what
+to send instead) before anything is decoded: every accepted image stays within the bound."""
 
 from __future__ import annotations
 
@@ -28,6 +34,10 @@ DEFAULT_MAX_PIXELS = 25_000_000  # width * height of the first frame; ~75 MB dec
 # the model's input, so the dataset conversions and the final resize see the same picture, and
 # photos up to 1023 pixels (every render of scripts/make_photos.py) are not touched at all.
 WORK_SIDE = 512
+# Memory (bytes above idle, decode_bytes_estimate) that decoding and converting one accepted
+# image may take; an image priced above it is refused before decoding. deploy/ multiplies the
+# bound per request by the concurrency (docs/serving.md).
+DECODE_MEMORY_LIMIT = 64 * 2**20
 
 
 class InputError(ValueError):
@@ -78,9 +88,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     stays bounded (module docstring).
 
     Raises InputError: 400 empty, 415 not an image in ALLOWED_FORMATS, 413 more than
-    ``max_pixels`` pixels (checked from the header, before decoding: decompression bombs),
+    ``max_pixels`` pixels (checked from the header, before decoding: decompression bombs) or
+    more than DECODE_MEMORY_LIMIT to decode (``check_decode_memory``; with ``work_side``),
     422 truncated or corrupt."""
     img = open_image(data, max_pixels)
+    if work_side is not None:
+        check_decode_memory(img, data, DECODE_MEMORY_LIMIT, work_side)
     factor = reduction_factor(img.size, work_side)
     fmt = img.format
     try:
@@ -367,6 +380,27 @@ def decode_bytes_estimate(img: Image.Image, data: bytes, work_side: int | None =
         return WORK_BYTES + len(data)  # groups of strips; a copy of the file with their IFDs
     return WORK_BYTES + w * h * _PIXEL_BYTES.get(img.mode, 4)
 
+
+
+def check_decode_memory(img: Image.Image, data: bytes, limit: int = DECODE_MEMORY_LIMIT,
+                        work_side: int = WORK_SIDE) -> None:
+    """Refuse (InputError 413 ``too_costly_to_decode``) an opened image whose decoding would take
+    more than ``limit`` bytes by decode_bytes_estimate, naming the limit, why, and what to send
+    instead (the same picture in a format decoded in strips, or fewer pixels)."""
+    estimate = decode_bytes_estimate(img, data, work_side)
+    if estimate <= limit:
+        return
+    w, h = img.size
+    fmt = img.format or "image"
+    progressive = fmt == "JPEG" and (img.info.get("progressive") or img.info.get("progression"))
+    what = "progressive JPEG" if progressive else fmt
+    why = (" (a progressive JPEG's decoder holds every DCT coefficient of the whole image at once)"
+           if progressive else " (this file's decoder holds the whole image at full size)")
+    fits = max(0, int(w * h * (limit - WORK_BYTES) / max(1, estimate - WORK_BYTES)))
+    raise InputError(413, "too_costly_to_decode",
+                     f"decoding this {w}x{h} {what} would take about {estimate / 2**20:.0f} MiB{why}; the "
+                     f"limit is {limit / 2**20:.0f} MiB per image. Send it as a baseline (non-progressive) JPEG "
+                     f"or a non-interlaced PNG, or at most about {fits / 1e6:.1f} megapixels")
 
 
 def _webp_animated(data: bytes) -> bool:

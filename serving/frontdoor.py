@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from .admission import SMALL, AcceptQueue, Admission, UploadBudget, cost_class
 from .deadlines import with_header_deadline
+from .inflight import WorkerCounts
 
 Scope = dict
 Receive = Callable[[], Awaitable[dict]]
@@ -110,8 +111,17 @@ class Traffic:
         self._unanswered: set[asyncio.Task] = set()  # requests in handle() whose answer has not started
         self._cut: set[asyncio.Task] = set()
         self.finishing = 0  # answered (response started), task not yet ended (FrontDoor counts)
+        self.pending = 0  # past the front door, answer not started (FrontDoor counts)
+        self.counts: WorkerCounts | None = None  # this worker's slot among all workers' counts
 
-    def count_ahead_in(self, server: t.Any, workers: int = 1) -> None:
+    def publish(self) -> None:
+        """This worker's requests ahead of a newcomer, for the other workers: past the front
+        door and not yet answered, less the uploads still arriving."""
+        if self.counts is not None:
+            self.counts.set(self.pending - self.reading)
+
+    def count_ahead_in(self, server: t.Any, workers: int = 1, counts: WorkerCounts | None = None,
+                       all_floor: int = 0, floor: int = 1) -> None:
         """Requests ahead = uvicorn's request tasks, less the asking one, the uploads still
         arriving and the requests already answered (see serving/admission.py), plus this
         worker's share of the connections the kernel has completed but no worker has accepted
@@ -123,6 +133,10 @@ class Traffic:
         share = 1.0 / max(1, workers)
         self.admission.ahead = lambda: (len(tasks) - 1 - self.reading - self.finishing
                                         + int(queue.length() * share))
+        if counts is not None:  # over all workers: every worker's count, the queue once, less the asking one
+            self.counts = counts
+            self.admission.count_all_workers(lambda: counts.total() + queue.length() - 1, all_floor, floor)
+            self.publish()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send,
                      read: Callable[[], Awaitable[t.Any]],
@@ -178,11 +192,13 @@ class Traffic:
                         respond: Callable[[t.Any], Awaitable[t.Any]], cost: str) -> None:
         admission = self.admission
         self.reading += 1
+        self.publish()
         self.on_count("reading", 1)
         try:
             upload = await read()  # raises ClientDisconnect if the client left mid-upload
         finally:
             self.reading -= 1
+            self.publish()
             self.on_count("reading", -1)
         # checked again now the body is here (a burst of uploads may have passed the door
         # together); a large upload already read is kept: refusing it now would waste its bytes,
@@ -254,9 +270,15 @@ class FrontDoor:
         traffic = self.traffic
         task = asyncio.current_task()
         answered = False
+        traffic.pending += 1  # counted before the admission looks (which leaves the asking one out)
+        traffic.publish()
 
         def ended(_: asyncio.Task) -> None:  # runs right after uvicorn drops the task
-            traffic.finishing -= 1
+            if answered:
+                traffic.finishing -= 1
+            else:  # cancelled, or the client left, before any answer
+                traffic.pending -= 1
+                traffic.publish()
 
         async def send_marked(message: dict) -> None:
             # once its answer has started, a request is no longer ahead of anyone, though its
@@ -265,8 +287,12 @@ class FrontDoor:
             if not answered and message["type"] == "http.response.start":
                 answered = True
                 traffic.finishing += 1
-                task.add_done_callback(ended)
+                traffic.pending -= 1
+                traffic.publish()
             await send(message)
+
+        if task is not None:
+            task.add_done_callback(ended)
 
         cost = cost_class(declared_length(scope))
         if traffic.admission.full(cost):
@@ -277,16 +303,19 @@ class FrontDoor:
 
 
 def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_timeout_s: float,
-                    keepalive_timeout_s: float) -> bool:
+                    keepalive_timeout_s: float, counts: WorkerCounts | None = None, all_floor: int = 0,
+                    floor: int = 1) -> bool:
     """On this uvicorn server (before it creates any connection): wrap its app in FrontDoor,
-    count requests ahead from its tasks and accept queue, give every connection a deadline for
-    its request head, and set its keep-alive idle timeout. False when ``server`` has no loaded
-    app (not uvicorn, or not started the way `bentoml serve` starts it)."""
+    count requests ahead from its tasks and accept queue (and, with ``counts``, over all
+    workers: a small request is refused only with ``all_floor`` or more ahead of it there; this
+    worker's own small floor becomes ``floor``), give every connection a deadline for its
+    request head, and set its keep-alive idle timeout. False when ``server`` has no loaded app
+    (not uvicorn, or not started the way `bentoml serve` starts it)."""
     config = getattr(server, "config", None)
     if config is None or getattr(config, "loaded_app", None) is None:
         return False
     config.loaded_app = FrontDoor(config.loaded_app, traffic)
     config.http_protocol_class = with_header_deadline(config.http_protocol_class, header_timeout_s)
     config.timeout_keep_alive = keepalive_timeout_s
-    traffic.count_ahead_in(server, workers)
+    traffic.count_ahead_in(server, workers, counts, all_floor, floor)
     return True

@@ -48,6 +48,7 @@ from .batching import MicroBatcher
 from .decode import InputError
 from .drain import Drain
 from .frontdoor import Traffic, open_front_door
+from .inflight import WorkerCounts
 from .model import ModelError, OnnxClassifier, answer
 from .oip import OipRoute
 from .page import page_html
@@ -115,9 +116,17 @@ class Classifier:
                                on_event=metrics.event, on_count=metrics.count)
         self.drain = Drain(self.traffic, s.drain_timeout_s)
         if self.drain.install():  # run by uvicorn (`bentoml serve`): SIGTERM drains,
-            open_front_door(self.drain.server, self.traffic, workers=s.worker_count,  # overload is refused
-                            header_timeout_s=s.header_timeout_s,  # up front, every phase has a deadline
-                            keepalive_timeout_s=s.keepalive_timeout_s)
+            from bentoml._internal.context import server_context  # overload is refused up front
+
+            # requests in progress counted over all workers: BNSERVE_MIN_INFLIGHT holds for the total
+            counts = WorkerCounts.for_worker(s.worker_count, server_context.worker_index)
+            if s.worker_count > 1 and counts is None:
+                logger.warning("bnserve: workers cannot share their request counts; each admits its share "
+                               "of BNSERVE_MIN_INFLIGHT (+50%%) instead")
+            open_front_door(self.drain.server, self.traffic, workers=s.worker_count,
+                            header_timeout_s=s.header_timeout_s,  # every phase has a deadline
+                            keepalive_timeout_s=s.keepalive_timeout_s, counts=counts,
+                            all_floor=s.min_inflight, floor=s.shared_admission_floor)
         self.batcher = MicroBatcher(self.model, s.max_batch_size, on_batch=metrics.batch_size.observe)
         self._decoders: anyio.CapacityLimiter | None = None
         # What exists now (imports, model, session) lives as long as the process: keep the cyclic

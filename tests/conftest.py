@@ -25,6 +25,7 @@ import pytest
 
 FIXTURE_DATA = Path(__file__).resolve().parent / "data"
 REPO_ROOT = FIXTURE_DATA.parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
 
 
 def in_ci() -> bool:
@@ -208,3 +209,45 @@ def chromium_driver():
                 "--window-size=1000,900"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+# --- a real `bentoml serve` of the service ----------------------------------------------------------
+
+START_TIMEOUT_S = 180  # a cold start on 2 busy cores
+SERVER_LOG: list[Path] = []  # the log of each module's `server`, the latest last (shown when a test fails)
+
+
+def start_server(model: Path, log_path: Path, **env: str):
+    """`bentoml serve` of the service on a free port (benchmarks/http_harness.py's Server), with
+    its own BENTOML_HOME (a `bentoml serve` starting empties the Prometheus directory there,
+    which would wipe the metrics of another module's server still running)."""
+    from benchmarks.http_harness import Server
+
+    return Server("serving.service:BnServe", {"BNSERVE_MODEL": str(model), **env}, log=log_path)
+
+
+def log_tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:]
+
+
+def wait_ready(server) -> None:
+    try:
+        server.wait_ready(START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The URL of `bentoml serve` of the default model (models/default/), one per test module
+    that asks for it, stopped with the module; its log is ``SERVER_LOG[-1]``."""
+    if not DEFAULT_MODEL.is_file():
+        pytest.fail(f"{DEFAULT_MODEL} is missing: run `make default-model`")
+    log_path = tmp_path_factory.mktemp("server") / "bentoml.log"
+    SERVER_LOG.append(log_path)
+    served = start_server(DEFAULT_MODEL, log_path)
+    try:
+        wait_ready(served)
+        yield served.url
+    finally:
+        served.stop()

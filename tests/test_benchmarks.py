@@ -102,3 +102,53 @@ def test_the_bare_floor_peer_answers_with_the_services_preprocessing():
             r = client.post("/classify", files={"image": (samples / name).read_bytes()})
             assert r.status_code == 200 and r.json()["label"] == label
         assert client.post("/classify", files={"image": ("x.txt", b"hello", "text/plain")}).status_code == 415
+
+
+def test_open_loop_client_counts_every_answer_reuses_connections_and_records_its_lag():
+    """The open-loop client against a stand-in server on 127.0.0.1 that answers 200 and 503
+    (with Retry-After and a JSON body) in turn, in pieces, and closes one connection: every
+    request gets its fate, and each entry carries its send lag. No time is asserted."""
+    import asyncio
+
+    from benchmarks.http_harness import lag_summary, open_loop, summary
+
+    async def main():
+        served = [0]
+        connections = [0]
+
+        async def handle(reader, writer):
+            connections[0] += 1
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                served[0] += 1
+                if served[0] % 2:
+                    body, extra = b'{"label": "x"}', b""
+                else:
+                    body, extra = b'{"error": "overloaded"}', b"Retry-After: 1\r\n"
+                close = served[0] == 3
+                answer = (b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n" % (200 if served[0] % 2 else 503, len(body))
+                          + extra + (b"Connection: close\r\n" if close else b"") + b"\r\n" + body)
+                writer.write(answer[:10])  # in two pieces: the client must wait for the rest
+                await writer.drain()
+                writer.write(answer[10:])
+                await writer.drain()
+                if close:
+                    writer.close()
+                    return
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            log, offered = await open_loop(f"http://127.0.0.1:{port}", b"IMG", rate=40, seconds=0.5)
+        return log, offered, connections[0]
+
+    log, offered, connections = asyncio.run(main())
+    s = summary(log)
+    assert len(log) == 20 and s["kinds"] == {"ok": 10, "shed": 10} and s["shed_without_retry_after_or_json"] == 0
+    assert offered > 0 and connections >= 2  # the one the server closed was replaced
+    assert all(entry[4] is not None and entry[4] >= 0 for entry in log)
+    lag = lag_summary(log)
+    assert lag["send_lag_max_ms"] >= lag["send_lag_p99_ms"] >= lag["send_lag_p50_ms"] >= 0

@@ -551,19 +551,6 @@ N_IMAGES = 64
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from test_service import start_server, wait_ready
-
-    log_path = tmp_path_factory.mktemp("oip-server") / "bentoml.log"
-    server = start_server(MODEL, log_path)
-    try:
-        wait_ready(server)
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def images():
     """The first N_IMAGES real Fashion-MNIST test images: uint8 pixels, labels, the model's
     normalised input, and the PyTorch eval-mode probabilities (float64) at the checkpoint's
@@ -849,7 +836,7 @@ def test_sigterm_drain_v2_ready_503_infer_answered_stalled_infer_408(tmp_path, i
     import socket
 
     import httpx
-    from test_service import start_server, wait_ready
+    from conftest import start_server, wait_ready
     from test_traffic import DEADLINE_S, wait_for
 
     name = images["name"]

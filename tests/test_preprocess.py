@@ -13,7 +13,7 @@ from PIL import Image
 
 from serving import conversions as cv
 from serving.conversions import convert_image
-from serving.decode import InputError, decode_image
+from serving.decode import DECODE_MEMORY_LIMIT, InputError, decode_image
 from serving.geometry import to_model_pixels
 
 FASHION = {"pipeline": "fashion-mnist", "background": "dark"}
@@ -408,7 +408,7 @@ def encode_image(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 # The bound per request that deploy/ multiplies by the concurrency (docs/serving.md).
-REQUEST_BOUND_MIB = 64
+REQUEST_BOUND_MIB = DECODE_MEMORY_LIMIT // 2**20
 
 
 def test_25_megapixel_upload_keeps_numpy_and_python_allocations_under_the_bound():
@@ -474,3 +474,43 @@ def test_formats_loaded_at_full_size_stay_under_their_estimate(fmt, tmp_path):
     warm = encode_image(img.resize((64, 64)), fmt.split("-")[0], **kw)
     peak = measure("new", data, warm, None, repeats=0)["peak_bytes"]
     assert peak < decode_bytes_estimate(open_image(data), data), peak
+
+
+def test_an_image_priced_over_the_bound_is_refused_before_decoding_naming_the_limit():
+    from serving.decode import WORK_BYTES, check_decode_memory, decode_bytes_estimate, open_image
+
+    img = Image.fromarray(scene(1600, 1200))
+    progressive = encode_image(img, "JPEG", progressive=True)  # 45,000 blocks: 5.5 MiB of coefficients
+    opened = open_image(progressive)
+    estimate = decode_bytes_estimate(opened, progressive)
+    check_decode_memory(opened, progressive, limit=estimate)  # at the limit: accepted
+    with pytest.raises(InputError) as e:
+        check_decode_memory(opened, progressive, limit=estimate - 1)
+    assert e.value.status == 413 and e.value.error == "too_costly_to_decode"
+    detail = e.value.detail
+    assert "progressive JPEG" in detail and f"limit is {(estimate - 1) / 2**20:.0f} MiB" in detail
+    assert "baseline (non-progressive) JPEG" in detail
+    baseline = encode_image(img, "JPEG")  # decoded at 1/8 scale: nothing at full size
+    check_decode_memory(open_image(baseline), baseline, limit=WORK_BYTES)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_progressive_jpeg_accepted_within_the_bound_or_refused_from_its_header():
+    """Every allocation counted (peak RSS above idle of a fresh process, as
+    benchmarks/upload_memory.py): a 12-megapixel progressive JPEG (4:2:0) is decoded under the
+    bound; a 25-megapixel one, whose coefficients alone are 72 MiB, is refused with 413 before
+    anything is decoded, and the refusal stays under the bound too."""
+    from benchmarks.upload_memory import measure, photo
+    from serving.decode import DECODE_MEMORY_LIMIT
+
+    warm = encode_image(Image.fromarray(photo(64, 48)), "JPEG", progressive=True)
+    for (w, h), refused in (((4000, 3000), False), ((5000, 5000), True)):
+        data = encode_image(Image.fromarray(photo(w, h)), "JPEG", quality=90, progressive=True)
+        got = measure("new", data, warm, None, repeats=0)
+        assert got["peak_bytes"] < DECODE_MEMORY_LIMIT, (w, h, got)
+        assert bool(got.get("refused")) == refused, got
+        if refused:
+            assert got["refused"].startswith("413 too_costly_to_decode") and "64 MiB" in got["refused"]
+            with pytest.raises(InputError) as e:
+                cv.prepare_image(data, 1, 28, 28, [0.286], [0.353], convention=FASHION)
+            assert e.value.status == 413

@@ -17,9 +17,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import chromium_driver, tiny_model
+from conftest import (
+    SERVER_LOG,
+    START_TIMEOUT_S,
+    chromium_driver,
+    log_tail,
+    start_server,
+    tiny_model,
+    wait_ready,
+)
 
-from benchmarks.http_harness import Server, wait_for
+from benchmarks.http_harness import wait_for
 from serving.conversions import convert_image
 from serving.decode import decode_image
 from serving.geometry import normalize_uint8
@@ -31,42 +39,6 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "default" / "model.onnx"
 CHECKPOINT = REPO / "models" / "default" / "checkpoint.pt"
 SAMPLES = sorted(p for p in (REPO / "samples").iterdir() if p.suffix in (".png", ".jpg"))
-START_TIMEOUT_S = 180  # a cold start on 2 busy cores
-SERVER_LOG: list[Path] = []  # the module server's log, shown when a test fails
-
-
-def start_server(model: Path, log_path: Path, **env: str) -> Server:
-    """`bentoml serve` of the service on a free port (benchmarks/http_harness.py), with its own
-    BENTOML_HOME (a `bentoml serve` starting empties the Prometheus directory there, which would
-    wipe the metrics of the module's server still running)."""
-    return Server("serving.service:BnServe", {"BNSERVE_MODEL": str(model), **env}, log=log_path)
-
-
-def log_tail(path: Path, n: int = 4000) -> str:
-    return path.read_text(errors="replace")[-n:]
-
-
-def wait_ready(server: Server) -> None:
-    try:
-        server.wait_ready(START_TIMEOUT_S)
-    except (RuntimeError, TimeoutError) as e:
-        pytest.fail(str(e))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not MODEL.is_file():
-        pytest.fail(f"{MODEL} is missing: run `make default-model`")
-    log_path = tmp_path_factory.mktemp("server") / "bentoml.log"
-    SERVER_LOG.append(log_path)
-    server = start_server(MODEL, log_path)
-    try:
-        wait_ready(server)
-        yield server.url
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def client(server):
     with httpx.Client(base_url=server, timeout=60) as c:
@@ -345,6 +317,23 @@ def test_server_healthy_after_bad_input(client):
     assert client.get("/livez").status_code == 200
     assert classify_file(client, SAMPLES[0]).status_code == 200
     assert client.get("/docs.json").status_code == 200
+
+
+def test_image_too_costly_to_decode_is_413_naming_the_limit(client):
+    """A 25-megapixel progressive gray JPEG (its decoder would hold 48 MiB of coefficients, 72 MiB
+    in all by the estimate) is refused from its header with a JSON 413 that names the limit; the
+    server stays healthy."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (5000, 5000), 200).save(buf, "JPEG", progressive=True)
+    r = client.post("/classify", files={"image": ("p.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 413, r.text
+    body = r.json()
+    assert body["error"] == "too_costly_to_decode" and "64 MiB" in body["detail"], body
+    assert classify_file(client, SAMPLES[0]).status_code == 200
 
 
 # --- concurrency and batching -----------------------------------------------------------------------------

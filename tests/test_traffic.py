@@ -33,6 +33,7 @@ from serving.admission import (
 )
 from serving.drain import Drain, stop_listening
 from serving.frontdoor import FrontDoor, Traffic, is_inference
+from serving.inflight import Liveness, WorkerCounts, counts_path, pid_alive, read_slots, total_of
 from serving.settings import VARIABLES, SettingError, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,6 +309,112 @@ def test_requests_ahead_leave_out_uploads_arriving_answered_and_other_workers_sh
     assert traffic.admission.ahead() == 3
 
 
+
+# --- requests in progress over all workers (serving/inflight.py) ---------------------------------
+
+def test_total_counts_the_slots_of_live_workers_only():
+    slots = [(101, 3), (102, 5), (0, 7), (103, -1), (104, 2)]  # 0: a slot never taken
+    assert total_of(slots, alive=lambda pid: True) == 10
+    assert total_of(slots, alive=lambda pid: pid != 102) == 5  # a dead worker's count is left out
+
+
+def test_liveness_is_checked_once_per_interval():
+    clock, checks = Clock(), []
+    alive = Liveness(lambda pid: checks.append(pid) or len(checks) < 2, ttl_s=1.0, clock=clock)
+    assert alive(7) and alive(7) and checks == [7]
+    clock.t = 1.0
+    assert not alive(7) and checks == [7, 7]
+
+
+def test_worker_counts_share_one_file_each_worker_its_own_slot(tmp_path):
+    path = counts_path(tmp_path, server_pid=4242)
+    assert path.parent == tmp_path and "4242" in path.name
+    dead: set[int] = set()
+
+    def alive(pid):
+        return pid not in dead
+    first = WorkerCounts(path, 2, 0, pid=11, alive=alive)
+    second = WorkerCounts(path, 2, 1, pid=12, alive=alive)
+    first.set(3)
+    second.set(4)
+    assert first.total() == second.total() == 7 and first.read() == [(11, 3), (12, 4)]
+    dead.add(12)  # the second worker died with requests counted: they no longer count
+    assert first.total() == 3
+    respawned = WorkerCounts(path, 2, 1, pid=13, alive=alive)  # the same index takes the slot over
+    assert first.read() == [(11, 3), (13, 0)]
+    respawned.set(1)
+    assert first.total() == 4
+    for counts in (first, second, respawned):
+        counts.close()
+
+
+def test_worker_counts_only_where_several_bentoml_workers_share(tmp_path):
+    assert WorkerCounts.for_worker(1, 1, str(tmp_path)) is None
+    assert WorkerCounts.for_worker(2, None, str(tmp_path)) is None  # not a bentoml worker
+    assert WorkerCounts.for_worker(2, 3, str(tmp_path)) is None
+    assert WorkerCounts.for_worker(2, 1, str(tmp_path / "missing")) is None  # no file: each counts alone
+    counts = WorkerCounts.for_worker(2, 2, str(tmp_path))
+    assert counts is not None and counts.index == 1
+    counts.close()
+
+
+def test_a_closed_loop_up_to_min_inflight_is_never_refused_however_the_workers_split_it():
+    """Two workers, each with a Little's-law limit of 1: a closed loop of N <= 16 clients has
+    at most N - 1 requests ahead of a newcomer over all workers, so whatever the split (this
+    worker, the other one, the accept queue) nothing is refused; at 16 ahead the worker's own
+    limit decides again."""
+    floor = 16
+    for others in range(floor):  # N - 1 requests of the loop, anywhere
+        for here in range(others + 1):
+            a = admission(1.0, max_wait_s=0.3, floor=1)
+            a.count_all_workers(lambda others=others: others, floor, floor=1)
+            a.ahead = lambda here=here: here
+            assert not a.full(SMALL), (others, here)
+    a = admission(1.0, max_wait_s=0.3, floor=64)
+    a.count_all_workers(lambda: floor, floor, floor=1)
+    assert a.limit == 1  # the worker's own floor: a batch, not its share
+    a.ahead = lambda: 1
+    assert a.full(SMALL) and a.try_enter(SMALL) is None
+    a.ahead = lambda: 0
+    assert not a.full(SMALL)  # under its own limit: admitted whatever the total
+    a.classes[LARGE].in_progress = 4
+    assert a.full(LARGE)  # large requests keep their own limit
+
+
+def test_front_door_publishes_this_workers_requests_ahead(tmp_path):
+    """The count other workers read: past the front door and not yet answered, less the
+    uploads arriving; back to 0 once answered or refused."""
+    from types import SimpleNamespace
+
+    seen = []
+    counts = WorkerCounts(counts_path(tmp_path, 1), 2, 0, pid=os.getpid(), alive=lambda pid: True)
+    traffic = Traffic(admission(0.001))
+    server = SimpleNamespace(server_state=SimpleNamespace(tasks={1}), servers=None)
+    traffic.count_ahead_in(server, workers=2, counts=counts, all_floor=8, floor=1)
+    assert traffic.admission.all_floor == 8 and traffic.admission.classes[SMALL].floor == 1
+
+    async def read():
+        seen.append(("reading", counts.read()[0][1]))
+        return b"IMG"
+
+    async def app(scope, receive, send):
+        await traffic.handle(scope, receive, send, read, answer)
+
+    async def answer(upload):
+        seen.append(("answering", counts.read()[0][1]))
+        return await ok_response(upload)
+
+    async def main():
+        client = AsgiClient([], then_disconnect=False)
+        await FrontDoor(app, traffic)(SCOPE, client.receive, client.send)
+        return client.sent
+
+    sent = asyncio.run(main())
+    assert sent[0]["status"] == 200 and seen == [("reading", 0), ("answering", 1)]
+    assert counts.read()[0][1] == 0 and traffic.pending == 0
+    counts.close()
+
+
 # --- deadlines ------------------------------------------------------------------------------------
 
 class ManualTimers:
@@ -530,6 +637,9 @@ def test_each_worker_admits_its_share_of_a_closed_loop_whatever_the_estimate():
     assert Settings(workers=1, max_inflight=100).admission_floor == 100  # never more than the cap
     a = Admission(0.05, 0.3, cap=1024, floor=Settings(workers=2).admission_floor)  # 50 ms each: 6 by the estimate
     assert a.limit == 192
+    # where the workers count together the total holds BNSERVE_MIN_INFLIGHT: each keeps a batch
+    assert Settings(workers=2).shared_admission_floor == 64
+    assert Settings(max_batch_size=8, max_inflight=4).shared_admission_floor == 4
 
 
 def test_cores_follow_the_cgroup_quota():
@@ -897,3 +1007,49 @@ def test_accept_queue_counts_connections_the_kernel_completed_but_nobody_accepte
         listener.close()
         for s in queue.socks or ():
             s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.service
+def test_bentoml_serve_two_workers_never_refuse_a_closed_loop_up_to_min_inflight():
+    """`bentoml serve` with 2 workers whose own limits are 1 request (a tiny wait budget, batches
+    of 1): a closed loop of BNSERVE_MIN_INFLIGHT = 16 clients is never refused, because the
+    workers count their requests together (their shared file, one live slot each); without that
+    each worker, holding about half the loop, would refuse. A fixed number of requests, no
+    time in any assert."""
+    import aiohttp
+
+    from benchmarks.http_harness import Server
+
+    clients, per_client = 16, 25
+    server = Server("serving.service:BnServe", {"BNSERVE_WORKERS": "2", "BNSERVE_MIN_INFLIGHT": str(clients),
+                                                "BNSERVE_MAX_WAIT_MS": "0.001", "BNSERVE_MAX_BATCH_SIZE": "1"})
+    image = sorted((REPO / "samples").glob("*.png"))[0].read_bytes()
+    try:
+        server.wait_ready(180)
+
+        def both_slots_live():
+            files = list(Path(server.home).rglob("bnserve-inflight-*"))
+            slots = read_slots(files[0]) if len(files) == 1 else []
+            return len(slots) == 2 and all(pid > 0 and pid_alive(pid) for pid, _ in slots)
+        wait_for(both_slots_live, "each worker's slot in one shared counts file")
+
+        async def run():
+            statuses: list[int] = []
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
+                                             timeout=aiohttp.ClientTimeout(total=DEADLINE_S)) as s:
+                async def client():
+                    for _ in range(per_client):
+                        form = aiohttp.FormData()
+                        form.add_field("image", image, filename="x.png", content_type="image/png")
+                        async with s.post(server.url + "/classify", data=form) as r:
+                            await r.read()
+                            statuses.append(r.status)
+                await asyncio.gather(*(client() for _ in range(clients)))
+            return statuses
+
+        statuses = asyncio.run(run())
+        assert len(statuses) == clients * per_client and set(statuses) == {200}, sorted(set(statuses))
+        assert "cannot share" not in server.output()
+    finally:
+        server.stop()
