@@ -311,6 +311,7 @@ def service_upload_budget_mib() -> float | None:
 def test_memory_limit_covers_the_baseline_and_the_uploads_in_flight():
     """limit >= baseline + workers x (decoders x per-upload bound + upload budget)
     (deployment.yaml's comment says where each number comes from; its annotations hold them)."""
+    from serving.decode import DECODE_MEMORY_LIMIT
     from serving.service import DECODE_THREADS
 
     dep, c = load("deployment.yaml"), container()
@@ -319,6 +320,7 @@ def test_memory_limit_covers_the_baseline_and_the_uploads_in_flight():
     budget = service_upload_budget_mib()
     if budget is not None:  # the annotation is the service's own budget
         assert notes["upload-budget"] == budget
+    assert notes["per-upload"] * 2**20 >= DECODE_MEMORY_LIMIT  # the decoder's own bound, not a guess
     workers = int(env_of(c)["BNSERVE_WORKERS"])
     need = notes["baseline"] + workers * (DECODE_THREADS * notes["per-upload"] + notes["upload-budget"])
     limit = mib(c["resources"]["limits"]["memory"])
