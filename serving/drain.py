@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -42,6 +41,7 @@ import time
 import typing as t
 from collections.abc import Awaitable, Callable
 
+from .accept import protocol_factory
 from .frontdoor import Traffic
 
 logger = logging.getLogger("bentoml.bnserve")
@@ -63,9 +63,7 @@ def stop_listening(server: t.Any, loop: asyncio.AbstractEventLoop) -> int:
     """Accept what is queued on uvicorn's listening sockets, then make them refuse connections
     for every process that shares them. Returns how many queued connections were taken in."""
     taken = 0
-    config = server.config
-    protocol = functools.partial(config.http_protocol_class, config=config,
-                                 server_state=server.server_state, app_state=server.lifespan.state)
+    protocol = protocol_factory(server)
     for srv in getattr(server, "servers", []):
         listeners = [socket.socket(fileno=os.dup(s.fileno())) for s in (srv.sockets or ())]
         srv.close()  # this loop stops watching them (accept() would fail from now on)

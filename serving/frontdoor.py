@@ -22,11 +22,13 @@ connection deadlines of serving/deadlines.py (head, keep-alive idle) on the uvic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import typing as t
 from collections.abc import Awaitable, Callable
 
+from .accept import accept_all_once_listening
 from .admission import SMALL, AcceptQueue, Admission, UploadBudget, cost_class
 from .deadlines import with_header_deadline
 from .inflight import WorkerCounts
@@ -113,6 +115,7 @@ class Traffic:
         self.finishing = 0  # answered (response started), task not yet ended (FrontDoor counts)
         self.pending = 0  # past the front door, answer not started (FrontDoor counts)
         self.counts: WorkerCounts | None = None  # this worker's slot among all workers' counts
+        self.accepting: asyncio.Task | None = None  # serving/accept.py, started by open_front_door
 
     def publish(self) -> None:
         """This worker's requests ahead of a newcomer, for the other workers: past the front
@@ -309,7 +312,8 @@ def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_tim
     count requests ahead from its tasks and accept queue (and, with ``counts``, over all
     workers: a small request is refused only with ``all_floor`` or more ahead of it there; this
     worker's own small floor becomes ``floor``), give every connection a deadline for its
-    request head, and set its keep-alive idle timeout. False when ``server`` has no loaded app
+    request head, set its keep-alive idle timeout, and once it listens take in every queued
+    connection at each wake-up (serving/accept.py). False when ``server`` has no loaded app
     (not uvicorn, or not started the way `bentoml serve` starts it)."""
     config = getattr(server, "config", None)
     if config is None or getattr(config, "loaded_app", None) is None:
@@ -318,4 +322,7 @@ def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_tim
     config.http_protocol_class = with_header_deadline(config.http_protocol_class, header_timeout_s)
     config.timeout_keep_alive = keepalive_timeout_s
     traffic.count_ahead_in(server, workers, counts, all_floor, floor)
+    # uvloop takes in one new connection per loop iteration: empty the accept queue instead
+    with contextlib.suppress(RuntimeError):  # no running loop (not uvicorn's start-up): nothing to watch
+        traffic.accepting = asyncio.get_running_loop().create_task(accept_all_once_listening(server))
     return True

@@ -17,11 +17,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import AsgiClient
 
+from serving.accept import AcceptAll, accept_queued, protocol_factory
 from serving.admission import (
     LARGE,
     SMALL,
@@ -725,6 +727,67 @@ def test_stop_listening_serves_the_queued_and_refuses_the_new():
     taken, answer = asyncio.run(main())
     assert taken == 1 and answer == b"served\n"
 
+
+
+def queued_on(lsock: socket.socket, n: int, deadline_s: float = 60.0) -> None:
+    """Wait until ``n`` connections the kernel completed wait in ``lsock``'s accept queue."""
+    from types import SimpleNamespace
+
+    from serving.admission import AcceptQueue
+
+    queue = AcceptQueue(SimpleNamespace(servers=[SimpleNamespace(sockets=[lsock])]))
+    deadline = time.monotonic() + deadline_s
+    while queue.length() < n:
+        assert time.monotonic() < deadline, f"{queue.length()} of {n} connections queued"
+        time.sleep(0.01)
+
+
+def test_accept_queued_empties_the_accept_queue_in_one_call():
+    """uvloop takes one connection per loop iteration; accept_queued takes every queued one
+    (up to its limit) at once, and raises once the socket stopped listening."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.setblocking(False)
+    clients = [socket.create_connection(lsock.getsockname(), timeout=60) for _ in range(5)]
+    queued_on(lsock, 5)
+    taken: list[socket.socket] = []
+    assert accept_queued(lsock, taken.append, limit=2) == 2
+    assert accept_queued(lsock, taken.append) == 3
+    assert accept_queued(lsock, taken.append) == 0  # empty: no error
+    assert len(taken) == 5 and all(not c.getblocking() for c in taken)
+    lsock.shutdown(socket.SHUT_RD)  # what the drain does
+    with pytest.raises(OSError):
+        accept_queued(lsock, taken.append)
+    for c in clients + taken + [lsock]:
+        c.close()
+
+
+def test_accept_all_serves_queued_connections_and_stops_when_the_socket_stops_listening():
+    async def main():
+        loop = asyncio.get_running_loop()
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        accept = AcceptAll(loop, protocol_factory(FakeUvicorn([])))
+        assert accept.watch([lsock]) == 1
+        clients = []
+        for _ in range(3):
+            c = socket.create_connection(lsock.getsockname(), timeout=60)
+            c.setblocking(False)
+            clients.append(c)
+        answers = [await asyncio.wait_for(loop.sock_recv(c, 100), 60) for c in clients]
+        lsock.shutdown(socket.SHUT_RD)
+        for _ in range(6000):  # the watcher sees the error and removes itself
+            if not accept.watched:
+                break
+            await asyncio.sleep(0.01)
+        for c in clients + [lsock]:
+            c.close()
+        return answers, accept.watched
+
+    answers, watched = asyncio.run(main())
+    assert answers == [b"served\n"] * 3 and watched == []
 
 async def settle(times: int = 20) -> None:
     """Let the drain task (which pauses with ``asyncio.sleep(0)`` here) look around a few times."""
