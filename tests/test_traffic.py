@@ -704,12 +704,18 @@ class FakeUvicorn:
         self.exits.append(sig)
 
 
+def listening_socket(backlog: int = 16) -> socket.socket:
+    """A listening TCP socket on a free port of 127.0.0.1."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(backlog)
+    return lsock
+
+
 def test_stop_listening_serves_the_queued_and_refuses_the_new():
     async def main():
         loop = asyncio.get_running_loop()
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(16)
+        lsock = listening_socket()
         port = lsock.getsockname()[1]
         other_holder = socket.socket(fileno=os.dup(lsock.fileno()))  # as BentoML's arbiter holds it
         # not serving yet: the next connection waits in the kernel's queue
@@ -728,7 +734,6 @@ def test_stop_listening_serves_the_queued_and_refuses_the_new():
     assert taken == 1 and answer == b"served\n"
 
 
-
 def queued_on(lsock: socket.socket, n: int, deadline_s: float = 60.0) -> None:
     """Wait until ``n`` connections the kernel completed wait in ``lsock``'s accept queue."""
     from types import SimpleNamespace
@@ -745,9 +750,7 @@ def queued_on(lsock: socket.socket, n: int, deadline_s: float = 60.0) -> None:
 def test_accept_queued_empties_the_accept_queue_in_one_call():
     """uvloop takes one connection per loop iteration; accept_queued takes every queued one
     (up to its limit) at once, and raises once the socket stopped listening."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(16)
+    lsock = listening_socket()
     lsock.setblocking(False)
     clients = [socket.create_connection(lsock.getsockname(), timeout=60) for _ in range(5)]
     queued_on(lsock, 5)
@@ -766,9 +769,7 @@ def test_accept_queued_empties_the_accept_queue_in_one_call():
 def test_accept_all_serves_queued_connections_and_stops_when_the_socket_stops_listening():
     async def main():
         loop = asyncio.get_running_loop()
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(16)
+        lsock = listening_socket()
         accept = AcceptAll(loop, protocol_factory(FakeUvicorn([])))
         assert accept.watch([lsock]) == 1
         clients = []
@@ -1050,9 +1051,7 @@ def test_accept_queue_counts_connections_the_kernel_completed_but_nobody_accepte
 
     from serving.admission import AcceptQueue
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener = listening_socket()
     server = SimpleNamespace(servers=None)
     queue = AcceptQueue(server)
     assert queue.length() == 0  # not listening yet: nothing to read
