@@ -47,12 +47,16 @@ def calibration_section(meta: dict) -> str:
     m = c.get("measured", {})
     score = c.get("ood_score", "max_probability")
     held_flagged_key = "held_flagged" if score == "max_probability" else f"{score}_held_flagged"
+    worse = m.get("ece_test_after", 0.0) > m.get("ece_test_before", float("inf"))
+    ece_note = ("\n  (higher after: the temperature is fitted for held-out images and their augmented copies, the mix"
+                "\n  users send, and the clean test split has no augmented images; compare the mean top probability"
+                "\n  with the accuracy on real images below)") if worse else ""
     return f"""
 ## Calibration and "none of my classes" (stored in the file's metadata, key `calibration`)
 - temperature **{c['temperature']:.4f}**: every answer's probabilities are softmax(logits / T) (the answer
   itself never changes); fitted on {c['fitted_on']} by minimising the negative log-likelihood
   (held-out NLL {m.get('nll_held_before', float('nan')):.4f} -> {m.get('nll_held_after', float('nan')):.4f})
-- expected calibration error on the test split (15 bins): **{m.get('ece_test_before', float('nan')):.4f} before, {m.get('ece_test_after', float('nan')):.4f} after**
+- expected calibration error on the test split (15 bins): **{m.get('ece_test_before', float('nan')):.4f} before, {m.get('ece_test_after', float('nan')):.4f} after**{ece_note}
 - `in_distribution: false` when the {SCORE_WORDS[score]} is below **{c['ood_threshold']:.4f}**: the
   {c['ood_quantile']:.0%} quantile of that score on the held-out images (augmented copies), so
   {m.get(held_flagged_key, float('nan')):.1%} of them are flagged by design
