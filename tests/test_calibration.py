@@ -189,3 +189,23 @@ def test_a_file_whose_metadata_names_a_score_is_answered_with_it(tmp_path, score
     first = served(0.0 if score == MSP else -100.0, "low.onnx")
     assert first["in_distribution"] is True
     assert served(np.nextafter(first["ood_value"], math.inf), "high.onnx")["in_distribution"] is False
+
+
+def _card_calibration(before: float, after: float, score: str = "energy") -> dict:
+    return {"calibration": {"temperature": 0.95, "ood_threshold": 3.36, "ood_quantile": 0.05, "ood_score": score,
+                            "ood_score_reason": "higher AUROC", "fitted_on": "3000 held-out training images",
+                            "measured": {"ece_test_before": before, "ece_test_after": after, "nll_held_before": 0.3,
+                                         "nll_held_after": 0.29, "held_flagged": 0.05, "energy_held_flagged": 0.05}}}
+
+
+def test_model_card_calibration_section_reads_the_metadata_and_explains_a_higher_ece():
+    from scripts.model_card import calibration_section
+
+    worse = calibration_section(_card_calibration(0.0097, 0.0133))
+    assert "**0.0097 before, 0.0133 after**" in worse and "higher after" in worse
+    assert "energy score T * logsumexp(logits / T) is below **3.3600**" in worse
+    assert "served score: **`energy`** (why: higher AUROC)" in worse
+    better = calibration_section(_card_calibration(0.0107, 0.0052, score="max_probability"))
+    assert "**0.0107 before, 0.0052 after**" in better and "higher after" not in better
+    assert "calibrated top probability is below" in better
+    assert calibration_section({}) == ""
