@@ -66,7 +66,8 @@ def check(by_suite: dict[str, dict]) -> list[tuple[str, str, bool]]:
                             measured, v > 0 and rps[mine] >= 0.8 * v))
         o = peers["overload"]
         lost = sum(v for k, v in o["kinds"].items() if k not in ("ok", "shed"))
-        out.append(("Overload at 2x capacity: admitted p99 under 500 ms, the rest 503, none reset or timed out",
+        out.append((("Overload at 2x capacity (this suite's client, not pinned; the pinned traffic check, with refusal times: "
+                     "[serving.md](serving.md#check-it)): admitted p99 under 500 ms, the rest 503, none reset or timed out"),
                      f"p99 {o['ok_p99_ms']:.0f} ms; {o['kinds'].get('shed', 0)} shed; {lost} other",
                      o["ok_p99_ms"] < 500 and lost == 0))
     training = by_suite.get("training")
