@@ -109,7 +109,9 @@ def real_images_section(run: Path) -> str:
         flags = "" if s.get("flagged_garments") is None else (
             f"; `in_distribution: false` for {s['flagged_garments']:.1%} of them"
             + ("" if s.get("flagged_other") is None else
-               f" and for {s['flagged_other']:.1%} of {s['n_other']} images that are none of the classes"))
+               f" and for {s['flagged_other']:.1%} of {s['n_other']} images that are none of the classes"
+               + ("" if not s.get("flagged_other_by_kind") else " (" + ", ".join(
+                   f"{kind} {share:.1%}" for kind, share in sorted(s["flagged_other_by_kind"].items())) + ")")))
         out.append(f"""
 ### {what} (`{path.name}`)
 {s['n_garments']} labelled images through HTTP: accuracy **{s['accuracy']:.3f}**, class-balanced
