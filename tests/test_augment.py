@@ -166,3 +166,22 @@ def test_augmented_fine_tune_carries_its_calibration_into_the_served_file(tmp_pa
     assert out["ood_score"] == served and out["ood_threshold"] == rec["ood_threshold"]
     assert out["ood_value"] == pytest.approx(float(ood_score(logits[None].astype(np.float64), rec["temperature"], served)[0]))
     assert out["in_distribution"] == (out["ood_value"] >= rec["ood_threshold"])
+
+
+def test_model_card_real_images_section_quotes_the_saved_summary(tmp_path):
+    """The card's real-image part is read from the run's real_images*.json, non-garments per kind."""
+    import json
+
+    from scripts.model_card import real_images_section
+
+    assert real_images_section(tmp_path) == ""
+    summary = {"n_garments": 4, "accuracy": 0.75, "class_balanced_accuracy": 0.5, "mean_probability_garments": 0.8,
+               "flagged_garments": 0.25, "flagged_other": 0.5, "n_other": 2,
+               "flagged_other_by_kind": {"text": 1.0, "animal": 0.0},
+               "per_class": [["Bag", 3, 3], ["Shirt", 0, 1]], "per_style": [["emoji", 3, 4]],
+               "per_background": [["white", 3, 4]]}
+    (tmp_path / "real_images.json").write_text(json.dumps(summary))
+    text = real_images_section(tmp_path)
+    assert "accuracy **0.750**, class-balanced\n0.500" in text
+    assert "for 25.0% of them and for 50.0% of 2 images that are none of the classes (animal 0.0%, text 100.0%)" in text
+    assert "| Shirt | 0/1 | 0.000 |" in text and "| emoji | 3/4 | 0.750 |" in text
