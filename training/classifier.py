@@ -287,9 +287,8 @@ def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_
     y_held, y_test = labels.numpy(), test.labels.cpu().numpy()
     t = cal.fit_temperature(held_logits, y_held)
     in_logits = held_logits[len(held):] if cfg.augment > 0 else held_logits
-    scores = cal.max_probability(in_logits, t)
-    thresholds = {name: cal.threshold_at_quantile(cal.ood_score(in_logits, t, name), cfg.ood_quantile)
-                  for name in cal.SCORES}
+    in_scores = {name: cal.ood_score(in_logits, t, name) for name in cal.SCORES}
+    thresholds = {name: cal.threshold_at_quantile(in_scores[name], cfg.ood_quantile) for name in cal.SCORES}
     measured, outliers_on = {}, ""
     fitted_on = (f"{len(held)} held-out training images (seed {cfg.seed})"
                  + (" and an augmented copy of each" if cfg.augment > 0 else ""))
@@ -299,8 +298,7 @@ def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_
         if cfg.augment > 0:
             outs = torch.cat([outs, augment_batch(outs, gen, **{**aug_kw, "fraction": 1.0})])
             source = np.concatenate([source, source])
-        measured = outlier_measures(in_logits, logits_of(outs), source, list(counts), t,
-                                    thresholds["max_probability"], thresholds["energy"])
+        measured = outlier_measures(in_scores, logits_of(outs), source, list(counts), t, thresholds)
         outliers_on = (f"{json.dumps(counts)} held-out outliers (seed {cfg.seed + HELD_OUTLIER_SEED})"
                        + (" and an augmented copy of each" if cfg.augment > 0 else ""))
     served, reason = cal.choose_ood_score({name: measured.get(f"auroc_{name}", math.nan) for name in cal.SCORES})
@@ -310,19 +308,21 @@ def calibrate(model, held: Split, test: Split, norm, cfg: ClassifierConfig, aug_
         ece_test_before=cal.expected_calibration_error(cal.softmax(test_logits, 1.0), y_test),
         ece_test_after=cal.expected_calibration_error(cal.softmax(test_logits, t), y_test),
         nll_held_before=cal.nll(held_logits, y_held, 1.0), nll_held_after=cal.nll(held_logits, y_held, t),
-        held_flagged=float((scores < thresholds["max_probability"]).mean()), **measured)
+        held_flagged=outliers.flagged_share(in_scores["max_probability"], thresholds["max_probability"]), **measured)
     if held_out is not None:
         record["outliers_measured_on"] = outliers_on
     return record
 
 
-def outlier_measures(in_logits: np.ndarray, out_logits: np.ndarray, source: np.ndarray, sources: list[str],
-                     temperature: float, threshold: float, e_thr: float) -> dict[str, float]:
+def outlier_measures(in_scores: dict[str, np.ndarray], out_logits: np.ndarray, source: np.ndarray,
+                     sources: list[str], temperature: float, thresholds: dict[str, float]) -> dict[str, float]:
     """Flagged shares of held-out outliers (all, and per source) under the calibrated top
-    probability (below ``threshold``; keys without a prefix) and under the energy score (below
-    ``e_thr``; keys ``energy_*``), and each score's AUROC (``auroc_<score>``)."""
-    msp_in, msp_out = cal.max_probability(in_logits, temperature), cal.max_probability(out_logits, temperature)
-    e_in, e_out = cal.energy(in_logits, temperature), cal.energy(out_logits, temperature)
+    probability (below its threshold; keys without a prefix) and under the energy score (keys
+    ``energy_*``), and each score's AUROC (``auroc_<score>``). ``in_scores``: each score of the
+    held-out in-distribution images, ``thresholds``: each score's threshold."""
+    msp_in, e_in = in_scores["max_probability"], in_scores["energy"]
+    threshold, e_thr = thresholds["max_probability"], thresholds["energy"]
+    msp_out, e_out = cal.max_probability(out_logits, temperature), cal.energy(out_logits, temperature)
     m = {"held_outliers_flagged": outliers.flagged_share(msp_out, threshold),
          "auroc_max_probability": outliers.auroc(msp_in, msp_out),
          "energy_threshold": e_thr,
