@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import socket
 import typing as t
 from collections.abc import Callable
+
+from .admission import listening_sockets, tcp_copies
 
 logger = logging.getLogger("bentoml.bnserve")
 
@@ -65,10 +66,7 @@ class AcceptAll:
 
     def watch(self, sockets: t.Iterable[t.Any]) -> int:
         """Watch a duplicate of each TCP socket of ``sockets``; returns how many are watched."""
-        for s in sockets:
-            if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
-                continue
-            lsock = socket.socket(fileno=os.dup(s.fileno()))
+        for lsock in tcp_copies(sockets):
             lsock.setblocking(False)
             self.loop.add_reader(lsock.fileno(), self._ready, lsock)
             self.watched.append(lsock)
@@ -100,7 +98,7 @@ async def accept_all_once_listening(server: t.Any) -> AcceptAll | None:
         await asyncio.sleep(LISTEN_POLL_S)
     try:
         accept = AcceptAll(asyncio.get_running_loop(), protocol_factory(server))
-        accept.watch(s for srv in getattr(server, "servers", ()) for s in (srv.sockets or ()))
+        accept.watch(listening_sockets(server))
     except Exception as e:  # noqa: BLE001 - e.g. os.dup at EMFILE: uvloop's own accept still serves
         logger.warning("bnserve: new connections are accepted one per loop iteration (%r)", e)
         return None

@@ -230,6 +230,18 @@ class UploadBudget:
         self.held -= n
 
 
+def listening_sockets(server: t.Any) -> list[t.Any]:
+    """The listening sockets of a uvicorn ``server`` (none before it listens)."""
+    return [s for srv in getattr(server, "servers", None) or () for s in (srv.sockets or ())]
+
+
+def tcp_copies(sockets: t.Iterable[t.Any]) -> list[socket.socket]:
+    """A duplicate (``os.dup``) of each TCP stream socket of ``sockets``: a socket object this
+    process owns and may close, on the same listening socket. OSError at the descriptor limit."""
+    return [socket.socket(fileno=os.dup(s.fileno())) for s in sockets
+            if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM]
+
+
 class AcceptQueue:
     """The length of the accept queue of a uvicorn server's listening sockets (Linux: TCP_INFO's
     ``tcpi_unacked`` of a listening socket), found lazily once the server listens; 0 elsewhere."""
@@ -242,12 +254,10 @@ class AcceptQueue:
 
     def length(self) -> int:
         if self.socks is None:
-            servers = getattr(self.server, "servers", None)
-            if not servers:
+            if not getattr(self.server, "servers", None):
                 return 0
             try:
-                self.socks = [socket.socket(fileno=os.dup(s.fileno())) for srv in servers for s in (srv.sockets or ())
-                              if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM]
+                self.socks = tcp_copies(listening_sockets(self.server))
             except OSError:  # out of file descriptors: count nothing rather than fail a request
                 return 0
         n = 0
