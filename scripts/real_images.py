@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
-import subprocess
 import sys
-import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from training.icons import iconify_svg, npm_package, on_background, render_svg
 
 MANIFEST = Path(__file__).with_name("real_images_manifest.json")
 DEFAULT_CACHE = Path.home() / ".cache" / "bnserve" / "real-images"
@@ -47,52 +46,6 @@ def load_manifest(path: Path = MANIFEST) -> dict:
 
 
 # --- fetching and rendering ------------------------------------------------------------------------
-
-
-def npm_package(cache: Path, package: str, version: str) -> Path:
-    """The unpacked ``package/`` folder of ``package@version``, fetched once with ``npm pack``."""
-    folder = cache / "npm" / f"{package.replace('@', '').replace('/', '-')}-{version}"
-    if not (folder / "package").is_dir():
-        (cache / "npm").mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=cache / "npm",
-                             check=True, capture_output=True, text=True).stdout.split()[-1]
-        with tarfile.open(cache / "npm" / out) as tar:
-            tar.extractall(folder, filter="data")
-    return folder / "package"
-
-
-def iconify_svg(icons: dict, name: str, color: str = "#000000") -> str:
-    """A standalone SVG of one icon of an Iconify JSON set (``currentColor``: ``color``)."""
-    icon = icons["icons"][name]
-    left, top = icon.get("left", icons.get("left", 0)), icon.get("top", icons.get("top", 0))
-    width, height = icon.get("width", icons.get("width", 16)), icon.get("height", icons.get("height", 16))
-    body = icon["body"].replace("currentColor", color)
-    transform = ""
-    if icon.get("hFlip"):
-        transform = f' transform="translate({2 * left + width} 0) scale(-1 1)"'
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-            f'viewBox="{left} {top} {width} {height}" width="{width}" height="{height}">'
-            f'<g{transform}>{body}</g></svg>')
-
-
-def render_svg(svg: str, size: int = SIZE):
-    """SVG text -> RGBA PIL image, longest side ``size``, transparent where nothing is drawn."""
-    import cairosvg
-    from PIL import Image
-
-    png = cairosvg.svg2png(bytestring=svg.encode(), output_width=size, output_height=size)
-    return Image.open(io.BytesIO(png)).convert("RGBA")
-
-
-def on_background(img, background: str):
-    """The RGBA render as a user would send it: flattened onto white (RGB), or as it is."""
-    from PIL import Image
-
-    if background == "transparent":
-        return img
-    canvas = Image.new("RGB", img.size, (255, 255, 255))
-    canvas.paste(img, mask=img.getchannel("A"))
-    return canvas
 
 
 @functools.cache

@@ -25,7 +25,7 @@ import torch
 
 from serving import calibration as cal
 
-from . import outliers
+from . import icons, outliers
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunOptions, require_positive
@@ -67,6 +67,9 @@ class ClassifierConfig(RunOptions):
         "help": "probability of a round trip through the service's photo conversion"})
     aug_lowres: float = field(default=0.0, metadata={
         "help": "probability of a low-resolution round trip (7..14 px a side: small scans)"})
+    icons: float = field(default=0.0, metadata={
+        "help": "fashion-mnist: share of each batch drawn from real third-party icons and emoji "
+                "(training/icons.py; built with npm and cairosvg; 0: none)"})
     init: str = field(default="", metadata={
         "help": "start from this checkpoint's weights (same model and dataset; '': from scratch)"})
     holdout: int = field(default=0, metadata={
@@ -93,6 +96,8 @@ class ClassifierConfig(RunOptions):
             raise ValueError("--augment, --aug-photo, --aug-style and --aug-lowres are probabilities in [0, 1]")
         if len(self.aug_scale) != 2 or not 0 < self.aug_scale[0] <= self.aug_scale[1]:
             raise ValueError(f"--aug-scale takes MIN MAX with 0 < MIN <= MAX, got {self.aug_scale}")
+        if not 0.0 <= self.icons < 1.0 or (self.icons > 0 and self.dataset != "fashion-mnist"):
+            raise ValueError("--icons is a share of each batch in [0, 1), for fashion-mnist only")
         if self.holdout < 0 or not 0.0 < self.ood_quantile < 1.0:
             raise ValueError("--holdout must be >= 0 and --ood-quantile in (0, 1)")
         if self.outlier_exposure < 0 or self.outlier_pool < 1:
@@ -112,6 +117,7 @@ class ClassifierConfig(RunOptions):
 # Outlier exposure's draws, from the run's seed + these: the training pool, its sampler, its
 # augmentation; the held-out outliers from a seed no training draw uses.
 OUTLIER_SEED, HELD_OUTLIER_SEED = 3, 1_000_003
+ICON_SEED = 5  # the icons' draws: the run's seed + this
 
 
 def lr_at(step: int, cfg: ClassifierConfig) -> float:
@@ -177,6 +183,13 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         oe_pool = oe_pool.to(device)
         oe_sampler = BatchSampler(len(oe_pool), cfg.batch_size, cfg.seed + OUTLIER_SEED + 1, device)
         oe_gen = torch.Generator().manual_seed(cfg.seed + OUTLIER_SEED + 2)
+    icon_pool = None
+    if cfg.icons > 0:  # real icons in every batch (training/icons.py), drawn with their own generator
+        icon_set = icons.build_icon_set(list(spec.classes), spec.input_convention["pipeline"])
+        icon_pool = Split(torch.from_numpy(icon_set.images), torch.from_numpy(icon_set.labels)).to(device)
+        icon_weights = torch.from_numpy(icon_set.sampling_weights())
+        icon_gen = torch.Generator().manual_seed(cfg.seed + ICON_SEED)
+        n_icons = max(1, round(cfg.icons * cfg.batch_size))
     bar = step_bar(cfg.progress, cfg.steps, cfg.model)
     state = {"acc": float("nan"), "train_seconds": 0.0}
 
@@ -184,6 +197,11 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         images, labels = train.batch(sampler.next_indices())
+        if icon_pool is not None:  # the batch's last n_icons rows become icons
+            pick = torch.multinomial(icon_weights, n_icons, replacement=True, generator=icon_gen)
+            icon_images, icon_labels = icon_pool.batch(pick.to(device))
+            images = torch.cat([images[:-n_icons], icon_images])
+            labels = torch.cat([labels[:-n_icons], icon_labels])
         if cfg.augment > 0:
             images = augment_batch(images, aug_gen, **aug_kw)
         outs = None
@@ -244,7 +262,10 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
            if held is not None else "")
         + (f"- outlier exposure: weight {cfg.outlier_exposure}, a batch of {cfg.batch_size} outliers a step "
            f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + OUTLIER_SEED}; training/outliers.py)\n"
-           if oe_pool is not None else ""))
+           if oe_pool is not None else "")
+        + (f"- real icons: {n_icons} of each batch of {cfg.batch_size} from {len(icon_set.labels):,} "
+           f"renders of third-party icons and emoji ({json.dumps(icon_set.counts(list(spec.classes)))}; "
+           f"training/icons.py, draws seed {cfg.seed + ICON_SEED})\n" if icon_pool is not None else ""))
     finish_run(run_dir)
     return run_dir
 
