@@ -10,7 +10,7 @@ users send them, through HTTP.
 The images are not in the repository (some sets are share-alike, CC BY-SA 4.0): ``build`` fetches
 the packages named in the manifest (``scripts/real_images_manifest.json``: source package,
 version, license; each image's original name, its label and its style) with the ordinary npm
-client and scikit-learn, and renders every SVG with cairosvg at 128 px on a white and on a
+client, ``apt-get download`` (Debian's Open Clip Art Library, public domain) and scikit-learn, and renders every SVG with cairosvg at 128 px on a white and on a
 transparent background, into ``--cache`` (default ``~/.cache/bnserve/real-images``). Labels
 were given by looking at the renders (contact sheets); images whose class was ambiguous (ballet
 flats, pumps, kimonos, shorts, vests) were left out. ``label: null`` marks the images that are
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import subprocess
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -65,8 +66,23 @@ def sklearn_digit(index: int, size: int = 64):
     return Image.fromarray(gray, "L").resize((size, size), Image.BILINEAR)
 
 
+def debian_package(cache: Path, package: str, version: str) -> Path:
+    """The unpacked files of Debian's ``package`` at ``version`` (``apt-get download``, then
+    ``dpkg-deb -x``; the package is not installed)."""
+    folder = cache / "debian" / f"{package}-{version.replace(':', '_')}"
+    if not folder.is_dir():
+        (cache / "debian").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=cache / "debian", check=True,
+                       capture_output=True)
+        deb = next((cache / "debian").glob(f"{package}_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+        deb.unlink()
+    return folder
+
+
 def image_path(cache: Path, item: dict, background: str) -> Path:
-    return cache / "images" / item["source"] / f"{item['name']}.{background}.png"
+    name = item["name"].replace("/", "__")  # a Debian file's path inside its package
+    return cache / "images" / item["source"] / f"{name}.{background}.png"
 
 
 def build(cache: Path, manifest: dict) -> int:
@@ -86,6 +102,10 @@ def build(cache: Path, manifest: dict) -> int:
                     folder = npm_package(cache, src["package"], src["version"])
                     sets[item["source"]] = json.loads((folder / "icons.json").read_text())
                 img = on_background(render_svg(iconify_svg(sets[item["source"]], item["name"])), background)
+            elif src["kind"] == "debian":
+                folder = debian_package(cache, src["package"], src["version"])
+                svg = (folder / src["root"] / item["name"]).read_text()
+                img = on_background(render_svg(svg), background)
             elif src["kind"] == "sklearn-digits":
                 img = sklearn_digit(int(item["name"]))
             else:
