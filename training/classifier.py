@@ -68,8 +68,8 @@ class ClassifierConfig(RunOptions):
     aug_lowres: float = field(default=0.0, metadata={
         "help": "probability of a low-resolution round trip (7..14 px a side: small scans)"})
     icons: float = field(default=0.0, metadata={
-        "help": "fashion-mnist: share of each batch drawn from real third-party icons and emoji "
-                "(training/icons.py; built with npm and cairosvg; 0: none)"})
+        "help": "fashion-mnist: real third-party icons and emoji added to each batch, as a share of "
+                "the batch size (training/icons.py; built with npm and cairosvg; 0: none)"})
     init: str = field(default="", metadata={
         "help": "start from this checkpoint's weights (same model and dataset; '': from scratch)"})
     holdout: int = field(default=0, metadata={
@@ -197,11 +197,10 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         images, labels = train.batch(sampler.next_indices())
-        if icon_pool is not None:  # the batch's last n_icons rows become icons
+        if icon_pool is not None:  # n_icons icons join the batch (the dataset's rows all stay)
             pick = torch.multinomial(icon_weights, n_icons, replacement=True, generator=icon_gen)
             icon_images, icon_labels = icon_pool.batch(pick.to(device))
-            images = torch.cat([images[:-n_icons], icon_images])
-            labels = torch.cat([labels[:-n_icons], icon_labels])
+            images, labels = torch.cat([images, icon_images]), torch.cat([labels, icon_labels])
         if cfg.augment > 0:
             images = augment_batch(images, aug_gen, **aug_kw)
         outs = None
@@ -210,7 +209,8 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
             if cfg.augment > 0:
                 outs = augment_batch(outs, oe_gen, **aug_kw)
         loss, logits = sgd_step(model, opt, norm, images, labels, cfg.amp, outs, cfg.outlier_exposure)
-        return loss, (logits.argmax(1) == labels).sum()
+        n = cfg.batch_size  # the training accuracy counts the dataset's rows (not the icons)
+        return loss, (logits[:n].argmax(1) == labels[:n]).sum()
 
     with MetricsWriter(run_dir / "metrics.jsonl") as metrics:
         def on_interval(iv) -> None:
@@ -263,7 +263,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         + (f"- outlier exposure: weight {cfg.outlier_exposure}, a batch of {cfg.batch_size} outliers a step "
            f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + OUTLIER_SEED}; training/outliers.py)\n"
            if oe_pool is not None else "")
-        + (f"- real icons: {n_icons} of each batch of {cfg.batch_size} from {len(icon_set.labels):,} "
+        + (f"- real icons: {n_icons} added to each batch of {cfg.batch_size} from {len(icon_set.labels):,} "
            f"renders of third-party icons and emoji ({json.dumps(icon_set.counts(list(spec.classes)))}; "
            f"training/icons.py, draws seed {cfg.seed + ICON_SEED})\n" if icon_pool is not None else ""))
     finish_run(run_dir)

@@ -62,7 +62,8 @@ ICON_SETS: dict[str, tuple[str, str]] = {
     "streamline-flex": ("1.2.3", "CC-BY-4.0"), "streamline-plump": ("1.2.0", "CC-BY-4.0"),
     "system-uicons": ("1.2.4", "Unlicense"), "teenyicons": ("1.2.2", "MIT"),
     "token": ("1.2.40", "MIT"), "uil": ("1.2.3", "Apache-2.0"), "uim": ("1.2.3", "Apache-2.0"),
-    "uis": ("1.2.3", "Apache-2.0"), "wpf": ("1.2.0", "MIT"),
+    "uis": ("1.2.3", "Apache-2.0"), "wpf": ("1.2.0", "MIT"), "fluent-mdl2": ("1.2.1", "MIT"),
+    "zondicons": ("1.2.2", "MIT"),
 }
 
 # An icon's name, once its style words and numbers are dropped (NAME_STYLE_WORDS), is looked up
@@ -89,6 +90,17 @@ NAME_STYLE_WORDS = frozenset(
     "filled regular fill line outline outlined solid bold duotone light thin linear broken sharp "
     "remix twotone alt baseline round rounded ios md f".split())
 _NAME_TO_CLASS = {name: cls for cls, names in CLASS_NAMES.items() for name in names}
+# Icons whose name alone could be several classes (a plain "shirt" is drawn as a T-shirt in most
+# sets, as a collared shirt in some), labelled by looking at each render: "<set>:<name>" -> class.
+LABELLED_BY_LOOKING: dict[str, str] = {
+    "ri:shirt-fill": "Shirt", "ri:shirt-line": "Shirt",
+    "fluent:shirt-20-filled": "T-shirt/top", "fluent:shirt-20-regular": "T-shirt/top",
+    "pixelarticons:shirt": "T-shirt/top", "rivet-icons:shirt": "T-shirt/top",
+    "rivet-icons:shirt-solid": "T-shirt/top", "lineicons:shirt-1": "T-shirt/top",
+    "famicons:shirt": "T-shirt/top", "ion:md-shirt": "T-shirt/top", "lsicon:clothes-filled": "T-shirt/top",
+    "lucide-lab:vest": "T-shirt/top", "fluent-mdl2:shirt": "T-shirt/top", "zondicons:apparel": "T-shirt/top",
+    "streamline:shopping-catergories-dress-clothing-dress-skirt-women": "Dress",
+}
 
 
 def label_of(name: str) -> str | None:
@@ -175,15 +187,17 @@ class IconSet:
 
 
 def labelled_icons(sets: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """(set, icon name, class) for every icon of the loaded ``sets`` (name -> Iconify JSON) whose
-    name label_of knows, sorted; aliases are not followed (they repeat an icon)."""
+    """(set, icon name, class) for every icon of the loaded ``sets`` (name -> Iconify JSON) that
+    LABELLED_BY_LOOKING lists or whose name label_of knows, sorted; aliases are not followed
+    (they repeat an icon)."""
     return sorted((s, name, cls) for s, icons in sets.items() for name in icons["icons"]
-                  if (cls := label_of(name)) is not None)
+                  if (cls := LABELLED_BY_LOOKING.get(f"{s}:{name}") or label_of(name)) is not None)
 
 
 def set_digest(classes: list[str], pipeline: str) -> str:
     """What defines the built set: sets and versions, names, rendering, conversion."""
     spec = {"sets": ICON_SETS, "names": CLASS_NAMES, "style": sorted(NAME_STYLE_WORDS),
+            "looked": LABELLED_BY_LOOKING,
             "size": RENDER_SIZE, "backgrounds": BACKGROUNDS, "colours": COLOURS,
             "classes": classes, "pipeline": pipeline, "version": 1}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
