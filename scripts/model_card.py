@@ -98,6 +98,29 @@ REAL_IMAGE_TITLES = {
 }
 
 
+def icons_section(run: Path) -> str:
+    """The real third-party icons the run trained on (training/icons.py; the run's icons.json):
+    per class, and per set with its licence and author (the attribution CC BY asks for)."""
+    path = run / "icons.json"
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    per_class = ", ".join(f"{c} {n}" for c, n in r["per_class"].items())
+    rows = "\n".join(f"| {name} | {src['version']} | {src['license']} | {src['author']} | {src['icons']} | {src['images']} |"
+                     for name, src in sorted(r["sources"].items()))
+    return f"""
+## Real icons trained on (`icons.json`; training/icons.py)
+{r['added_per_batch']} renders added to every batch, drawn from {r['images']:,} renders (each icon on a
+white and a transparent background, monochrome ones in black and in blue, converted as the service
+converts an upload) of Iconify icon and emoji sets on npm, labelled by name; none of these sets is
+a source of the real-image evaluation below. Per class: {per_class}.
+
+| set (@iconify-json/...) | version | licence | author | icons | renders |
+|---|---|---|---|---|---|
+{rows}
+"""
+
+
 def real_images_section(run: Path) -> str:
     """The real-image evaluation (scripts/real_images.py eval --json) saved beside the run."""
     out = []
@@ -177,7 +200,7 @@ from the run's files and the ONNX file's metadata.
   ONNX accuracy {parity.get('onnx_accuracy')}, PyTorch accuracy {parity.get('torch_accuracy')};
   ONNX Runtime {parity['ort_graph_optimization']} on {parity.get('ort_provider')}, batch sizes {parity['batch_sizes']}
 
-{calibration_section(meta)}{real_images_section(run)}
+{calibration_section(meta)}{icons_section(run)}{real_images_section(run)}
 ## Intended use and limits
 {intended_use(meta)}
 """

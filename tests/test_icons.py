@@ -54,7 +54,7 @@ def test_training_sets_are_permissive_pinned_and_none_is_a_source_of_the_evaluat
 
 
 def test_sampling_weights_draw_each_class_by_the_fourth_root_of_its_size():
-    s = icons.IconSet(np.zeros((17, 1, 28, 28), np.uint8), np.array([0] + [1] * 16), [""] * 17)
+    s = icons.IconSet(np.zeros((17, 1, 28, 28), np.uint8), np.array([0] + [1] * 16), [""] * 17, {})
     w = s.sampling_weights()
     assert w.sum() == pytest.approx(1.0)
     assert w[1:].sum() / w[0] == pytest.approx(16 ** 0.25)  # 2x, not 16x
@@ -70,7 +70,7 @@ def fake_render(svg: str) -> Image.Image:
 
 
 def test_build_icon_set_converts_each_render_as_the_service_would(tmp_path):
-    sets = {"a": {"width": 24, "height": 24, "icons": {
+    sets = {"a": {"width": 24, "height": 24, "info": {"author": {"name": "Someone"}}, "icons": {
         "t-shirt": {"body": '<path fill="currentColor"/>'},  # monochrome: one render per colour
         "womans-boot": {"body": '<path fill="#aa3300"/>'},  # coloured: as it is
         "bag-check": {"body": '<path fill="currentColor"/>'}}}}  # no garment name: left out
@@ -87,6 +87,8 @@ def test_build_icon_set_converts_each_render_as_the_service_would(tmp_path):
     assert np.array_equal(s.images[s.names.index("a:t-shirt|white|#000000")], expected)
     assert s.images.dtype == np.uint8 and s.images.shape[1:] == (1, 28, 28)
     assert not list(tmp_path.iterdir())  # sets given by the caller are not cached as the real set
+    assert s.sources == {"a": {"version": "", "license": "", "author": "Someone", "icons": 2,
+                               "images": len(s.labels)}}
 
 
 def test_classifier_refuses_icons_outside_fashion_mnist_or_a_whole_batch():
@@ -102,7 +104,7 @@ def test_classifier_trains_on_the_icons_it_is_given(tmp_path, fixture_data_dir, 
     from training.__main__ import main
 
     asked = []
-    tiny = icons.IconSet(np.full((4, 1, 28, 28), 200, np.uint8), np.array([0, 5, 6, 9]), ["x"] * 4)
+    tiny = icons.IconSet(np.full((4, 1, 28, 28), 200, np.uint8), np.array([0, 5, 6, 9]), ["x"] * 4, {})
 
     def fake_build(classes, pipeline, *a, **k):
         asked.append((classes, pipeline))
@@ -115,6 +117,8 @@ def test_classifier_trains_on_the_icons_it_is_given(tmp_path, fixture_data_dir, 
     assert asked == [(CLASSES, "fashion-mnist")]
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert "real icons: 4 added to each batch of 16 from 4 renders" in summary
+    record = json.loads((tmp_path / "run" / "icons.json").read_text())
+    assert record["added_per_batch"] == 4 and record["per_class"]["Sandal"] == 1
 
 
 def test_icons_labelled_by_looking_are_in_the_training_sets_and_win_over_the_name():
@@ -122,3 +126,16 @@ def test_icons_labelled_by_looking_are_in_the_training_sets_and_win_over_the_nam
                for key, cls in icons.LABELLED_BY_LOOKING.items())
     sets = {"ri": {"icons": {"shirt-line": {}, "t-shirt-line": {}, "shirt-x": {}}}}
     assert icons.labelled_icons(sets) == [("ri", "shirt-line", "Shirt"), ("ri", "t-shirt-line", "T-shirt/top")]
+
+
+def test_model_card_names_every_icon_set_with_its_licence_and_author(tmp_path):
+    from scripts.model_card import icons_section
+
+    assert icons_section(tmp_path) == ""  # a run without icons
+    s = icons.IconSet(np.zeros((3, 1, 28, 28), np.uint8), np.array([0, 0, 8]), ["x"] * 3,
+                      {"solar": {"version": "1.2.13", "license": "CC-BY-4.0", "author": "480 Design", "icons": 2,
+                                 "images": 3}})
+    (tmp_path / "icons.json").write_text(json.dumps(s.record(CLASSES, 16)))
+    text = icons_section(tmp_path)
+    assert "| solar | 1.2.13 | CC-BY-4.0 | 480 Design | 2 | 3 |" in text
+    assert "16 renders added to every batch, drawn from 3 renders" in text and "T-shirt/top 2" in text

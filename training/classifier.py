@@ -190,6 +190,8 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         icon_weights = torch.from_numpy(icon_set.sampling_weights())
         icon_gen = torch.Generator().manual_seed(cfg.seed + ICON_SEED)
         n_icons = max(1, round(cfg.icons * cfg.batch_size))
+        (run_dir / "icons.json").write_text(
+            json.dumps(icon_set.record(list(spec.classes), n_icons), indent=1) + "\n")
     bar = step_bar(cfg.progress, cfg.steps, cfg.model)
     state = {"acc": float("nan"), "train_seconds": 0.0}
 

@@ -171,10 +171,16 @@ class IconSet:
     images: np.ndarray  # uint8 (N, 1, 28, 28): what the service's conversion makes of each upload
     labels: np.ndarray  # int64 (N,), indices into the classes it was built for
     names: list[str]  # "<set>:<icon>|<background>|<colour>" per image
+    sources: dict[str, dict]  # set -> version, licence, author, icons, images (the attribution)
 
     def counts(self, classes: list[str]) -> dict[str, int]:
         """Images per class (every class listed, zeros included)."""
         return {c: int((self.labels == i).sum()) for i, c in enumerate(classes)}
+
+    def record(self, classes: list[str], added_per_batch: int) -> dict:
+        """What a run trained on (the run directory's icons.json, the model card's attribution)."""
+        return {"added_per_batch": added_per_batch, "images": len(self.labels),
+                "per_class": self.counts(classes), "sources": self.sources}
 
     def sampling_weights(self) -> np.ndarray:
         """Per image, proportional to (images of its class) ** -0.75, so each class is drawn in
@@ -199,7 +205,7 @@ def set_digest(classes: list[str], pipeline: str) -> str:
     spec = {"sets": ICON_SETS, "names": CLASS_NAMES, "style": sorted(NAME_STYLE_WORDS),
             "looked": LABELLED_BY_LOOKING,
             "size": RENDER_SIZE, "backgrounds": BACKGROUNDS, "colours": COLOURS,
-            "classes": classes, "pipeline": pipeline, "version": 1}
+            "classes": classes, "pipeline": pipeline, "version": 2}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -213,12 +219,20 @@ def build_icon_set(classes: list[str], pipeline: str, cache: Path = DEFAULT_CACH
     fetched = sets is None
     if fetched and path.exists():
         with np.load(path) as z:
-            return IconSet(z["images"], z["labels"], [str(n) for n in z["names"]])
+            return IconSet(z["images"], z["labels"], [str(n) for n in z["names"]], json.loads(str(z["sources"])))
     if sets is None:
-        sets = {s: json.loads((npm_package(cache, f"@iconify-json/{s}", v) / "icons.json").read_text())
-                for s, (v, _) in ICON_SETS.items()}
+        sets = {}
+        for s, (version, _) in ICON_SETS.items():
+            folder = npm_package(cache, f"@iconify-json/{s}", version)
+            sets[s] = {**json.loads((folder / "icons.json").read_text()),
+                       "info": json.loads((folder / "info.json").read_text())}
     images, labels, names = [], [], []
+    sources: dict[str, dict] = {}
     for s, name, cls in labelled_icons(sets):
+        version, licence = ICON_SETS.get(s, ("", ""))
+        src = sources.setdefault(s, {"version": version, "license": licence, "icons": 0, "images": 0,
+                                     "author": sets[s].get("info", {}).get("author", {}).get("name", "")})
+        src["icons"] += 1
         body = sets[s]["icons"][name]["body"]
         for colour in (COLOURS if "currentColor" in body else COLOURS[:1]):
             rgba = render(iconify_svg(sets[s], name, colour))
@@ -228,9 +242,10 @@ def build_icon_set(classes: list[str], pipeline: str, cache: Path = DEFAULT_CACH
                 images.append(px)
                 labels.append(classes.index(cls))
                 names.append(f"{s}:{name}|{background}|{colour}")
-    icon_set = IconSet(np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64), names)
+                src["images"] += 1
+    icon_set = IconSet(np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64), names, sources)
     if fetched:
         cache.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, images=icon_set.images, labels=icon_set.labels,
-                            names=np.asarray(names))
+                            names=np.asarray(names), sources=json.dumps(sources))
     return icon_set
