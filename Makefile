@@ -118,17 +118,20 @@ serve: $(VENV)/.serving-installed
 # conversion; plus outlier exposure, training/outliers.py: a batch of images that are none of
 # the classes each step, pulled towards the uniform answer), with 3,000 training images held out
 # to fit the temperature and the out-of-distribution score and threshold (models/*/MODEL_CARD.md
-# has the numbers). Then export with
-# BN folded and parity-checked, and the model card. Needs the dev environment (torch).
+# has the numbers); the default model also sees real third-party icons and emoji in every batch
+# (training/icons.py: Iconify sets fetched with npm, rendered with cairosvg). Then export with
+# BN folded and parity-checked, and the model card. Needs the dev environment (torch), npm and
+# requirements/real-images.txt (installed here).
 DEFAULT_BASE_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --steps 2000 --seed 0
 DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --init runs/default-base/checkpoint.pt \
 	--steps 5000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --aug-photo 0.2 --holdout 3000 \
-	--outlier-exposure 0.5 --seed 0
+	--outlier-exposure 0.5 --icons 0.25 --seed 0
 MNIST_BASE_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --steps 1500 --seed 0
 MNIST_MODEL_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --init runs/mnist-base/checkpoint.pt \
 	--steps 3000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 \
 	--aug-degrees 12 --aug-scale 0.8 1.1 --aug-style 0.5 --aug-photo 0.2 --holdout 3000 --outlier-exposure 0.5 --seed 0
 default-model: $(VENV)/.dev-installed
+	$(PY) -m pip install -q -r requirements/real-images.txt
 	rm -rf runs/default-base runs/default-model
 	$(PY) -m training classifier $(DEFAULT_BASE_ARGS) --out runs/default-base --no-progress
 	$(if $(SHARED_DATA),BNSERVE_DATA=$(SHARED_DATA) )$(PY) -m training classifier $(DEFAULT_MODEL_ARGS) --out runs/default-model --no-progress
