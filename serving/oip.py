@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration import softmax
+from .contract import ServingSpec
 from .decode import InputError
 
 logger = logging.getLogger("bentoml.bnserve.oip")
@@ -101,33 +102,34 @@ def model_identity(metadata: dict) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ModelView:
-    """What the protocol needs of the served model (built from serving.model.ModelInfo)."""
+    """What the protocol needs of the served model: its name and version, and the contract's
+    ServingSpec (input shape and dtype, normalisation, classes, calibration) as the model check
+    made it (serving.model.ModelInfo is one)."""
 
     name: str
     version: str
-    datatype: str  # the ONNX input's: FP32 (FP16 for fp16 exports)
-    channels: int
-    height: int
-    width: int
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    spec: ServingSpec
     dataset: str | None = None
-    temperature: float = 1.0  # the calibration's (serving/calibration.py); 1: none fitted
 
     @classmethod
     def of(cls, info: t.Any) -> ModelView:
-        """From a ModelInfo (metadata, channels, height, width, classes, mean, std, dtype,
-        calibration)."""
+        """From a ModelInfo (a ServingSpec with the file's metadata)."""
         name, version = model_identity(info.metadata)
-        calibration = getattr(info, "calibration", None)
-        return cls(name, version, DATATYPE_OF[np.dtype(info.dtype).name], info.channels, info.height,
-                   info.width, tuple(info.classes), tuple(info.mean), tuple(info.std),
-                   info.metadata.get("dataset"), 1.0 if calibration is None else calibration[0])
+        return cls(name, version, info, info.metadata.get("dataset"))
+
+    @property
+    def datatype(self) -> str:
+        """The ONNX input's element type by the protocol's name: FP32 (FP16 for fp16 exports)."""
+        return DATATYPE_OF[np.dtype(self.spec.dtype).name]
 
     @property
     def row_shape(self) -> tuple[int, int, int]:
-        return self.channels, self.height, self.width
+        return self.spec.channels, self.spec.height, self.spec.width
+
+    @property
+    def temperature(self) -> float:
+        """The calibration's (serving/calibration.py); 1: none fitted."""
+        return 1.0 if self.spec.calibration is None else self.spec.calibration.temperature
 
 
 def server_metadata(version: str) -> dict:
@@ -137,7 +139,7 @@ def server_metadata(version: str) -> dict:
 def model_metadata(m: ModelView) -> dict:
     """GET /v2/models/{name}: the protocol's fields, and in ``parameters`` what a client needs to
     make the input (the normalisation) and read the output (the class names)."""
-    k = len(m.classes)
+    k = len(m.spec.classes)
     return {
         "name": m.name,
         "versions": [m.version],
@@ -149,7 +151,7 @@ def model_metadata(m: ModelView) -> dict:
             "input_normalisation": "x = (pixel / 255 - mean[c]) / std[c], pixel in 0..255, channels "
                                    "first (NCHW), row-major; bit for bit as /classify: float32 "
                                    "pixel * (1 / (255 * std[c])) + (-mean[c] / std[c])",
-            "mean": list(m.mean), "std": list(m.std), "classes": list(m.classes),
+            "mean": list(m.spec.mean), "std": list(m.spec.std), "classes": list(m.spec.classes),
             "dataset": m.dataset,
         },
     }

@@ -18,12 +18,13 @@ import pytest
 from conftest import FIXTURE_DATA, REPO_ROOT, AsgiClient, tiny_model
 
 from serving import oip
+from serving.contract import ServingSpec
 from serving.oip import ModelView, OipError
 
 MODEL = REPO_ROOT / "models" / "default" / "model.onnx"
 CHECKPOINT = REPO_ROOT / "models" / "default" / "checkpoint.pt"
 TINY_META = {"model": {"name": "tiny"}, "source_checkpoint": {"sha256": "0123456789abcdef" * 4}, "dataset": "tiny"}
-TINY = ModelView("tiny", "0123456789ab", "FP32", 1, 4, 4, ("a", "b", "c"), (0.5,), (0.25,), "tiny")
+TINY = ModelView("tiny", "0123456789ab", ServingSpec(1, 4, 4, (0.5,), (0.25,), ("a", "b", "c"), "float32"), "tiny")
 
 
 def fashion_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +300,7 @@ def test_trailing_bytes_without_binary_input_are_refused():
 
 
 def test_fp16_model_takes_fp32_or_fp16_and_gets_its_own_dtype():
-    half = ModelView("h", "1", "FP16", 1, 4, 4, ("a",), (0.0,), (1.0,))
+    half = ModelView("h", "1", ServingSpec(1, 4, 4, (0.0,), (1.0,), ("a",), "float16"))
     x = np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 1, 4, 4)
     assert parse(infer_body(x), m=half).x.dtype == np.float16
     assert np.array_equal(parse(infer_body(x), m=half).x, x.astype(np.float16))
