@@ -124,7 +124,7 @@ serve: $(VENV)/.serving-installed
 # requirements/real-images.txt (installed here).
 DEFAULT_BASE_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --steps 2000 --seed 0
 DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --init runs/default-base/checkpoint.pt \
-	--steps 5000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --aug-photo 0.2 --holdout 3000 \
+	--steps 8000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --aug-photo 0.2 --holdout 3000 \
 	--outlier-exposure 0.5 --icons 0.25 --seed 0
 MNIST_BASE_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --steps 1500 --seed 0
 MNIST_MODEL_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --init runs/mnist-base/checkpoint.pt \
