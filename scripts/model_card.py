@@ -93,8 +93,8 @@ def outlier_lines(c: dict) -> str:
 REAL_IMAGE_TITLES = {
     "real_images": "this model: garments and non-garments",
     "real_images-digits": "this model: digit scans that are not MNIST",
-    "real_images-before": "before: the previous model and preprocessing (transparent uploads onto black)",
-    "real_images-digits-before": "before: the previous model, digit scans",
+    "real_images-before": "before: the model this one replaced, same set, same service",
+    "real_images-digits-before": "before: the model this one replaced, digit scans",
 }
 
 
