@@ -128,7 +128,7 @@ DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --
 	--outlier-exposure 0.5 --icons 0.25 --seed 0
 MNIST_BASE_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --steps 1500 --seed 0
 MNIST_MODEL_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --init runs/mnist-base/checkpoint.pt \
-	--steps 3000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 \
+	--steps 5000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 \
 	--aug-degrees 12 --aug-scale 0.8 1.1 --aug-style 0.5 --aug-photo 0.2 --holdout 3000 --outlier-exposure 0.5 --seed 0
 default-model: $(VENV)/.dev-installed
 	$(PY) -m pip install -q -r requirements/real-images.txt
