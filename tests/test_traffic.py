@@ -1238,11 +1238,13 @@ def test_bentoml_serve_two_workers_never_refuse_a_closed_loop_up_to_min_inflight
     """`bentoml serve` with 2 workers whose own limits are 1 request (a tiny wait budget, batches
     of 1): a closed loop of BNSERVE_MIN_INFLIGHT = 16 clients is never refused, because the
     workers count their requests together (their shared file, one live slot each); without that
-    each worker, holding about half the loop, would refuse. A fixed number of requests, no
-    time in any assert."""
+    each worker, holding about half the loop, would refuse. Then a burst beyond it: refusals
+    keep their connections usable and are counted. A fixed number of requests, no time in any
+    assert."""
     import aiohttp
+    import httpx
 
-    from benchmarks.http_harness import Server
+    from benchmarks.http_harness import Server, metric
 
     clients, per_client = 16, 25
     server = Server("serving.service:BnServe", {"BNSERVE_WORKERS": "2", "BNSERVE_MIN_INFLIGHT": str(clients),
@@ -1274,5 +1276,57 @@ def test_bentoml_serve_two_workers_never_refuse_a_closed_loop_up_to_min_inflight
         statuses = asyncio.run(run())
         assert len(statuses) == clients * per_client and set(statuses) == {200}, sorted(set(statuses))
         assert "cannot share" not in server.output()
+        # beyond the loop: a burst of 64 requests, each on its own keep-alive connection, twice.
+        # Refused or answered, every connection answers its next request too (a refusal from
+        # uvicorn's head callback leaves the connection in step), and /metrics counts each 503.
+        seen = refusal_burst(server.port, image, connections=64, rounds=2)
+        refused = metric(httpx.get(server.url + "/metrics", timeout=DEADLINE_S).text, "bnserve_refused_total",
+                         'reason="overloaded"')
+        assert set(seen) <= {200, 503} and sum(seen.values()) == 128, seen
+        assert sum(refused.values()) == seen.get(503, 0), (refused, seen)
+        assert "refused by the ASGI front door" not in server.output()  # the early refusal is installed
     finally:
         server.stop()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """One HTTP answer with a Content-Length from a blocking socket: status, headers, body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def refusal_burst(port: int, image: bytes, connections: int, rounds: int) -> dict[int, int]:
+    """``rounds`` times: one /classify on each of ``connections`` keep-alive connections, all
+    sent before any answer is read. Returns how many answers of each status; every 503 must
+    carry Retry-After and the JSON ``overloaded`` error."""
+    from collections import Counter
+
+    from benchmarks.http_harness import multipart_request
+
+    request, seen = multipart_request(port, image), Counter()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) for _ in range(connections)]
+    try:
+        for _ in range(rounds):
+            for sock in socks:
+                sock.sendall(request)
+            for sock in socks:
+                status, headers, body = read_answer(sock)
+                seen[status] += 1
+                if status == 503:
+                    assert "retry-after" in headers and json.loads(body)["error"] == "overloaded", (headers, body)
+                assert headers.get("connection") != "close", headers
+    finally:
+        for sock in socks:
+            sock.close()
+    return dict(seen)
