@@ -726,6 +726,29 @@ def test_early_refusal_discards_the_rest_of_the_body_and_closes_where_it_must():
     asyncio.run(main())
 
 
+def test_early_refusal_of_a_pipelined_request_comes_after_the_answer_before_it():
+    """Two requests in one packet: the second waits for the first's answer (uvicorn's
+    pipeline), is decided then, and its 503 follows the 200 on the connection, in order."""
+    traffic = Traffic(admission(0.05, max_wait_s=0.2, floor=1))
+
+    async def main():
+        door = EarlyDoor(traffic)
+        protocol, transport = door.connect()
+        protocol.data_received(PNG_REQUEST + PNG_REQUEST)
+        assert len(door.state.tasks) == 1 and transport.written == b""  # the second is queued
+        first = next(iter(door.state.tasks))
+        traffic.admission.ahead = lambda: 4  # full by the time the first is answered
+        door.release.set()
+        await asyncio.wait_for(first, 60)
+        assert not door.state.tasks and door.got == ["/classify"]
+        ok, _, refused = transport.written.partition(b"ok")
+        assert ok.startswith(b"HTTP/1.1 200") and refused.startswith(b"HTTP/1.1 503")
+        assert answer_of(refused)[2]["error"] == "overloaded" and not transport.closed
+        protocol.connection_lost(None)
+
+    asyncio.run(main())
+
+
 def test_http_answer_encodes_the_front_doors_messages():
     from serving.early_refusal import http_answer
     from serving.frontdoor import json_response_messages
