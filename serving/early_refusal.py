@@ -1,10 +1,10 @@
 """Refuse an overloaded request in the callback that read its head, before it becomes a task.
 
 uvicorn's HTTP protocol parses a request head in ``data_received`` and, for each complete head,
-creates an asyncio task for the ASGI cycle; the task first runs on a later event-loop iteration.
-Under 2x overload an iteration of a worker takes 50-150 ms, and a request refused by the ASGI
-front door (serving/frontdoor.py ``FrontDoor``) waited out 2-3 of them before its 503 was
-written: refusal p99 130-160 ms, for an answer that costs microseconds.
+creates an asyncio task for the ASGI cycle; the task runs after every callback already queued
+in the event loop. A request refused by the ASGI front door (serving/frontdoor.py
+``FrontDoor``) cost a task, its scheduling and uvicorn's send path, and its 503 waited behind
+that queue, which under 2x overload holds tens of milliseconds of work.
 
 ``with_early_refusal`` subclasses uvicorn's httptools protocol: where uvicorn would start the
 ASGI task of a request (``_start_asgi_task``, from the head callback or, for a pipelined
