@@ -13,10 +13,15 @@
   answer and then finds the port closed instead of a reset (serving/drain.py).
 - Only a 2xx answer feeds the admission's service-time estimate.
 
-``FrontDoor`` is the outermost ASGI layer (wrapped around the app uvicorn serves): a request the
-admission would refuse is refused there, before BentoML's metrics, tracing, access-log and
-timeout middlewares spend anything on it. ``open_front_door`` installs it together with the
-connection deadlines of serving/deadlines.py (head, keep-alive idle) on the uvicorn server.
+**One decision per request, at the door** (``Traffic.door``): made as soon as the request's
+head is read, in uvicorn's own head callback (serving/early_refusal.py: the 503 is written
+there, before the request becomes a task), else by ``FrontDoor``, the outermost ASGI layer
+(wrapped around the app uvicorn serves), before BentoML's metrics, tracing, access-log and
+timeout middlewares spend anything on it. A request admitted at the door is not refused later
+for overload (a later look would count the requests that came after it and refuse it after it
+waited); ``Traffic.handle`` decides itself only for a request that met no door.
+``open_front_door`` installs both, with the connection deadlines of serving/deadlines.py (head,
+keep-alive idle), on the uvicorn server.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from .accept import accept_all_once_listening
 from .admission import SMALL, AcceptQueue, Admission, UploadBudget, cost_class
 from .deadlines import with_header_deadline
+from .early_refusal import with_early_refusal
 from .inflight import WorkerCounts
 
 Scope = dict
@@ -41,6 +47,7 @@ Send = Callable[[dict], Awaitable[None]]
 # Open Inference Protocol's /v2/models/{name}[/versions/{version}]/infer.
 INFERENCE_PATHS = ("/classify",)
 INFERENCE_PATTERN = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+ADMITTED = "bnserve.admitted"  # scope key: the door has admitted this request (Traffic.door)
 
 
 def is_inference(scope: Scope) -> bool:
@@ -73,14 +80,19 @@ def json_response_messages(status: int, body: dict, headers: dict[str, str] | No
             {"type": "http.response.body", "body": data}]
 
 
+def closing(message: dict) -> dict:
+    """``message`` with ``Connection: close`` in its head when it is a response start (uvicorn
+    then closes the connection after the answer instead of keeping it alive)."""
+    if message["type"] != "http.response.start":
+        return message
+    headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+    return {**message, "headers": [*headers, (b"connection", b"close")]}
+
+
 def with_connection_close(send: Send) -> Send:
-    """``send`` that adds ``Connection: close`` to the response head (uvicorn then closes the
-    connection after the answer instead of keeping it alive)."""
+    """``send`` that adds ``Connection: close`` to the response head."""
     async def close_after(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
-            message = {**message, "headers": [*headers, (b"connection", b"close")]}
-        await send(message)
+        await send(closing(message))
     return close_after
 
 
@@ -115,6 +127,9 @@ class Traffic:
         self.finishing = 0  # answered (response started), task not yet ended (FrontDoor counts)
         self.pending = 0  # past the front door, answer not started (FrontDoor counts)
         self.counts: WorkerCounts | None = None  # this worker's slot among all workers' counts
+        # 1 while the counts behind ``ahead`` include the asking request (it has a task and is
+        # pending); 0 while uvicorn's head callback asks, before the request has either
+        self._asker = 1
         self.accepting: asyncio.Task | None = None  # serving/accept.py, started by open_front_door
 
     def publish(self) -> None:
@@ -134,12 +149,31 @@ class Traffic:
         tasks = server.server_state.tasks
         queue = AcceptQueue(server)
         share = 1.0 / max(1, workers)
-        self.admission.ahead = lambda: (len(tasks) - 1 - self.reading - self.finishing
+        self.admission.ahead = lambda: (len(tasks) - self._asker - self.reading - self.finishing
                                         + int(queue.length() * share))
         if counts is not None:  # over all workers: every worker's count, the queue once, less the asking one
             self.counts = counts
-            self.admission.count_all_workers(lambda: counts.total() + queue.length() - 1, all_floor, floor)
+            self.admission.count_all_workers(lambda: counts.total() + queue.length() - self._asker,
+                                             all_floor, floor)
             self.publish()
+
+    def door(self, scope: Scope, has_task: bool = True) -> list[dict] | None:
+        """The front door's decision for an inference request whose head is read: None to admit
+        it (marked ``ADMITTED`` in its scope), else its answer: 503 ``overloaded`` (counted as
+        ``refused:overloaded``; ``Connection: close`` while draining). ``has_task``: False when
+        uvicorn's head callback asks, before the request has a task (serving/early_refusal.py)."""
+        cost = cost_class(declared_length(scope))
+        self._asker = 1 if has_task else 0
+        try:
+            full = self.admission.full(cost)
+        finally:
+            self._asker = 1
+        if not full:
+            scope[ADMITTED] = True
+            return None
+        self.admission.refuse("overloaded")
+        answer = self.refusal("overloaded", cost)
+        return [closing(m) for m in answer] if self.draining else answer
 
     async def handle(self, scope: Scope, receive: Receive, send: Send,
                      read: Callable[[], Awaitable[t.Any]],
@@ -151,9 +185,11 @@ class Traffic:
         admission = self.admission
         length = declared_length(scope)
         cost = cost_class(length)
-        if admission.full(cost):  # before reading the body: a refusal costs next to nothing
-            admission.refuse("overloaded")
-            return await self.refuse(send, "overloaded", cost)
+        admitted = scope.get(ADMITTED, False)  # by the door; else decided here, before the body is read
+        if not admitted and (refusal := self.door(scope)) is not None:
+            for message in refusal:
+                await send(message)
+            return
         reserved = min(length, self.max_bytes) if length is not None else self.max_bytes
         if not self.budget.reserve(reserved):
             admission.refuse("memory")
@@ -162,7 +198,7 @@ class Traffic:
         task = asyncio.current_task()
         self._unanswered.add(task)
         try:
-            await self._admitted(scope, receive, send, read, respond, cost)
+            await self._admitted(scope, receive, send, read, respond, cost, admitted)
         except asyncio.CancelledError:
             if task not in self._cut:
                 raise
@@ -192,7 +228,7 @@ class Traffic:
             await send(message)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, read: Callable[[], Awaitable[t.Any]],
-                        respond: Callable[[t.Any], Awaitable[t.Any]], cost: str) -> None:
+                        respond: Callable[[t.Any], Awaitable[t.Any]], cost: str, admitted: bool) -> None:
         admission = self.admission
         self.reading += 1
         self.publish()
@@ -203,10 +239,10 @@ class Traffic:
             self.reading -= 1
             self.publish()
             self.on_count("reading", -1)
-        # checked again now the body is here (a burst of uploads may have passed the door
-        # together); a large upload already read is kept: refusing it now would waste its bytes,
-        # and the upload budget and the decode threads bound what it costs
-        ticket = admission.enter(cost) if cost != SMALL else admission.try_enter(cost)
+        # a request the door admitted is kept (one decision per request); else a small one is
+        # checked again now the body is here; a large upload already read is kept: refusing it
+        # now would waste its bytes, and the upload budget and the decode threads bound its cost
+        ticket = admission.enter(cost) if admitted or cost != SMALL else admission.try_enter(cost)
         if ticket is None:
             return await self.refuse(send, "overloaded", cost)
         self.on_count("in_progress", 1)
@@ -241,7 +277,13 @@ class Traffic:
         await response(scope, receive, send)
 
     async def refuse(self, send: Send, reason: str, cost: str = SMALL) -> None:
-        """503 + Retry-After + JSON, built once per (reason, limit, Retry-After)."""
+        """Send the refusal (``refusal``)."""
+        for message in self.refusal(reason, cost):
+            await send(message)
+
+    def refusal(self, reason: str, cost: str = SMALL) -> list[dict]:
+        """503 + Retry-After + JSON (ASGI messages), built once per (reason, limit, Retry-After);
+        counted as ``refused:<reason>``."""
         self.on_event(f"refused:{reason}")
         a = self.admission
         key = (reason, cost, a.classes[cost].limit, a.retry_after(cost))
@@ -253,19 +295,23 @@ class Traffic:
                       "and is at that limit; retry after the Retry-After seconds, or on another replica")
             self._refusals[key] = json_response_messages(503, {"error": "overloaded", "detail": detail},
                                                          {"Retry-After": str(key[3])})
-        for message in self._refusals[key]:
-            await send(message)
+        return self._refusals[key]
 
 
 class FrontDoor:
     """The outermost ASGI layer of a worker: an inference request that the admission would
-    refuse is refused here, before BentoML's metrics, tracing, access-log and timeout
-    middlewares spend anything on it. Under overload most requests are refused, so their cost
-    decides how much CPU is left for the admitted. (They count in ``bnserve_refused_total``,
-    not in BentoML's request metrics.)"""
+    refuse is refused here (when uvicorn's head callback has not already: ``early``), before
+    BentoML's metrics, tracing, access-log and timeout middlewares spend anything on it. Under
+    overload most requests are refused, so their cost decides how much CPU is left for the
+    admitted. (They count in ``bnserve_refused_total``, not in BentoML's request metrics.)"""
 
     def __init__(self, app: t.Any, traffic: Traffic):
         self.app, self.traffic = app, traffic
+
+    def early(self, scope: Scope) -> list[dict] | None:
+        """The door's decision from uvicorn's head callback (serving/early_refusal.py), before
+        the request has a task: None to admit (its task starts), else the refusal to write."""
+        return self.traffic.door(scope, has_task=False) if is_inference(scope) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_inference(scope):
@@ -297,19 +343,18 @@ class FrontDoor:
         if task is not None:
             task.add_done_callback(ended)
 
-        cost = cost_class(declared_length(scope))
-        if traffic.admission.full(cost):
-            traffic.admission.refuse("overloaded")
-            return await traffic.refuse(with_connection_close(send_marked) if traffic.draining else send_marked,
-                                        "overloaded", cost)
+        if not scope.get(ADMITTED) and (refusal := traffic.door(scope)) is not None:
+            for message in refusal:
+                await send_marked(message)
+            return
         return await self.app(scope, receive, send_marked)
 
 
 def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_timeout_s: float,
                     keepalive_timeout_s: float, counts: WorkerCounts | None = None, all_floor: int = 0,
                     floor: int = 1) -> bool:
-    """On this uvicorn server (before it creates any connection): wrap its app in FrontDoor,
-    count requests ahead from its tasks and accept queue (and, with ``counts``, over all
+    """On this uvicorn server (before it creates any connection): wrap its app in FrontDoor and
+    let its HTTP protocol refuse with the same decision as soon as a head is read, count requests ahead from its tasks and accept queue (and, with ``counts``, over all
     workers: a small request is refused only with ``all_floor`` or more ahead of it there; this
     worker's own small floor becomes ``floor``), give every connection a deadline for its
     request head, set its keep-alive idle timeout, and once it listens take in every queued
@@ -318,8 +363,9 @@ def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_tim
     config = getattr(server, "config", None)
     if config is None or getattr(config, "loaded_app", None) is None:
         return False
-    config.loaded_app = FrontDoor(config.loaded_app, traffic)
-    config.http_protocol_class = with_header_deadline(config.http_protocol_class, header_timeout_s)
+    config.loaded_app = door = FrontDoor(config.loaded_app, traffic)
+    config.http_protocol_class = with_early_refusal(
+        with_header_deadline(config.http_protocol_class, header_timeout_s), door.early)
     config.timeout_keep_alive = keepalive_timeout_s
     traffic.count_ahead_in(server, workers, counts, all_floor, floor)
     # uvloop takes in one new connection per loop iteration: empty the accept queue instead

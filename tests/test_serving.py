@@ -386,6 +386,51 @@ def test_microbatcher_failure_stays_in_its_batch_and_cancelled_requests_are_skip
     b.close()
 
 
+def test_microbatcher_hands_a_batchs_results_out_in_slices_one_loop_iteration_each():
+    """40 results of one batch wake their requests 16, 16 and 8 per event-loop iteration, in
+    order: the loop reads its connections between the slices (a ticker counts iterations)."""
+    import asyncio
+    import threading
+
+    from serving.batching import ANSWER_SLICE, MicroBatcher
+
+    gate, calls = threading.Event(), []
+
+    def fn(x):
+        calls.append(len(x))
+        gate.wait(60)
+        return x
+
+    b = MicroBatcher(fn, max_batch_size=64)
+
+    async def main():
+        loop, ticks, woke = asyncio.get_running_loop(), [0], []
+
+        def tick():  # once per iteration: it reschedules itself for the next
+            ticks[0] += 1
+            loop.call_soon(tick)
+
+        async def request(i):
+            out = await b.submit(np.array([[float(i)]]))
+            woke.append((i, ticks[0], float(out[0])))
+
+        first = asyncio.ensure_future(b.submit(np.array([[-1.0]])))
+        await until(lambda: calls)
+        rest = [asyncio.ensure_future(request(i)) for i in range(40)]
+        await until(lambda: len(b._pending) == 40)
+        loop.call_soon(tick)
+        gate.set()
+        await asyncio.gather(first, *rest)
+        return woke
+
+    woke = _run(main())
+    assert ANSWER_SLICE == 16 and [i for i, _, _ in woke] == list(range(40))
+    assert all(out == i for i, _, out in woke)
+    slices = [[i for i, t, _ in woke if t == tick] for tick in sorted({t for _, t, _ in woke})]
+    assert [len(s) for s in slices] == [16, 16, 8]
+    b.close()
+
+
 def test_microbatcher_rejects_nonsense_size():
     from serving.batching import MicroBatcher
     with pytest.raises(ValueError):

@@ -40,7 +40,8 @@ from serving.settings import VARIABLES, SettingError, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SCOPE = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
-         "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")]}
+         "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")]}  # copy it per request:
+# the door marks the scope of a request it admits
 
 
 class Clock:
@@ -159,7 +160,7 @@ def run_handle(traffic: Traffic, respond, messages=(), then_disconnect=False, re
         reads.append(True)
         return b"IMG"
 
-    asyncio.run(traffic.handle(scope, client.receive, client.send, read or default_read, respond))
+    asyncio.run(traffic.handle(dict(scope), client.receive, client.send, read or default_read, respond))
     return client.sent, reads
 
 
@@ -249,8 +250,8 @@ def test_at_the_drain_bound_unanswered_requests_get_503_not_uvicorns_500():
             started.set()
             await asyncio.Event().wait()
 
-        tasks = [asyncio.ensure_future(traffic.handle(SCOPE, reading.receive, reading.send, stalled_read, ok_response)),
-                 asyncio.ensure_future(traffic.handle(SCOPE, waiting.receive, waiting.send, read, never_answered))]
+        tasks = [asyncio.ensure_future(traffic.handle(dict(SCOPE), reading.receive, reading.send, stalled_read, ok_response)),
+                 asyncio.ensure_future(traffic.handle(dict(SCOPE), waiting.receive, waiting.send, read, never_answered))]
         await started.wait()
         assert traffic.cut() == 2
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -281,11 +282,11 @@ def test_front_door_refuses_inference_routes_before_the_app_and_passes_the_rest(
 
     oip = {**SCOPE, "path": "/v2/models/bnserve/infer"}
     a.ahead = lambda: 10
-    assert asyncio.run(call(SCOPE))[0]["status"] == 503 and passed == []
+    assert asyncio.run(call(dict(SCOPE)))[0]["status"] == 503 and passed == []
     assert asyncio.run(call(oip))[0]["status"] == 503 and passed == []
     assert asyncio.run(call({**SCOPE, "path": "/readyz", "method": "GET"})) == [] and passed == ["/readyz"]
     a.ahead = lambda: 0
-    asyncio.run(call(SCOPE))
+    asyncio.run(call(dict(SCOPE)))
     assert passed == ["/readyz", "/classify"]
     assert door.traffic.finishing == 0  # counted from the answer's start to the task's end
 
@@ -408,7 +409,7 @@ def test_front_door_publishes_this_workers_requests_ahead(tmp_path):
 
     async def main():
         client = AsgiClient([], then_disconnect=False)
-        await FrontDoor(app, traffic)(SCOPE, client.receive, client.send)
+        await FrontDoor(app, traffic)(dict(SCOPE), client.receive, client.send)
         return client.sent
 
     sent = asyncio.run(main())
@@ -501,17 +502,22 @@ class FakeTransport:
         pass
 
 
-def uvicorn_protocol(protocol_class, app, timers: ManualTimers, seconds: float = 10.0):
-    """A uvicorn HTTP protocol under the head deadline, on a fake transport, with a live loop."""
+def uvicorn_protocol(protocol_class, app, timers: ManualTimers, seconds: float = 10.0, door=None, state=None):
+    """A uvicorn HTTP protocol under the head deadline (and, with ``door``, the early refusal,
+    as open_front_door installs them), on a fake transport, with a live loop; ``state``: the
+    server state it shares with other connections."""
     import uvicorn
     from uvicorn.server import ServerState
 
     from serving.deadlines import with_header_deadline
+    from serving.early_refusal import with_early_refusal
 
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
     config.load()
     cls = with_header_deadline(protocol_class, seconds, call_later=timers)
-    protocol = cls(config=config, server_state=ServerState(), app_state={})
+    if door is not None:
+        cls = with_early_refusal(cls, door)
+    protocol = cls(config=config, server_state=state or ServerState(), app_state={})
     transport = FakeTransport()
     protocol.connection_made(transport)
     return protocol, transport
@@ -586,7 +592,185 @@ def test_front_door_installs_the_deadlines_on_the_uvicorn_server():
     assert open_front_door(server, traffic, workers=2, header_timeout_s=7.0, keepalive_timeout_s=3.0)
     assert isinstance(config.loaded_app, FrontDoor) and config.timeout_keep_alive == 3.0
     assert issubclass(config.http_protocol_class, HttpToolsProtocol)
+    assert config.http_protocol_class.__name__.startswith("EarlyRefusal")
     assert not open_front_door(SimpleNamespace(), traffic, workers=1, header_timeout_s=1, keepalive_timeout_s=1)
+
+
+# --- refusal in uvicorn's head callback (serving/early_refusal.py) -------------------------------
+
+PNG_REQUEST = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 4\r\n\r\n\x89PNG"
+
+
+def answer_of(written: bytes) -> tuple[str, dict, dict]:
+    """Status line, headers and JSON body of one HTTP answer written to a transport."""
+    head, _, body = written.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
+    return lines[0], headers, json.loads(body)
+
+
+class EarlyDoor:
+    """uvicorn's httptools protocol with the early refusal, several connections of one server
+    (one ServerState: one set of request tasks) behind one FrontDoor whose app holds every
+    request it gets until the test lets it go."""
+
+    def __init__(self, traffic: Traffic):
+        from types import SimpleNamespace
+
+        from uvicorn.server import ServerState
+
+        self.traffic, self.state, self.got, self.release = traffic, ServerState(), [], asyncio.Event()
+        traffic.count_ahead_in(SimpleNamespace(server_state=self.state, servers=None), workers=1)
+        self.door = FrontDoor(self.app, traffic)
+        self.timers = ManualTimers()
+
+    async def app(self, scope, receive, send):
+        self.got.append(scope["path"])
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def connect(self):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return uvicorn_protocol(HttpToolsProtocol, self.door, self.timers, door=self.door.early, state=self.state)
+
+
+def test_early_refusal_answers_in_the_head_callback_with_the_front_doors_decision():
+    """Limit 4: with 4 requests ahead (tasks of other connections) a 5th is refused in the same
+    data_received call, before it has a task: 503, Retry-After, the JSON error, counted once;
+    the connection stays alive and its next request is served. The 4th, with 3 ahead, was
+    admitted: it got its task, and neither the FrontDoor nor handle decides for it again."""
+    events = []
+    traffic = Traffic(admission(0.05, max_wait_s=0.2, floor=1), on_event=events.append)  # limit 4
+    assert traffic.admission.limit == 4
+
+    async def main():
+        door = EarlyDoor(traffic)
+        admitted = [door.connect() for _ in range(4)]
+        for protocol, _ in admitted:
+            protocol.data_received(PNG_REQUEST)
+        assert len(door.state.tasks) == 4 and events == []  # 0, 1, 2, then 3 ahead: admitted
+        protocol, transport = door.connect()
+        protocol.data_received(PNG_REQUEST)
+        assert len(door.state.tasks) == 4 and events == ["refused:overloaded"]  # no task for it
+        assert traffic.admission.refused == {"overloaded": 1}
+        status, headers, body = answer_of(transport.written)
+        assert status == "HTTP/1.1 503 Service Unavailable" and int(headers["retry-after"]) >= 1
+        assert headers["content-type"] == "application/json" and "connection" not in headers
+        assert body["error"] == "overloaded" and "BNSERVE_MAX_WAIT_MS" in body["detail"]
+        deadlines = [e for e in door.timers.armed if e[1].__self__ is protocol]
+        assert not transport.closed and [e[2] for e in deadlines] == [True, False]  # re-armed for the next head
+        transport.written = b""
+        protocol.data_received(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")  # same connection
+        assert len(door.state.tasks) == 5
+        door.release.set()
+        await asyncio.wait_for(asyncio.gather(*door.state.tasks), 60)
+        assert door.got == ["/classify"] * 4 + ["/readyz"] and transport.written.startswith(b"HTTP/1.1 200")
+        assert events == ["refused:overloaded"] and traffic.pending == 0 and traffic.finishing == 0
+        for p, _ in [*admitted, (protocol, transport)]:
+            p.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_early_refusal_and_the_asgi_front_door_count_the_asking_request_alike():
+    """The same requests ahead give the same decision whether the head callback asks (the
+    request has no task and is not pending yet) or the ASGI front door (it has both)."""
+    from types import SimpleNamespace
+
+    traffic = Traffic(admission(0.05, max_wait_s=0.2, floor=1))  # limit 4
+    tasks = {1, 2, 3}
+    traffic.count_ahead_in(SimpleNamespace(server_state=SimpleNamespace(tasks=tasks), servers=None), workers=1)
+    assert traffic.door(dict(SCOPE), has_task=False) is None  # 3 ahead
+    tasks.add(4)
+    assert traffic.door(dict(SCOPE), has_task=True) is None  # 3 ahead: the asking one is task 4
+    assert traffic.door(dict(SCOPE), has_task=False)[0]["status"] == 503  # 4 ahead
+    tasks.add(5)
+    assert traffic.door(dict(SCOPE), has_task=True)[0]["status"] == 503
+    assert traffic.admission.refused == {"overloaded": 2} and traffic._asker == 1
+
+
+def test_early_refusal_discards_the_rest_of_the_body_and_closes_where_it_must():
+    """A refused body that arrives later, in pieces, is discarded and the next request on the
+    connection is parsed; while draining the refusal says Connection: close and closes; a
+    client waiting for 100 Continue is answered and the connection closed (its body may never
+    come)."""
+    traffic = Traffic(admission(0.05, max_wait_s=0.2, floor=1))
+    head, body = PNG_REQUEST.split(b"\r\n\r\n")
+
+    async def main():
+        door = EarlyDoor(traffic)
+        traffic.admission.ahead = lambda: 4  # full
+        protocol, transport = door.connect()
+        protocol.data_received(head + b"\r\n\r\n")
+        assert transport.written.startswith(b"HTTP/1.1 503") and not door.state.tasks
+        protocol.data_received(body[:2])
+        protocol.data_received(body[2:] + b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert len(door.state.tasks) == 1 and not transport.closed  # the GET, in sync after the body
+
+        traffic.draining = True
+        protocol, transport = door.connect()
+        protocol.data_received(PNG_REQUEST)
+        assert answer_of(transport.written)[1]["connection"] == "close" and transport.closed
+        traffic.draining = False
+
+        protocol, transport = door.connect()
+        protocol.data_received(head.replace(b"Host: x", b"Host: x\r\nExpect: 100-continue") + b"\r\n\r\n")
+        status, headers, _ = answer_of(transport.written)
+        assert status.startswith("HTTP/1.1 503") and headers["connection"] == "close" and transport.closed
+        assert b"100 Continue" not in transport.written
+        door.release.set()
+
+    asyncio.run(main())
+
+
+def test_early_refusal_of_a_pipelined_request_comes_after_the_answer_before_it():
+    """Two requests in one packet: the second waits for the first's answer (uvicorn's
+    pipeline), is decided then, and its 503 follows the 200 on the connection, in order."""
+    traffic = Traffic(admission(0.05, max_wait_s=0.2, floor=1))
+
+    async def main():
+        door = EarlyDoor(traffic)
+        protocol, transport = door.connect()
+        protocol.data_received(PNG_REQUEST + PNG_REQUEST)
+        assert len(door.state.tasks) == 1 and transport.written == b""  # the second is queued
+        first = next(iter(door.state.tasks))
+        traffic.admission.ahead = lambda: 4  # full by the time the first is answered
+        door.release.set()
+        await asyncio.wait_for(first, 60)
+        assert not door.state.tasks and door.got == ["/classify"]
+        ok, _, refused = transport.written.partition(b"ok")
+        assert ok.startswith(b"HTTP/1.1 200") and refused.startswith(b"HTTP/1.1 503")
+        assert answer_of(refused)[2]["error"] == "overloaded" and not transport.closed
+        protocol.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_http_answer_encodes_the_front_doors_messages():
+    from serving.early_refusal import http_answer
+    from serving.frontdoor import json_response_messages
+
+    messages = json_response_messages(503, {"error": "overloaded"}, {"Retry-After": "2"})
+    data, close = http_answer(messages, [(b"date", b"D")])
+    assert not close and data == (b"HTTP/1.1 503 Service Unavailable\r\ndate: D\r\ncontent-type: application/json\r\n"
+                                  b"content-length: 23\r\nretry-after: 2\r\n\r\n{\"error\": \"overloaded\"}")
+    closed, close = http_answer(messages, close=True)
+    assert close and closed.endswith(b"retry-after: 2\r\nconnection: close\r\n\r\n{\"error\": \"overloaded\"}")
+    from serving.frontdoor import closing
+    assert http_answer([closing(messages[0]), messages[1]])[0] == closed
+
+
+def test_early_refusal_needs_uvicorns_hook_else_the_front_door_refuses(caplog):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from serving.early_refusal import with_early_refusal
+
+    with caplog.at_level(logging.WARNING, logger="bentoml.bnserve"):
+        assert with_early_refusal(H11Protocol, lambda scope: None) is H11Protocol
+    assert "refused by the ASGI front door" in caplog.text
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -1077,11 +1261,13 @@ def test_bentoml_serve_two_workers_never_refuse_a_closed_loop_up_to_min_inflight
     """`bentoml serve` with 2 workers whose own limits are 1 request (a tiny wait budget, batches
     of 1): a closed loop of BNSERVE_MIN_INFLIGHT = 16 clients is never refused, because the
     workers count their requests together (their shared file, one live slot each); without that
-    each worker, holding about half the loop, would refuse. A fixed number of requests, no
-    time in any assert."""
+    each worker, holding about half the loop, would refuse. Then a burst beyond it: refusals
+    keep their connections usable and are counted. A fixed number of requests, no time in any
+    assert."""
     import aiohttp
+    import httpx
 
-    from benchmarks.http_harness import Server
+    from benchmarks.http_harness import Server, metric
 
     clients, per_client = 16, 25
     server = Server("serving.service:BnServe", {"BNSERVE_WORKERS": "2", "BNSERVE_MIN_INFLIGHT": str(clients),
@@ -1113,5 +1299,57 @@ def test_bentoml_serve_two_workers_never_refuse_a_closed_loop_up_to_min_inflight
         statuses = asyncio.run(run())
         assert len(statuses) == clients * per_client and set(statuses) == {200}, sorted(set(statuses))
         assert "cannot share" not in server.output()
+        # beyond the loop: a burst of 64 requests, each on its own keep-alive connection, twice.
+        # Refused or answered, every connection answers its next request too (a refusal from
+        # uvicorn's head callback leaves the connection in step), and /metrics counts each 503.
+        seen = refusal_burst(server.port, image, connections=64, rounds=2)
+        refused = metric(httpx.get(server.url + "/metrics", timeout=DEADLINE_S).text, "bnserve_refused_total",
+                         'reason="overloaded"')
+        assert set(seen) <= {200, 503} and sum(seen.values()) == 128, seen
+        assert sum(refused.values()) == seen.get(503, 0), (refused, seen)
+        assert "refused by the ASGI front door" not in server.output()  # the early refusal is installed
     finally:
         server.stop()
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """One HTTP answer with a Content-Length from a blocking socket: status, headers, body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def refusal_burst(port: int, image: bytes, connections: int, rounds: int) -> dict[int, int]:
+    """``rounds`` times: one /classify on each of ``connections`` keep-alive connections, all
+    sent before any answer is read. Returns how many answers of each status; every 503 must
+    carry Retry-After and the JSON ``overloaded`` error."""
+    from collections import Counter
+
+    from benchmarks.http_harness import multipart_request
+
+    request, seen = multipart_request(port, image), Counter()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) for _ in range(connections)]
+    try:
+        for _ in range(rounds):
+            for sock in socks:
+                sock.sendall(request)
+            for sock in socks:
+                status, headers, body = read_answer(sock)
+                seen[status] += 1
+                if status == 503:
+                    assert "retry-after" in headers and json.loads(body)["error"] == "overloaded", (headers, body)
+                assert headers.get("connection") != "close", headers
+    finally:
+        for sock in socks:
+            sock.close()
+    return dict(seen)
