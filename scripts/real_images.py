@@ -10,7 +10,8 @@ users send them, through HTTP.
 The images are not in the repository (some sets are share-alike, CC BY-SA 4.0): ``build`` fetches
 the packages named in the manifest (``scripts/real_images_manifest.json``: source package,
 version, license; each image's original name, its label and its style) with the ordinary npm
-client, ``apt-get download`` (Debian's Open Clip Art Library, public domain) and scikit-learn, and renders every SVG with cairosvg at 128 px on a white and on a
+client, ``apt-get download`` (Debian's Open Clip Art Library, public domain) and scikit-learn,
+and renders every SVG with cairosvg at 128 px (training/icons.py's renderer) on a white and on a
 transparent background, into ``--cache`` (default ``~/.cache/bnserve/real-images``). Labels
 were given by looking at the renders (contact sheets); images whose class was ambiguous (ballet
 flats, pumps, kimonos, shorts, vests) were left out. ``label: null`` marks the images that are
@@ -34,12 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.icons import iconify_svg, npm_package, on_background, render_svg
+from training.icons import BACKGROUNDS, iconify_svg, npm_package, on_background, render_svg
 
 MANIFEST = Path(__file__).with_name("real_images_manifest.json")
 DEFAULT_CACHE = Path.home() / ".cache" / "bnserve" / "real-images"
-SIZE = 128  # rendered size (longest side), px
-BACKGROUNDS = ("white", "transparent")
 
 
 def load_manifest(path: Path = MANIFEST) -> dict:

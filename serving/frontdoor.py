@@ -354,11 +354,12 @@ def open_front_door(server: t.Any, traffic: Traffic, *, workers: int, header_tim
                     keepalive_timeout_s: float, counts: WorkerCounts | None = None, all_floor: int = 0,
                     floor: int = 1) -> bool:
     """On this uvicorn server (before it creates any connection): wrap its app in FrontDoor and
-    let its HTTP protocol refuse with the same decision as soon as a head is read, count requests ahead from its tasks and accept queue (and, with ``counts``, over all
-    workers: a small request is refused only with ``all_floor`` or more ahead of it there; this
-    worker's own small floor becomes ``floor``), give every connection a deadline for its
-    request head, set its keep-alive idle timeout, and once it listens take in every queued
-    connection at each wake-up (serving/accept.py). False when ``server`` has no loaded app
+    let its HTTP protocol refuse with the same decision as soon as a head is read, count requests
+    ahead from its tasks and accept queue (and, with ``counts``, over all workers: a small request
+    is refused only with ``all_floor`` or more ahead of it there; this worker's own small floor
+    becomes ``floor``), give every connection a deadline for its request head, set its
+    keep-alive idle timeout, and once it listens take in every queued connection at each wake-up
+    (serving/accept.py). False when ``server`` has no loaded app
     (not uvicorn, or not started the way `bentoml serve` starts it)."""
     config = getattr(server, "config", None)
     if config is None or getattr(config, "loaded_app", None) is None:

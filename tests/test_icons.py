@@ -13,9 +13,9 @@ from scripts.real_images import MANIFEST
 from serving.conversions import convert_image
 from training import icons
 from training.classifier import ClassifierConfig
+from training.data import DATASETS
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-           "Ankle boot"]
+CLASSES = list(DATASETS["fashion-mnist"].classes)
 
 
 @pytest.mark.parametrize("name, cls", [

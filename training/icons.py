@@ -220,7 +220,7 @@ def build_icon_set(classes: list[str], pipeline: str, cache: Path = DEFAULT_CACH
     if fetched and path.exists():
         with np.load(path) as z:
             return IconSet(z["images"], z["labels"], [str(n) for n in z["names"]], json.loads(str(z["sources"])))
-    if sets is None:
+    if fetched:
         sets = {}
         for s, (version, _) in ICON_SETS.items():
             folder = npm_package(cache, f"@iconify-json/{s}", version)
