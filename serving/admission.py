@@ -31,8 +31,19 @@ when its worker is over its own limit AND the requests ahead over all workers
 once) reach ``all_floor``. A closed loop of N <= ``all_floor`` clients never has more than
 N - 1 requests ahead of any of its own, however the kernel spreads its connections, so it is
 never refused; each worker's limit then needs no floor above a full batch. Where the counts
-cannot be shared (one worker, or no shared file), each worker's floor is its share of
-``BNSERVE_MIN_INFLIGHT`` with a margin instead (serving/settings.py ``admission_floor``).
+cannot be shared (one worker, or no shared file), each worker's guarantee is its share of
+``BNSERVE_MIN_INFLIGHT`` with a margin instead (``closed_loop``; serving/settings.py
+``closed_loop_share``).
+
+**An open loop is not given the closed loop's guarantee.** A request that finds ``all_floor``
+or more ahead (or, not shared, its worker's ``closed_loop``) proves that no closed loop within
+the guarantee is what is asking: more requests arrive than are answered. From then until
+``OPEN_LOOP_HOLD_S`` after the last such request, a small request is admitted by the wait
+budget alone, so open-loop arrivals beyond capacity wait about ``max_wait_s``, not
+``all_floor`` / throughput (a queue of 256 at 800 answers/s is 320 ms before the tail). A
+closed loop within the guarantee never sets it off, and one that meets it right after an
+overload is refused at most for the hold; arrivals that keep overloading the service set it
+off again each time the floor returns and the queue climbs back to it.
 
 The excess is refused at once, before its body is read: 503 with ``Retry-After`` and the
 service's JSON error body. 503 and not 429: the server is out of capacity, not the client over a
@@ -58,6 +69,7 @@ SMALL_BYTES = 64 * 1024  # a body up to this is a small image (decoded on the ev
 WINDOW_REQUESTS = 64  # 2xx answers per estimate update
 WINDOW_S = 0.5  # ... or this much accrued service time, whichever comes first
 SMOOTHING = 0.2  # weight of the newest window: a scheduling hiccup of the host moves it little
+OPEN_LOOP_HOLD_S = 5.0  # the closed-loop guarantee is off this long after a request found it exceeded
 
 
 def cost_class(content_length: int | None) -> str:
@@ -114,11 +126,16 @@ class Admission:
     before a body is read)."""
 
     def __init__(self, initial_service_time_s: float, max_wait_s: float, cap: int, floor: int,
-                 large_floor: int = 4, clock: Callable[[], float] = time.perf_counter,
+                 large_floor: int = 4, closed_loop: int = 0, clock: Callable[[], float] = time.perf_counter,
                  on_change: Callable[[Admission], None] | None = None):
         if max_wait_s <= 0 or cap < 1 or initial_service_time_s <= 0:
             raise ValueError("max_wait_s, cap and initial_service_time_s must be positive")
         self.max_wait_s, self.cap = max_wait_s, cap
+        # small requests this worker admits whatever the estimate, unless an open loop was seen
+        # (where the workers count together, ``all_floor`` over all of them takes its place)
+        self.closed_loop = min(closed_loop, cap)
+        self._clock = clock
+        self.open_loop_until = -math.inf  # the closed-loop guarantee is off until then
         self.classes = {SMALL: CostState(initial_service_time_s, max(1, min(floor, cap)), clock),
                         LARGE: CostState(initial_service_time_s, max(1, min(large_floor, cap)), clock)}
         # requests in this worker ahead of the one asking; replaced where the server can tell
@@ -129,6 +146,7 @@ class Admission:
         self.admitted = 0
         self.refused: dict[str, int] = {}
         self.on_change = on_change  # called when an estimate or limit changes (metrics)
+        self.on_open_loop: Callable[[], None] | None = None  # called when the guarantee goes off (metrics)
         for state in self.classes.values():
             state.limit = admission_limit(state.service_time_s, max_wait_s, state.floor, cap)
 
@@ -152,16 +170,32 @@ class Admission:
 
     def count_all_workers(self, all_ahead: Callable[[], int], all_floor: int, floor: int) -> None:
         """Admit a small request whenever fewer than ``all_floor`` are ahead of it over all
-        workers (``all_ahead``); this worker's own small floor becomes ``floor``."""
+        workers (``all_ahead``), unless an open loop was seen; this worker's own small floor
+        becomes ``floor``."""
         self.all_ahead, self.all_floor = all_ahead, all_floor
         state = self.classes[SMALL]
         state.floor = max(1, min(floor, self.cap))
         state.limit = admission_limit(state.service_time_s, self.max_wait_s, state.floor, self.cap)
 
+    @property
+    def open_loop(self) -> bool:
+        """Whether the closed-loop guarantee is off now (a request found it exceeded lately)."""
+        return self._clock() < self.open_loop_until
+
     def full(self, cost: str = SMALL) -> bool:
-        if self.waiting(cost) < self.classes[cost].limit:
+        waiting = self.waiting(cost)
+        if waiting < self.classes[cost].limit:
             return False
-        return cost != SMALL or self.all_ahead is None or self.all_ahead() >= self.all_floor
+        if cost != SMALL:
+            return True
+        beyond = self.all_ahead() >= self.all_floor if self.all_ahead is not None else waiting >= self.closed_loop
+        if beyond:  # more ahead than any closed loop within the guarantee could have
+            now = self._clock()
+            if now >= self.open_loop_until and self.on_open_loop is not None:
+                self.on_open_loop()
+            self.open_loop_until = now + OPEN_LOOP_HOLD_S
+            return True
+        return self.open_loop
 
     def try_enter(self, cost: str = SMALL) -> Ticket | None:
         if self.full(cost):

@@ -9,6 +9,7 @@ multiprocess directory after the service module is imported. Gauges are per work
 | ``bnserve_batch_size`` | histogram of images per ONNX Runtime run (micro-batching) |
 | ``bnserve_refused_total{reason}`` | 503s: ``overloaded`` (admission limit), ``memory`` (upload budget) |
 | ``bnserve_client_gone_total`` | requests dropped because the client disconnected |
+| ``bnserve_open_loop_total`` | times the closed-loop guarantee (BNSERVE_MIN_INFLIGHT) went off: a request found it exceeded (serving/admission.py) |
 | ``bnserve_in_progress{pid}`` | requests admitted and not yet answered |
 | ``bnserve_uploads_arriving{pid}`` | uploads whose body is still arriving |
 | ``bnserve_upload_bytes_held{pid}`` | bytes reserved by uploads in flight (BNSERVE_UPLOAD_BUDGET) |
@@ -38,6 +39,8 @@ class ServiceMetrics:
         for reason in REASONS:  # shown at 0 before the first refusal
             self.refused.labels(reason)
         self.client_gone = Counter("bnserve_client_gone", "Requests dropped because the client disconnected")
+        self.open_loop = Counter("bnserve_open_loop", "Times the closed-loop guarantee (BNSERVE_MIN_INFLIGHT) "
+                                 "went off: a request found more ahead than it covers")
         self._gauges = {
             "in_progress": Gauge("bnserve_in_progress", "Requests admitted and not yet answered",
                                  multiprocess_mode="liveall"),

@@ -109,9 +109,10 @@ class Classifier:
         self.model(one)
         self.metrics = metrics = ServiceMetrics()
         admission = Admission(max(time.perf_counter() - t0, 1e-4), s.max_wait_ms / 1e3, cap=s.max_inflight,
-                              floor=s.admission_floor, large_floor=DECODE_THREADS,
+                              floor=s.batch_floor, closed_loop=s.closed_loop_share, large_floor=DECODE_THREADS,
                               on_change=metrics.admission)
         metrics.admission(admission)
+        admission.on_open_loop = metrics.open_loop.inc
         self.traffic = Traffic(admission, UploadBudget(s.upload_budget_bytes), s.max_bytes,
                                on_event=metrics.event, on_count=metrics.count)
         self.drain = Drain(self.traffic, s.drain_timeout_s)
@@ -126,7 +127,7 @@ class Classifier:
             open_front_door(self.drain.server, self.traffic, workers=s.worker_count,
                             header_timeout_s=s.header_timeout_s,  # every phase has a deadline
                             keepalive_timeout_s=s.keepalive_timeout_s, counts=counts,
-                            all_floor=s.min_inflight, floor=s.shared_admission_floor)
+                            all_floor=s.min_inflight, floor=s.batch_floor)
         self.batcher = MicroBatcher(self.model, s.max_batch_size, on_batch=metrics.batch_size.observe)
         self._decoders: anyio.CapacityLimiter | None = None
         # What exists now (imports, model, session) lives as long as the process: keep the cyclic

@@ -16,13 +16,13 @@ import. The other serving modules take their values from a ``Settings`` (or as a
 | BNSERVE_MAX_BYTES | 8 MiB | request body limit (413 beyond) |
 | BNSERVE_MAX_PIXELS | 25,000,000 | decoded image size limit (413 beyond) |
 | BNSERVE_MAX_BATCH_SIZE | 64 | micro-batch rows; 1 turns batching off |
-| BNSERVE_MAX_WAIT_MS | 300 | the queueing wait an admitted request may expect (503 beyond) |
+| BNSERVE_MAX_WAIT_MS | 200 | the queueing wait an admitted request may expect (503 beyond) |
 | BNSERVE_MIN_INFLIGHT | 256 | a closed loop of up to this many clients is never refused (counted over all workers) |
 | BNSERVE_MAX_INFLIGHT | 1024 | hard cap on requests in progress per worker |
 | BNSERVE_UPLOAD_BUDGET | 64 MiB | bytes of uploads held at once per worker (503 beyond) |
 | BNSERVE_HEADER_TIMEOUT | 10 | seconds for a request's head to arrive (then 408 / closed) |
 | BNSERVE_BODY_TIMEOUT | 15 | seconds for a whole upload body to arrive (then 408) |
-| BNSERVE_KEEPALIVE_TIMEOUT | 5 | seconds an idle keep-alive connection is kept |
+| BNSERVE_KEEPALIVE_TIMEOUT | 20 | seconds an idle keep-alive connection is kept |
 | BNSERVE_DRAIN_TIMEOUT | 10 | SIGTERM -> exit, at most (plus ~1 s) |
 | BNSERVE_TRACE | 0 | 1: BentoML's OpenTelemetry middleware also spans /classify |
 """
@@ -134,13 +134,13 @@ class Settings:
     max_bytes: int = 8 * MiB
     max_pixels: int = 25_000_000
     max_batch_size: int = 64
-    max_wait_ms: float = 300.0
+    max_wait_ms: float = 200.0
     min_inflight: int = 256  # over all workers: below it ahead (all workers), a small request is admitted
     max_inflight: int = 1024
     upload_budget_bytes: int = 64 * MiB
     header_timeout_s: float = 10.0
     body_timeout_s: float = 15.0
-    keepalive_timeout_s: float = 5.0
+    keepalive_timeout_s: float = 20.0
     drain_timeout_s: float = 10.0
     trace: bool = False
 
@@ -161,20 +161,21 @@ class Settings:
         return self.workers or available_cores()
 
     @property
-    def admission_floor(self) -> int:
-        """Small requests one worker always admits where the workers cannot count together
-        (one worker, or no shared file; serving/inflight.py): at least a full batch, and its
-        share of BNSERVE_MIN_INFLIGHT with a 50% margin (the kernel does not hand the
-        connections of a closed loop to the workers evenly, so with several workers this is a
-        likelihood, not a promise), at most BNSERVE_MAX_INFLIGHT."""
+    def closed_loop_share(self) -> int:
+        """Small requests one worker admits whatever its estimate, where the workers cannot
+        count together (one worker, or no shared file; serving/inflight.py): its share of
+        BNSERVE_MIN_INFLIGHT with a 50% margin (the kernel does not hand the connections of a
+        closed loop to the workers evenly, so with several workers this is a likelihood, not a
+        promise), at least a full batch, at most BNSERVE_MAX_INFLIGHT. Off for a while after a
+        request found it exceeded (an open loop: serving/admission.py)."""
         share = math.ceil(1.5 * self.min_inflight / self.worker_count)
         return min(self.max_inflight, max(self.max_batch_size, share))
 
     @property
-    def shared_admission_floor(self) -> int:
-        """Small requests one worker always admits where the workers count together: a full
-        batch (BNSERVE_MIN_INFLIGHT then holds for the total over all workers, by construction:
-        serving/admission.py), at most BNSERVE_MAX_INFLIGHT."""
+    def batch_floor(self) -> int:
+        """Small requests one worker always admits: a full batch, at most BNSERVE_MAX_INFLIGHT
+        (where the workers count together, BNSERVE_MIN_INFLIGHT holds for the total over all
+        workers, by construction: serving/admission.py)."""
         return min(self.max_inflight, self.max_batch_size)
 
     @property

@@ -26,6 +26,7 @@ from conftest import AsgiClient
 from serving.accept import AcceptAll, accept_queued, protocol_factory
 from serving.admission import (
     LARGE,
+    OPEN_LOOP_HOLD_S,
     SMALL,
     Admission,
     UploadBudget,
@@ -571,10 +572,47 @@ def test_head_deadline_leaves_a_request_whose_head_arrived_to_the_app():
         for _ in range(5):
             await asyncio.sleep(0)
         assert b"200 OK" in transport.written and not transport.closed
-        assert len(timers.live()) == 1  # re-armed for the next head once the answer ended
-        timers.fire_live()  # idle after the answer, nothing sent: closed without a 408
-        assert transport.closed and b"408" not in transport.written
+        assert timers.live() == []  # idle after the answer: uvicorn's keep-alive deadline, not ours
+        protocol.data_received(b"GET /readyz HTTP/1.1\r\n")  # the next head starts, and stalls
+        assert [e[0] for e in timers.live()] == [10.0]
+        timers.fire_live()
+        assert transport.closed and transport.written.count(b"408") == 1
         protocol.connection_lost(None)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+def test_keep_alive_deadline_spares_a_connection_whose_next_request_is_waiting_unread(impl):
+    """A busy loop may run the keep-alive timer before it reads a request that arrived in
+    time; closing then would reset the client's connection and lose that request."""
+    if impl == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as protocol_class
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as protocol_class
+    from serving.deadlines import unread_bytes
+
+    async def app(scope, receive, send):
+        raise AssertionError("nothing is read in this test")
+
+    async def main():
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            protocol, transport = uvicorn_protocol(protocol_class, app, ManualTimers())
+            transport.get_extra_info = lambda name, default=None: ours if name == "socket" else default
+            assert unread_bytes(transport) == 0
+            protocol.timeout_keep_alive_handler()  # idle, nothing arrived: closed as uvicorn does
+            assert transport.closed
+            protocol.connection_lost(None)
+
+            protocol, transport = uvicorn_protocol(protocol_class, app, ManualTimers())
+            transport.get_extra_info = lambda name, default=None: ours if name == "socket" else default
+            theirs.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_for(lambda: unread_bytes(transport) > 0, "the request in the buffer", 60)
+            protocol.timeout_keep_alive_handler()
+            assert not transport.closed  # the waiting request is read next, not reset
+            protocol.connection_lost(None)
+        assert unread_bytes(transport) == 0  # a closed socket: nothing to tell
 
     asyncio.run(main())
 
@@ -661,7 +699,8 @@ def test_early_refusal_answers_in_the_head_callback_with_the_front_doors_decisio
         assert headers["content-type"] == "application/json" and "connection" not in headers
         assert body["error"] == "overloaded" and "BNSERVE_MAX_WAIT_MS" in body["detail"]
         deadlines = [e for e in door.timers.armed if e[1].__self__ is protocol]
-        assert not transport.closed and [e[2] for e in deadlines] == [True, False]  # re-armed for the next head
+        # alive, idle after the answer (uvicorn's keep-alive deadline): the head deadline is off
+        assert not transport.closed and [e[2] for e in deadlines] == [True]
         transport.written = b""
         protocol.data_received(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")  # same connection
         assert len(door.state.tasks) == 5
@@ -817,15 +856,68 @@ def test_onnx_runtime_threads_are_divided_among_workers(monkeypatch):
 
 
 def test_each_worker_admits_its_share_of_a_closed_loop_whatever_the_estimate():
-    assert Settings(workers=2).admission_floor == 192  # 256 clients over 2 workers, +50%
-    assert Settings(workers=1).admission_floor == 384
-    assert Settings(workers=16).admission_floor == 64  # never less than a full batch
-    assert Settings(workers=1, max_inflight=100).admission_floor == 100  # never more than the cap
-    a = Admission(0.05, 0.3, cap=1024, floor=Settings(workers=2).admission_floor)  # 50 ms each: 6 by the estimate
-    assert a.limit == 192
+    assert Settings(workers=2).closed_loop_share == 192  # 256 clients over 2 workers, +50%
+    assert Settings(workers=1).closed_loop_share == 384
+    assert Settings(workers=16).closed_loop_share == 64  # never less than a full batch
+    assert Settings(workers=1, max_inflight=100).closed_loop_share == 100  # never more than the cap
+    s = Settings(workers=2)
+    a = Admission(0.05, 0.3, cap=1024, floor=s.batch_floor, closed_loop=s.closed_loop_share)  # 50 ms each: 6 by the estimate
+    a.ahead = lambda: 191
+    assert not a.full()
+    a.ahead = lambda: 192
+    assert a.full()
     # where the workers count together the total holds BNSERVE_MIN_INFLIGHT: each keeps a batch
-    assert Settings(workers=2).shared_admission_floor == 64
-    assert Settings(max_batch_size=8, max_inflight=4).shared_admission_floor == 4
+    assert Settings(workers=2).batch_floor == 64
+    assert Settings(max_batch_size=8, max_inflight=4).batch_floor == 4
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_an_open_loop_turns_the_closed_loop_guarantee_off_for_the_hold(shared):
+    """A request that finds the guarantee exceeded (over all workers, or this worker's share)
+    switches it off: until OPEN_LOOP_HOLD_S after the last such request, the wait budget alone
+    decides; then a closed loop within the guarantee is admitted again."""
+    clock = Clock()
+    gone_off = []
+    a = admission(0.05, max_wait_s=0.2, floor=1, clock=clock)  # the budget admits 4
+    a.on_open_loop = lambda: gone_off.append(clock())
+    here = {"n": 10}
+    a.ahead = lambda: here["n"]
+    if shared:
+        a.count_all_workers(lambda: here["n"] + 3, 16, floor=1)  # 3 more in another worker
+    else:
+        a.closed_loop = 16
+    assert not a.full()  # 13 ahead over all (or 10 here): within the guarantee
+    here["n"] = 16
+    assert a.full() and a.open_loop and gone_off == [0.0]  # beyond it: an open loop
+    here["n"] = 10
+    assert a.full()  # the budget alone decides now: 10 > 4
+    here["n"] = 3
+    assert not a.full()
+    clock.t += OPEN_LOOP_HOLD_S - 0.01
+    here["n"] = 10
+    assert a.full() and a.open_loop
+    clock.t += 0.02
+    assert not a.open_loop and not a.full()  # the hold is over: the guarantee is back
+    here["n"] = 16
+    assert a.full() and len(gone_off) == 2  # set off again by the next one beyond it
+    clock.t += 1.0
+    assert a.full() and len(gone_off) == 2  # extended, not counted again
+    clock.t += OPEN_LOOP_HOLD_S - 0.5
+    here["n"] = 10
+    assert a.full(), "the hold counts from the last request beyond the guarantee"
+
+
+def test_a_closed_loop_within_the_guarantee_never_turns_it_off():
+    clock = Clock()
+    a = admission(1.0, max_wait_s=0.3, floor=1, clock=clock)
+    for n in range(16):
+        a.count_all_workers(lambda n=n: n, 16, floor=1)
+        a.ahead = lambda n=n: n
+        assert not a.full(SMALL) and not a.open_loop
+        clock.t += 0.1
+    for _ in range(4):
+        a.enter(LARGE)
+    assert a.full(LARGE) and not a.open_loop  # large requests have their own limit, no guarantee
 
 
 def test_cores_follow_the_cgroup_quota():
