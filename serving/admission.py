@@ -40,10 +40,14 @@ or more ahead (or, not shared, its worker's ``closed_loop``) proves that no clos
 the guarantee is what is asking: more requests arrive than are answered. From then until
 ``OPEN_LOOP_HOLD_S`` after the last such request, a small request is admitted by the wait
 budget alone, so open-loop arrivals beyond capacity wait about ``max_wait_s``, not
-``all_floor`` / throughput (a queue of 256 at 800 answers/s is 320 ms before the tail). A
-closed loop within the guarantee never sets it off, and one that meets it right after an
-overload is refused at most for the hold; arrivals that keep overloading the service set it
-off again each time the floor returns and the queue climbs back to it.
+``all_floor`` / throughput (a queue of 256 at 800 answers/s is 320 ms before the tail); where
+the workers count together, that budget is the total over all of them (each worker's limit
+times the workers), one worker holding at most ``OPEN_LOOP_SKEW`` times its own, so that a
+closed loop within the budget that meets the hold right after an overload is not refused for
+the kernel's uneven split of its connections. A closed loop within the guarantee never sets it
+off, and one beyond the budget that meets it after an overload is refused at most for the
+hold; arrivals that keep overloading the service set it off again each time the floor returns
+and the queue climbs back to it.
 
 The excess is refused at once, before its body is read: 503 with ``Retry-After`` and the
 service's JSON error body. 503 and not 429: the server is out of capacity, not the client over a
@@ -70,6 +74,7 @@ WINDOW_REQUESTS = 64  # 2xx answers per estimate update
 WINDOW_S = 0.5  # ... or this much accrued service time, whichever comes first
 SMOOTHING = 0.2  # weight of the newest window: a scheduling hiccup of the host moves it little
 OPEN_LOOP_HOLD_S = 5.0  # the closed-loop guarantee is off this long after a request found it exceeded
+OPEN_LOOP_SKEW = 1.5  # ... then one worker may hold this many times its share of the budget
 
 
 def cost_class(content_length: int | None) -> str:
@@ -143,6 +148,7 @@ class Admission:
         # requests ahead over all workers, and below how many a small request is always admitted
         self.all_ahead: Callable[[], int] | None = None
         self.all_floor = 0
+        self.workers = 1
         self.admitted = 0
         self.refused: dict[str, int] = {}
         self.on_change = on_change  # called when an estimate or limit changes (metrics)
@@ -168,11 +174,11 @@ class Admission:
             return self.classes[LARGE].in_progress
         return max(0, self.ahead() - self.classes[LARGE].in_progress)
 
-    def count_all_workers(self, all_ahead: Callable[[], int], all_floor: int, floor: int) -> None:
+    def count_all_workers(self, all_ahead: Callable[[], int], all_floor: int, floor: int, workers: int = 1) -> None:
         """Admit a small request whenever fewer than ``all_floor`` are ahead of it over all
-        workers (``all_ahead``), unless an open loop was seen; this worker's own small floor
-        becomes ``floor``."""
-        self.all_ahead, self.all_floor = all_ahead, all_floor
+        ``workers`` (``all_ahead``), unless an open loop was seen; this worker's own small
+        floor becomes ``floor``."""
+        self.all_ahead, self.all_floor, self.workers = all_ahead, all_floor, max(1, workers)
         state = self.classes[SMALL]
         state.floor = max(1, min(floor, self.cap))
         state.limit = admission_limit(state.service_time_s, self.max_wait_s, state.floor, self.cap)
@@ -183,19 +189,27 @@ class Admission:
         return self._clock() < self.open_loop_until
 
     def full(self, cost: str = SMALL) -> bool:
-        waiting = self.waiting(cost)
-        if waiting < self.classes[cost].limit:
+        waiting, limit = self.waiting(cost), self.classes[cost].limit
+        if waiting < limit:
             return False
         if cost != SMALL:
             return True
-        beyond = self.all_ahead() >= self.all_floor if self.all_ahead is not None else waiting >= self.closed_loop
+        everywhere = self.all_ahead() if self.all_ahead is not None else None
+        beyond = everywhere >= self.all_floor if everywhere is not None else waiting >= self.closed_loop
         if beyond:  # more ahead than any closed loop within the guarantee could have
             now = self._clock()
             if now >= self.open_loop_until and self.on_open_loop is not None:
                 self.on_open_loop()
             self.open_loop_until = now + OPEN_LOOP_HOLD_S
             return True
-        return self.open_loop
+        if not self.open_loop:
+            return False
+        if everywhere is None:
+            return True
+        # the budget over all workers (each worker's limit counted for every one), so that the
+        # kernel's uneven split of a closed loop within it refuses nothing; one worker holds at
+        # most OPEN_LOOP_SKEW times its own share, so that its requests do not wait much longer
+        return everywhere >= limit * self.workers or waiting >= OPEN_LOOP_SKEW * limit
 
     def try_enter(self, cost: str = SMALL) -> Ticket | None:
         if self.full(cost):

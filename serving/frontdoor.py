@@ -154,7 +154,7 @@ class Traffic:
         if counts is not None:  # over all workers: every worker's count, the queue once, less the asking one
             self.counts = counts
             self.admission.count_all_workers(lambda: counts.total() + queue.length() - self._asker,
-                                             all_floor, floor)
+                                             all_floor, floor, workers)
             self.publish()
 
     def door(self, scope: Scope, has_task: bool = True) -> list[dict] | None:

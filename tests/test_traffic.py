@@ -907,6 +907,21 @@ def test_an_open_loop_turns_the_closed_loop_guarantee_off_for_the_hold(shared):
     assert a.full(), "the hold counts from the last request beyond the guarantee"
 
 
+def test_during_the_hold_the_budget_counts_over_all_workers_with_a_bounded_skew():
+    """Two workers, each with a budget of 4 (8 in all): in the hold, a request is admitted
+    while fewer than 8 are ahead over both and this worker holds under 1.5 x 4 = 6 of them."""
+    clock = Clock()
+    a = admission(0.05, max_wait_s=0.2, floor=1, clock=clock)
+    ahead = {"here": 0, "there": 0}
+    a.ahead = lambda: ahead["here"]
+    a.count_all_workers(lambda: ahead["here"] + ahead["there"], 16, floor=1, workers=2)
+    ahead.update(here=16)
+    assert a.full() and a.open_loop
+    for here, there, full in [(3, 4, False), (5, 2, False), (5, 3, True), (6, 0, True), (4, 4, True)]:
+        ahead.update(here=here, there=there)
+        assert a.full() == full, (here, there)
+
+
 def test_a_closed_loop_within_the_guarantee_never_turns_it_off():
     clock = Clock()
     a = admission(1.0, max_wait_s=0.3, floor=1, clock=clock)
