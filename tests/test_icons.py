@@ -58,6 +58,8 @@ def test_sampling_weights_draw_each_class_by_the_fourth_root_of_its_size():
     w = s.sampling_weights()
     assert w.sum() == pytest.approx(1.0)
     assert w[1:].sum() / w[0] == pytest.approx(16 ** 0.25)  # 2x, not 16x
+    assert s.sampling_weights(1.0)[1:].sum() == pytest.approx(0.5)  # every class equally
+    assert s.sampling_weights(0.0)[1:].sum() == pytest.approx(16 / 17)  # as found
     assert s.counts(["a", "b", "c"]) == {"a": 1, "b": 16, "c": 0}
 
 

@@ -70,6 +70,8 @@ class ClassifierConfig(RunOptions):
     icons: float = field(default=0.0, metadata={
         "help": "fashion-mnist: real third-party icons and emoji added to each batch, as a share of "
                 "the batch size (training/icons.py; built with npm and cairosvg; 0: none)"})
+    icons_balance: float = field(default=0.75, metadata={
+        "help": "icons of a class of n drawn with weight n**-x each: 0 as found, 1 every class equally"})
     init: str = field(default="", metadata={
         "help": "start from this checkpoint's weights (same model and dataset; '': from scratch)"})
     holdout: int = field(default=0, metadata={
@@ -98,6 +100,8 @@ class ClassifierConfig(RunOptions):
             raise ValueError(f"--aug-scale takes MIN MAX with 0 < MIN <= MAX, got {self.aug_scale}")
         if not 0.0 <= self.icons < 1.0 or (self.icons > 0 and self.dataset != "fashion-mnist"):
             raise ValueError("--icons is a share of each batch in [0, 1), for fashion-mnist only")
+        if not 0.0 <= self.icons_balance <= 1.0:
+            raise ValueError("--icons-balance is in [0, 1]")
         if self.holdout < 0 or not 0.0 < self.ood_quantile < 1.0:
             raise ValueError("--holdout must be >= 0 and --ood-quantile in (0, 1)")
         if self.outlier_exposure < 0 or self.outlier_pool < 1:
@@ -187,7 +191,7 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
     if cfg.icons > 0:  # real icons in every batch (training/icons.py), drawn with their own generator
         icon_set = icons.build_icon_set(list(spec.classes), spec.input_convention["pipeline"])
         icon_pool = Split(torch.from_numpy(icon_set.images), torch.from_numpy(icon_set.labels)).to(device)
-        icon_weights = torch.from_numpy(icon_set.sampling_weights())
+        icon_weights = torch.from_numpy(icon_set.sampling_weights(cfg.icons_balance))
         icon_gen = torch.Generator().manual_seed(cfg.seed + ICON_SEED)
         n_icons = max(1, round(cfg.icons * cfg.batch_size))
         (run_dir / "icons.json").write_text(
