@@ -58,9 +58,9 @@ GOODPUT_MIN = 0.9  # of capacity, under 2x open-loop overload
 REFUSAL_FAST_MS = 100.0  # "a fast 503": the p99 of refusals must stay under this
 EXIT_LIMIT_S = 15.0
 HALF_OPEN = 300
-AFTER_CLIENTS = 128  # the closed loop sent right after an overload
 HALF_OPEN_WITHIN_S = 20.0
 HALF_OPEN_CLOSED_MIN = 0.9
+AFTER_CLIENTS = 128  # the closed loop sent right after an overload
 NORMAL_P99_MS = 200.0
 CLIENT_RATE_MIN = 0.95  # the open-loop client offered at least this much of the rate asked ...
 CLIENT_LAG_MS = 20.0  # ... and sent 99% of its requests within this of their scheduled time
@@ -101,16 +101,11 @@ def large_photo(width: int = 4000, height: int = 3000) -> bytes:
     return buf.getvalue()
 
 
-def refused_in_metrics(url: str) -> dict[str, float]:
+def server_metric(url: str, name: str) -> dict[str, float]:
+    """One metric of the server's /metrics, by its labels."""
     import httpx
 
-    return {k: v for k, v in metric(httpx.get(url + "/metrics", timeout=30).text, "bnserve_refused_total").items()}
-
-
-def open_loops_in_metrics(url: str) -> float:
-    import httpx
-
-    return sum(metric(httpx.get(url + "/metrics", timeout=30).text, "bnserve_open_loop_total").values())
+    return metric(httpx.get(url + "/metrics", timeout=30).text, name)
 
 
 def closed_row(server: Server, image: bytes, clients: int, seconds: float) -> dict:
@@ -221,8 +216,9 @@ def check_shared(image: bytes, seconds: float, client_core: int | None, only: se
         if "after" in only:  # a polite crowd right after an overload, while the guarantee is off
             overload_row(server, image, capacity, seconds, "overload")
             row = closed_row(server, image, AFTER_CLIENTS, seconds)
+            open_loops = sum(server_metric(server.url, "bnserve_open_loop_total").values())
             results.append({"check": "after", "passed": row["503"] == 0 and row["other_errors"] == 0,
-                            "rows": [row], "open_loop_total": open_loops_in_metrics(server.url)})
+                            "rows": [row], "open_loop_total": open_loops})
             print(("PASS " if results[-1]["passed"] else "FAIL ") + json.dumps(results[-1]), flush=True)
         if "halfopen" in only:
             r = asyncio.run(_half_open(server.port, server.url, image, HALF_OPEN, HALF_OPEN_WITHIN_S))
@@ -234,7 +230,7 @@ def check_shared(image: bytes, seconds: float, client_core: int | None, only: se
                             "closed_within_20s": r["closed_within"], "closed_fraction": round(fraction, 3),
                             "normal_requests": len(r["normal"]), "normal_ok": len(ok), "normal_p99_ms": round(p99, 1)})
             print(("PASS " if results[-1]["passed"] else "FAIL ") + json.dumps(results[-1]), flush=True)
-        refused = refused_in_metrics(server.url)
+        refused = server_metric(server.url, "bnserve_refused_total")
         print(f"  /metrics bnserve_refused_total: {refused}", flush=True)
     finally:
         server.stop()

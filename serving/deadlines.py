@@ -14,11 +14,12 @@
 - **Keep-alive idle** (``BNSERVE_KEEPALIVE_TIMEOUT``): uvicorn's own ``timeout_keep_alive``,
   set from the settings (20 s: longer than the idle time of common clients' pools, aiohttp's
   15 s, httpx's 5 s, so that they close first; a server that closes an idle connection while
-  the client sends on it resets that request), with one change: a connection whose next request has already arrived
-  in the kernel's buffer is not closed. A busy event loop runs the timer before it reads the
-  socket (an iteration takes 50-150 ms under overload), and closing a socket with unread bytes
-  sends a reset: the client's request, sent before the deadline, would be lost (measured: up
-  to 38 resets in an 8 s open-loop overload run, each on a connection idle for 5 s).
+  the client sends on it resets that request), with one change: a connection whose next
+  request has already arrived in the kernel's buffer is not closed. A busy event loop runs the
+  timer before it reads the socket (an iteration takes 50-150 ms under overload), and closing
+  a socket with unread bytes sends a reset: the client's request, sent before the deadline,
+  would be lost (measured: up to 38 resets in an 8 s open-loop overload run, each on a
+  connection idle for 5 s).
 
 Every timer takes ``call_later`` (the event loop's by default): tests fire timers by hand.
 """
@@ -115,8 +116,8 @@ def with_header_deadline(protocol_class: type, seconds: float, call_later: CallL
 
         def timeout_keep_alive_handler(self) -> None:
             """uvicorn's keep-alive deadline, except where the next request is already here
-            (unread): it is read next, and the head deadline armed after the last answer
-            still bounds it."""
+            (unread): it is read next, and the head deadline, armed by its first byte, bounds
+            it."""
             if unread_bytes(getattr(self, "transport", None)) == 0:
                 super().timeout_keep_alive_handler()
 

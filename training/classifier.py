@@ -270,8 +270,9 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
            f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + OUTLIER_SEED}; training/outliers.py)\n"
            if oe_pool is not None else "")
         + (f"- real icons: {n_icons} added to each batch of {cfg.batch_size} from {len(icon_set.labels):,} "
-           f"renders of third-party icons and emoji ({json.dumps(icon_set.counts(list(spec.classes)))}; "
-           f"training/icons.py, draws seed {cfg.seed + ICON_SEED})\n" if icon_pool is not None else ""))
+           f"renders of third-party icons and emoji ({json.dumps(icon_set.counts(list(spec.classes)))}), each "
+           f"drawn with weight (renders of its class) ** -{cfg.icons_balance} (training/icons.py, draws seed "
+           f"{cfg.seed + ICON_SEED})\n" if icon_pool is not None else ""))
     finish_run(run_dir)
     return run_dir
 
