@@ -48,7 +48,12 @@ def test_training_sets_are_permissive_pinned_and_none_is_a_source_of_the_evaluat
     evaluated = {src["package"] for src in manifest["sources"].values()}
     training = {f"@iconify-json/{s}" for s in icons.ICON_SETS}
     assert not training & evaluated  # the real-image evaluation stays pictures never trained on
-    permissive = {"MIT", "Apache-2.0", "ISC", "BSD-3-Clause", "CC-BY-4.0", "Unlicense"}
+    # the bundle's sets are none of the evaluation's sets either, nor a per-set package as well
+    evaluated_sets = {s for s, src in manifest["sources"].items() if src["kind"] == "iconify"}
+    assert not set(icons.BUNDLED_SETS) & (evaluated_sets | set(icons.ICON_SETS))
+    assert all(lic in {"MIT", "Apache-2.0", "ISC"} for lic in icons.BUNDLED_SETS.values())
+    assert re.fullmatch(r"\d+\.\d+\.\d+", icons.BUNDLE[1])
+    permissive = {"MIT", "Apache-2.0", "ISC", "BSD-3-Clause", "CC-BY-4.0", "CC0-1.0", "Unlicense"}
     assert all(lic in permissive for _, lic in icons.ICON_SETS.values())
     assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v, _ in icons.ICON_SETS.values())
 

@@ -40,7 +40,9 @@ BACKGROUNDS = ("white", "transparent")
 COLOURS = ("#000000", "#2f6db5")
 
 # Iconify JSON sets on npm (@iconify-json/<name>): version, licence (SPDX, from the set's info.json).
-# Only the sets where label_of finds a garment, and only permissive licences.
+# Only the sets where label_of finds a garment, and only permissive licences (CC0 included). Sets
+# whose garments are drawn inside badges or as brand logos (streamline-kameleon, simple-icons'
+# "boots") or look like another class (iconmind's raincoat is an apron) are not listed.
 ICON_SETS: dict[str, tuple[str, str]] = {
     "akar-icons": ("1.2.7", "MIT"), "basil": ("1.2.4", "CC-BY-4.0"), "bi": ("1.2.7", "MIT"),
     "bx": ("1.2.3", "MIT"), "bxs": ("1.2.3", "MIT"), "carbon": ("1.2.30", "Apache-2.0"),
@@ -63,7 +65,15 @@ ICON_SETS: dict[str, tuple[str, str]] = {
     "system-uicons": ("1.2.4", "Unlicense"), "teenyicons": ("1.2.2", "MIT"),
     "token": ("1.2.40", "MIT"), "uil": ("1.2.3", "Apache-2.0"), "uim": ("1.2.3", "Apache-2.0"),
     "uis": ("1.2.3", "Apache-2.0"), "wpf": ("1.2.0", "MIT"), "fluent-mdl2": ("1.2.1", "MIT"),
-    "zondicons": ("1.2.2", "MIT"),
+    "zondicons": ("1.2.2", "MIT"), "boxicons": ("1.2.0", "MIT"), "dinkie-icons": ("1.2.0", "MIT"),
+    "pepicons-pencil": ("1.2.4", "CC-BY-4.0"), "pepicons-print": ("1.2.2", "CC-BY-4.0"),
+    "pinhead": ("1.2.28", "CC0-1.0"), "temaki": ("1.2.6", "CC0-1.0"), "raphael": ("1.2.1", "MIT"),
+}
+# Sets that npm has only inside the bundle of all Iconify sets (@iconify/json, one pinned version):
+# set -> licence (SPDX, from the set's info). Only the set files named here are unpacked.
+BUNDLE = ("@iconify/json", "2.2.553")
+BUNDLED_SETS: dict[str, str] = {
+    "iconoven": "MIT", "lucide-extended": "ISC", "vadivam": "MIT", "reicon": "MIT",
 }
 
 # An icon's name, once its style words and numbers are dropped (NAME_STYLE_WORDS), is looked up
@@ -72,19 +82,23 @@ ICON_SETS: dict[str, tuple[str, str]] = {
 # sets draw a shirt collar with its tie, others the tie alone.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "T-shirt/top": ("t-shirt", "tshirt", "tshirt-crew", "tshirt-v", "running-shirt", "runningshirt",
-                    "womans-clothes", "tank-top", "shirt-t", "shirt-t-v-neck", "sleeveless-top"),
-    "Trouser": ("jeans", "pants", "trousers", "trouser", "jogger-pants"),
-    "Pullover": ("hoodie", "sweater", "jumper", "pullover", "sweatshirt", "long-sleeve-shirt"),
+                    "womans-clothes", "tank-top", "shirt-t", "shirt-t-v-neck", "sleeveless-top",
+                    "undershirt"),
+    "Trouser": ("jeans", "pants", "pant", "trousers", "trouser", "jogger-pants"),
+    "Pullover": ("hoodie", "sweater", "jumper", "pullover", "sweatshirt", "long-sleeve-shirt",
+                 "holiday-sweater", "turtleneck"),
     "Dress": ("dress", "womans-dress"),
-    "Coat": ("coat", "lab-coat", "jacket", "jacket-sports", "parka", "windbreaker", "raincoat"),
-    "Sandal": ("sandal", "sandals", "womans-sandal", "thong-sandal", "flip-flop", "flip-flops"),
+    "Coat": ("coat", "lab-coat", "jacket", "jacket-sports", "parka", "windbreaker", "raincoat",
+             "blazer", "bomber-jacket", "trench-coat"),
+    "Sandal": ("sandal", "sandals", "womans-sandal", "thong-sandal", "flip-flop", "flip-flops",
+               "beach-slipper"),
     "Shirt": ("mansshirt", "womansshirt", "shirt-folded", "shirt-folded-buttons",
               "shirt-long-sleeve"),
     "Sneaker": ("sneaker", "sneakers", "running-shoe", "runningshoe", "sport-shoe", "shoe-sneaker"),
     "Bag": ("handbag", "purse", "clutch-bag", "backpack", "school-backpack", "shopping-bag",
             "shopping-bags", "bag", "bag-handle", "bag-personal", "tote-bag", "bag-hand"),
-    "Ankle boot": ("boot", "boots", "hiking-boot", "womans-boot", "ankle-boot", "leather-boot",
-                   "chelsea-boot"),
+    "Ankle boot": ("boot", "boots", "hiking-boot", "hiking-boots", "womans-boot", "womans-boots",
+                   "ankle-boot", "leather-boot", "chelsea-boot"),
 }
 NAME_STYLE_WORDS = frozenset(
     "filled regular fill line outline outlined solid bold duotone light thin linear broken sharp "
@@ -127,6 +141,29 @@ def npm_package(cache: Path, package: str, version: str) -> Path:
             tar.extractall(folder, filter="data")
         (cache / "npm" / out).unlink()
     return folder / "package"
+
+
+def bundled_sets(cache: Path, names: list[str], bundle: tuple[str, str] = BUNDLE) -> dict[str, dict]:
+    """Iconify JSON of the sets ``names`` from the bundle of all sets (``@iconify/json``, whose
+    ``json/<set>.json`` carries the set's ``info``), fetched once with ``npm pack``; only these
+    set files are unpacked (the whole bundle is over 600 MB unpacked)."""
+    package, version = bundle
+    folder = cache / "npm" / f"{package.replace('@', '').replace('/', '-')}-{version}"
+    missing = [n for n in names if not (folder / "json" / f"{n}.json").exists()]
+    if missing:
+        (cache / "npm").mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=cache / "npm",
+                             check=True, capture_output=True, text=True).stdout.split()[-1]
+        wanted = {f"package/json/{n}.json" for n in missing}
+        with tarfile.open(cache / "npm" / out) as tar:
+            members = [m for m in tar.getmembers() if m.name in wanted]
+            if len(members) != len(wanted):
+                raise FileNotFoundError(f"{package}@{version} lacks {sorted(wanted - {m.name for m in members})}")
+            for member in members:
+                member.name = member.name.removeprefix("package/")
+            tar.extractall(folder, members=members, filter="data")
+        (cache / "npm" / out).unlink()
+    return {n: json.loads((folder / "json" / f"{n}.json").read_text()) for n in names}
 
 
 def iconify_svg(icons: dict, name: str, color: str = "#000000") -> str:
@@ -202,7 +239,7 @@ def labelled_icons(sets: dict[str, dict]) -> list[tuple[str, str, str]]:
 
 def set_digest(classes: list[str], pipeline: str) -> str:
     """What defines the built set: sets and versions, names, rendering, conversion."""
-    spec = {"sets": ICON_SETS, "names": CLASS_NAMES, "style": sorted(NAME_STYLE_WORDS),
+    spec = {"sets": ICON_SETS, "bundle": BUNDLE, "bundled": BUNDLED_SETS, "names": CLASS_NAMES, "style": sorted(NAME_STYLE_WORDS),
             "looked": LABELLED_BY_LOOKING,
             "size": RENDER_SIZE, "backgrounds": BACKGROUNDS, "colours": COLOURS,
             "classes": classes, "pipeline": pipeline, "version": 2}
@@ -226,10 +263,12 @@ def build_icon_set(classes: list[str], pipeline: str, cache: Path = DEFAULT_CACH
             folder = npm_package(cache, f"@iconify-json/{s}", version)
             sets[s] = {**json.loads((folder / "icons.json").read_text()),
                        "info": json.loads((folder / "info.json").read_text())}
+        sets.update(bundled_sets(cache, sorted(BUNDLED_SETS)))
     images, labels, names = [], [], []
     sources: dict[str, dict] = {}
     for s, name, cls in labelled_icons(sets):
-        version, licence = ICON_SETS.get(s, ("", ""))
+        version, licence = ICON_SETS.get(s) or ((f"{BUNDLE[0]}@{BUNDLE[1]}", BUNDLED_SETS[s])
+                                                if s in BUNDLED_SETS else ("", ""))
         src = sources.setdefault(s, {"version": version, "license": licence, "icons": 0, "images": 0,
                                      "author": sets[s].get("info", {}).get("author", {}).get("name", "")})
         src["icons"] += 1
