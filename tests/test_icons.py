@@ -23,6 +23,8 @@ CLASSES = list(DATASETS["fashion-mnist"].classes)
     ("running-shirt", "T-shirt/top"), ("jeans", "Trouser"), ("sweater", "Pullover"), ("dress", "Dress"),
     ("lab-coat", "Coat"), ("womans-sandal", "Sandal"), ("mansshirt", "Shirt"), ("running-shoe", "Sneaker"),
     ("backpack2-fill", "Bag"), ("bag-24-regular", "Bag"), ("bag-handle-sharp", "Bag"), ("womans-boot", "Ankle boot"),
+    ("hoodie-sharp", "Pullover"), ("turtleneck", "Pullover"), ("bomber-jacket-sharp", "Coat"),
+    ("beach-slipper", "Sandal"), ("hiking-boots", "Ankle boot"),
 ])
 def test_label_of_reads_garment_names_with_their_style_words_and_numbers(name, cls):
     assert icons.label_of(name) == cls
@@ -56,6 +58,37 @@ def test_training_sets_are_permissive_pinned_and_none_is_a_source_of_the_evaluat
     permissive = {"MIT", "Apache-2.0", "ISC", "BSD-3-Clause", "CC-BY-4.0", "CC0-1.0", "Unlicense"}
     assert all(lic in permissive for _, lic in icons.ICON_SETS.values())
     assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v, _ in icons.ICON_SETS.values())
+
+
+def test_bundled_sets_unpack_only_the_set_files_asked_for_once(tmp_path, monkeypatch):
+    """The sets npm has only in the bundle of all sets: ``npm pack`` of the bundle (faked here
+    by a tarball of three set files), only the asked-for files kept, no second fetch."""
+    import io
+    import tarfile
+    import types
+
+    packs = []
+
+    def fake_npm(cmd, cwd, **_):
+        packs.append(cmd[-1])
+        with tarfile.open(cwd / "bundle.tgz", "w:gz") as tar:
+            for name in ("a", "b", "c"):
+                data = json.dumps({"icons": {name: {}}, "info": {"license": {"spdx": "MIT"}}}).encode()
+                info = tarfile.TarInfo(f"package/json/{name}.json")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return types.SimpleNamespace(stdout="bundle.tgz\n")
+
+    monkeypatch.setattr(icons.subprocess, "run", fake_npm)
+    got = icons.bundled_sets(tmp_path, ["a", "c"], bundle=("@x/json", "1.0.0"))
+    assert got == {n: {"icons": {n: {}}, "info": {"license": {"spdx": "MIT"}}} for n in ("a", "c")}
+    folder = tmp_path / "npm" / "x-json-1.0.0" / "json"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.json", "c.json"]
+    assert icons.bundled_sets(tmp_path, ["c"], bundle=("@x/json", "1.0.0")) == {"c": got["c"]}
+    assert packs == ["@x/json@1.0.0"]  # cached: asked once
+    assert not (tmp_path / "npm" / "bundle.tgz").exists()
+    with pytest.raises(FileNotFoundError, match="package/json/z.json"):
+        icons.bundled_sets(tmp_path, ["z"], bundle=("@x/json", "1.0.0"))
 
 
 def test_sampling_weights_draw_each_class_by_the_fourth_root_of_its_size():
