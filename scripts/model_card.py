@@ -115,7 +115,7 @@ white and a transparent background, monochrome ones in black and in blue, conver
 converts an upload) of Iconify icon and emoji sets on npm, labelled by name; none of these sets is
 a source of the real-image evaluation below. Per class: {per_class}.
 
-| set (@iconify-json/...) | version | licence | author | icons | renders |
+| set (@iconify-json/..., or the file json/<set>.json of the bundle named as version) | version | licence | author | icons | renders |
 |---|---|---|---|---|---|
 {rows}
 """
