@@ -114,6 +114,7 @@ LABELLED_BY_LOOKING: dict[str, str] = {
     "famicons:shirt": "T-shirt/top", "ion:md-shirt": "T-shirt/top", "lsicon:clothes-filled": "T-shirt/top",
     "lucide-lab:vest": "T-shirt/top", "fluent-mdl2:shirt": "T-shirt/top", "zondicons:apparel": "T-shirt/top",
     "streamline:shopping-catergories-dress-clothing-dress-skirt-women": "Dress",
+    "iconoven:shirt": "Shirt", "iconoven:shirt-sharp": "Shirt",  # collared, buttoned
 }
 
 
