@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from scripts import http_client
 from serving.conversions import CONVERT_MODES
 
 
@@ -60,9 +61,8 @@ def http_vs_torch(url: str, checkpoint: str, n: int = 1000, concurrency: int = 8
 
     with httpx.Client(base_url=url, timeout=60) as client:
         def classify(i: int) -> tuple[int, float]:
-            r = client.post("/classify", files={"image": (f"{i}.png", png(i))})
-            r.raise_for_status()
-            return r.json()["index"], r.json()["probability"]
+            answer = http_client.classify(client, {"image": (f"{i}.png", png(i))})
+            return answer["index"], answer["probability"]
 
         with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(classify, range(len(labels))))
@@ -81,9 +81,8 @@ def photo_accuracy(url: str, items: list[tuple[bytes, int]], concurrency: int = 
     """HTTP accuracy on (file bytes, label) pairs, and how many the service converted."""
     with httpx.Client(base_url=url, timeout=60) as client:
         def classify(item: tuple[bytes, int]) -> tuple[int, str]:
-            r = client.post("/classify", params={"convert": convert}, files={"image": ("photo", item[0])})
-            r.raise_for_status()
-            return r.json()["index"], r.json()["converted"]
+            answer = http_client.classify(client, {"image": ("photo", item[0])}, {"convert": convert})
+            return answer["index"], answer["converted"]
 
         with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(classify, items))

@@ -124,11 +124,11 @@ def backgrounds_of(src: dict) -> tuple[str, ...]:
 def post_all(url: str, files: list[Path], concurrency: int = 4) -> list[dict]:
     import httpx
 
+    from scripts import http_client
+
     with httpx.Client(base_url=url, timeout=120) as client:
         def classify(path: Path) -> dict:
-            r = client.post("/classify", files={"image": (path.name, path.read_bytes(), "image/png")})
-            r.raise_for_status()
-            return r.json()
+            return http_client.classify(client, {"image": (path.name, path.read_bytes(), "image/png")})
 
         with ThreadPoolExecutor(concurrency) as pool:
             return list(pool.map(classify, files))

@@ -606,3 +606,36 @@ def test_infer_rows_runs_rows_through_the_micro_batcher_for_other_routes():
     with pytest.raises(ModelFailure):
         asyncio.run(service.infer_rows(x))
     service.batcher.close()
+
+
+def test_measuring_client_waits_retry_after_on_503_and_raises_other_errors():
+    """scripts/http_client.py: a 503 is a refusal to ask again after Retry-After, not an answer."""
+    import httpx
+
+    from scripts import http_client
+
+    statuses = iter([503, 503, 200])
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params.get("convert"))
+        status = next(statuses)
+        if status == 503:
+            return httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "overloaded"})
+        return httpx.Response(200, json={"index": 3})
+
+    slept = []
+    with httpx.Client(base_url="http://s", transport=httpx.MockTransport(handler)) as client:
+        answer = http_client.classify(client, {"image": ("a.png", b"x")}, {"convert": "auto"}, sleep=slept.append)
+    assert answer == {"index": 3} and slept == [2.0, 2.0] and seen == ["auto"] * 3
+
+    always = httpx.MockTransport(lambda r: httpx.Response(503, headers={"Retry-After": "soon"}))
+    slept.clear()
+    with httpx.Client(base_url="http://s", transport=always) as client, pytest.raises(httpx.HTTPStatusError):
+        http_client.classify(client, {"image": ("a.png", b"x")}, max_refusals=3, sleep=slept.append)
+    assert slept == [http_client.DEFAULT_RETRY_AFTER_S] * 3  # junk Retry-After: the default wait
+
+    bad = httpx.MockTransport(lambda r: httpx.Response(415, json={"error": "unsupported_image"}))
+    with httpx.Client(base_url="http://s", transport=bad) as client, pytest.raises(httpx.HTTPStatusError):
+        http_client.classify(client, {"image": ("a.png", b"x")}, sleep=slept.append)
+    assert len(slept) == 3  # a 4xx is not retried
