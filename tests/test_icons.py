@@ -82,7 +82,7 @@ def test_bundled_sets_unpack_only_the_set_files_asked_for_once(tmp_path, monkeyp
     monkeypatch.setattr(icons.subprocess, "run", fake_npm)
     got = icons.bundled_sets(tmp_path, ["a", "c"], bundle=("@x/json", "1.0.0"))
     assert got == {n: {"icons": {n: {}}, "info": {"license": {"spdx": "MIT"}}} for n in ("a", "c")}
-    folder = tmp_path / "npm" / "x-json-1.0.0" / "json"
+    folder = tmp_path / "npm" / "x-json-1.0.0" / "package" / "json"
     assert sorted(p.name for p in folder.iterdir()) == ["a.json", "c.json"]
     assert icons.bundled_sets(tmp_path, ["c"], bundle=("@x/json", "1.0.0")) == {"c": got["c"]}
     assert packs == ["@x/json@1.0.0"]  # cached: asked once

@@ -131,40 +131,43 @@ def label_of(name: str) -> str | None:
 # --- fetching and rendering (also used by scripts/real_images.py) --------------------------------
 
 
+def _npm_folder(cache: Path, package: str, version: str) -> Path:
+    return cache / "npm" / f"{package.replace('@', '').replace('/', '-')}-{version}"
+
+
+def _npm_unpack(cache: Path, package: str, version: str, keep=None) -> None:
+    """``npm pack`` of ``package@version`` into ``cache/npm``, unpacked into its folder (only the
+    members ``keep(member)`` returns True for, when given), the tarball deleted."""
+    (cache / "npm").mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=cache / "npm",
+                         check=True, capture_output=True, text=True).stdout.split()[-1]
+    try:
+        with tarfile.open(cache / "npm" / out) as tar:
+            members = [m for m in tar.getmembers() if keep is None or keep(m)]
+            tar.extractall(_npm_folder(cache, package, version), members=members, filter="data")
+    finally:
+        (cache / "npm" / out).unlink()
+
+
 def npm_package(cache: Path, package: str, version: str) -> Path:
     """The unpacked ``package/`` folder of ``package@version``, fetched once with ``npm pack``."""
-    folder = cache / "npm" / f"{package.replace('@', '').replace('/', '-')}-{version}"
+    folder = _npm_folder(cache, package, version)
     if not (folder / "package").is_dir():
-        (cache / "npm").mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=cache / "npm",
-                             check=True, capture_output=True, text=True).stdout.split()[-1]
-        with tarfile.open(cache / "npm" / out) as tar:
-            tar.extractall(folder, filter="data")
-        (cache / "npm" / out).unlink()
+        _npm_unpack(cache, package, version)
     return folder / "package"
 
 
 def bundled_sets(cache: Path, names: list[str], bundle: tuple[str, str] = BUNDLE) -> dict[str, dict]:
     """Iconify JSON of the sets ``names`` from the bundle of all sets (``@iconify/json``, whose
-    ``json/<set>.json`` carries the set's ``info``), fetched once with ``npm pack``; only these
-    set files are unpacked (the whole bundle is over 600 MB unpacked)."""
-    package, version = bundle
-    folder = cache / "npm" / f"{package.replace('@', '').replace('/', '-')}-{version}"
-    missing = [n for n in names if not (folder / "json" / f"{n}.json").exists()]
+    ``package/json/<set>.json`` carries the set's ``info``), fetched once with ``npm pack``; only
+    these set files are unpacked (the whole bundle is over 600 MB unpacked)."""
+    folder = _npm_folder(cache, *bundle) / "package" / "json"
+    missing = {f"package/json/{n}.json" for n in names if not (folder / f"{n}.json").exists()}
     if missing:
-        (cache / "npm").mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", "--silent", f"{package}@{version}"], cwd=cache / "npm",
-                             check=True, capture_output=True, text=True).stdout.split()[-1]
-        wanted = {f"package/json/{n}.json" for n in missing}
-        with tarfile.open(cache / "npm" / out) as tar:
-            members = [m for m in tar.getmembers() if m.name in wanted]
-            if len(members) != len(wanted):
-                raise FileNotFoundError(f"{package}@{version} lacks {sorted(wanted - {m.name for m in members})}")
-            for member in members:
-                member.name = member.name.removeprefix("package/")
-            tar.extractall(folder, members=members, filter="data")
-        (cache / "npm" / out).unlink()
-    return {n: json.loads((folder / "json" / f"{n}.json").read_text()) for n in names}
+        _npm_unpack(cache, *bundle, keep=lambda member: member.name in missing)
+        if lacking := sorted(m for m in missing if not (folder.parent.parent / m).exists()):
+            raise FileNotFoundError(f"{bundle[0]}@{bundle[1]} lacks {lacking}")
+    return {n: json.loads((folder / f"{n}.json").read_text()) for n in names}
 
 
 def iconify_svg(icons: dict, name: str, color: str = "#000000") -> str:
@@ -240,8 +243,8 @@ def labelled_icons(sets: dict[str, dict]) -> list[tuple[str, str, str]]:
 
 def set_digest(classes: list[str], pipeline: str) -> str:
     """What defines the built set: sets and versions, names, rendering, conversion."""
-    spec = {"sets": ICON_SETS, "bundle": BUNDLE, "bundled": BUNDLED_SETS, "names": CLASS_NAMES, "style": sorted(NAME_STYLE_WORDS),
-            "looked": LABELLED_BY_LOOKING,
+    spec = {"sets": ICON_SETS, "bundle": BUNDLE, "bundled": BUNDLED_SETS, "names": CLASS_NAMES,
+            "style": sorted(NAME_STYLE_WORDS), "looked": LABELLED_BY_LOOKING,
             "size": RENDER_SIZE, "backgrounds": BACKGROUNDS, "colours": COLOURS,
             "classes": classes, "pipeline": pipeline, "version": 2}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
