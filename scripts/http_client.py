@@ -26,10 +26,11 @@ def retry_after_s(response: httpx.Response) -> float:
 def classify(client: httpx.Client, files: dict, params: dict | None = None, *,
              max_refusals: int = MAX_REFUSALS, sleep: Callable[[float], None] = time.sleep) -> dict:
     """The JSON answer of ``POST /classify`` with ``files`` (and query ``params``)."""
-    for refusals in range(max_refusals + 1):
-        r = client.post("/classify", params=params, files=files)
-        if r.status_code != 503 or refusals == max_refusals:
-            r.raise_for_status()
-            return r.json()
+    r = client.post("/classify", params=params, files=files)
+    for _ in range(max_refusals):
+        if r.status_code != 503:
+            break
         sleep(retry_after_s(r))
-    raise AssertionError("unreachable")
+        r = client.post("/classify", params=params, files=files)
+    r.raise_for_status()
+    return r.json()

@@ -162,7 +162,7 @@ def test_classifier_trains_on_the_icons_it_is_given(tmp_path, fixture_data_dir, 
 
 
 def test_icons_labelled_by_looking_are_in_the_training_sets_and_win_over_the_name():
-    assert all(key.split(":")[0] in icons.ICON_SETS | icons.BUNDLED_SETS.keys() and cls in CLASSES
+    assert all(key.split(":")[0] in icons.SET_SOURCES and cls in CLASSES
                for key, cls in icons.LABELLED_BY_LOOKING.items())
     sets = {"ri": {"icons": {"shirt-line": {}, "t-shirt-line": {}, "shirt-x": {}}}}
     assert icons.labelled_icons(sets) == [("ri", "shirt-line", "Shirt"), ("ri", "t-shirt-line", "T-shirt/top")]

@@ -75,6 +75,9 @@ BUNDLE = ("@iconify/json", "2.2.553")
 BUNDLED_SETS: dict[str, str] = {
     "iconoven": "MIT", "lucide-extended": "ISC", "vadivam": "MIT", "reicon": "MIT",
 }
+# every training set -> (version, licence) as the model card names it (a bundled set: the bundle)
+SET_SOURCES: dict[str, tuple[str, str]] = {
+    **ICON_SETS, **{s: (f"{BUNDLE[0]}@{BUNDLE[1]}", licence) for s, licence in BUNDLED_SETS.items()}}
 
 # An icon's name, once its style words and numbers are dropped (NAME_STYLE_WORDS), is looked up
 # whole: these names -> the Fashion-MNIST class. The emoji names follow the Unicode names
@@ -271,8 +274,7 @@ def build_icon_set(classes: list[str], pipeline: str, cache: Path = DEFAULT_CACH
     images, labels, names = [], [], []
     sources: dict[str, dict] = {}
     for s, name, cls in labelled_icons(sets):
-        version, licence = ICON_SETS.get(s) or ((f"{BUNDLE[0]}@{BUNDLE[1]}", BUNDLED_SETS[s])
-                                                if s in BUNDLED_SETS else ("", ""))
+        version, licence = SET_SOURCES.get(s, ("", ""))
         src = sources.setdefault(s, {"version": version, "license": licence, "icons": 0, "images": 0,
                                      "author": sets[s].get("info", {}).get("author", {}).get("name", "")})
         src["icons"] += 1
