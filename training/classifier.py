@@ -25,7 +25,7 @@ import torch
 
 from serving import calibration as cal
 
-from . import icons, outliers
+from . import drawings, icons, outliers
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunOptions, require_positive
@@ -72,6 +72,11 @@ class ClassifierConfig(RunOptions):
                 "the batch size (training/icons.py; built with npm and cairosvg; 0: none)"})
     icons_balance: float = field(default=0.75, metadata={
         "help": "icons of a class of n drawn with weight n**-x each: 0 as found, 1 every class equally"})
+    drawings: float = field(default=0.0, metadata={
+        "help": "fashion-mnist: procedural drawings of tops, shirts, pullovers, coats and dresses "
+                "added to each batch, as a share of the batch size (training/drawings.py; 0: none)"})
+    drawings_per_class: int = field(default=600, metadata={
+        "help": "drawings made once per class from the run's seed (rendered with cairosvg)"})
     init: str = field(default="", metadata={
         "help": "start from this checkpoint's weights (same model and dataset; '': from scratch)"})
     holdout: int = field(default=0, metadata={
@@ -100,6 +105,9 @@ class ClassifierConfig(RunOptions):
             raise ValueError(f"--aug-scale takes MIN MAX with 0 < MIN <= MAX, got {self.aug_scale}")
         if not 0.0 <= self.icons < 1.0 or (self.icons > 0 and self.dataset != "fashion-mnist"):
             raise ValueError("--icons is a share of each batch in [0, 1), for fashion-mnist only")
+        if not 0.0 <= self.drawings < 1.0 or (self.drawings > 0 and self.dataset != "fashion-mnist"):
+            raise ValueError("--drawings is a share of each batch in [0, 1), for fashion-mnist only")
+        require_positive(self, "drawings_per_class")
         if not 0.0 <= self.icons_balance <= 1.0:
             raise ValueError("--icons-balance is in [0, 1]")
         if self.holdout < 0 or not 0.0 < self.ood_quantile < 1.0:
@@ -122,6 +130,28 @@ class ClassifierConfig(RunOptions):
 # augmentation; the held-out outliers from a seed no training draw uses.
 OUTLIER_SEED, HELD_OUTLIER_SEED = 3, 1_000_003
 ICON_SEED = 5  # the icons' draws: the run's seed + this
+DRAWING_SEED = 7  # the drawings (made once) from the run's seed + this, their draws + this + 1
+
+
+@dataclass
+class ExtraPool:
+    """Labelled pictures that join every batch (real icons, procedural drawings): ``n`` drawn per
+    step with replacement, by ``weights``, from their own generator."""
+    pool: Split
+    weights: torch.Tensor
+    gen: torch.Generator
+    n: int
+
+    def draw(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.multinomial(self.weights, self.n, replacement=True, generator=self.gen)
+        return self.pool.batch(pick.to(device))
+
+
+def extra_pool(pictures: icons.IconSet, weights: np.ndarray, seed: int, share: float,
+               batch_size: int, device) -> ExtraPool:
+    return ExtraPool(Split(torch.from_numpy(pictures.images), torch.from_numpy(pictures.labels)).to(device),
+                     torch.from_numpy(weights), torch.Generator().manual_seed(seed),
+                     max(1, round(share * batch_size)))
 
 
 def lr_at(step: int, cfg: ClassifierConfig) -> float:
@@ -187,15 +217,23 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         oe_pool = oe_pool.to(device)
         oe_sampler = BatchSampler(len(oe_pool), cfg.batch_size, cfg.seed + OUTLIER_SEED + 1, device)
         oe_gen = torch.Generator().manual_seed(cfg.seed + OUTLIER_SEED + 2)
-    icon_pool = None
-    if cfg.icons > 0:  # real icons in every batch (training/icons.py), drawn with their own generator
-        icon_set = icons.build_icon_set(list(spec.classes), spec.input_convention["pipeline"])
-        icon_pool = Split(torch.from_numpy(icon_set.images), torch.from_numpy(icon_set.labels)).to(device)
-        icon_weights = torch.from_numpy(icon_set.sampling_weights(cfg.icons_balance))
-        icon_gen = torch.Generator().manual_seed(cfg.seed + ICON_SEED)
-        n_icons = max(1, round(cfg.icons * cfg.batch_size))
-        (run_dir / "icons.json").write_text(
-            json.dumps(icon_set.record(list(spec.classes), n_icons), indent=1) + "\n")
+    extras: list[ExtraPool] = []  # pictures in every batch, each kind from its own generator
+    n_added: dict[str, int] = {}
+    classes, pipeline = list(spec.classes), spec.input_convention["pipeline"]
+    if cfg.icons > 0:  # real icons (training/icons.py)
+        icon_set = icons.build_icon_set(classes, pipeline)
+        extras.append(extra_pool(icon_set, icon_set.sampling_weights(cfg.icons_balance),
+                                 cfg.seed + ICON_SEED, cfg.icons, cfg.batch_size, device))
+        n_added["icons"] = extras[-1].n
+        (run_dir / "icons.json").write_text(json.dumps(icon_set.record(classes, n_added["icons"]), indent=1) + "\n")
+    if cfg.drawings > 0:  # procedural drawings (training/drawings.py), every one equally likely
+        drawing_set = drawings.build_drawing_set(classes, pipeline, cfg.drawings_per_class,
+                                                 cfg.seed + DRAWING_SEED)
+        extras.append(extra_pool(drawing_set, np.full(len(drawing_set.labels), 1.0 / len(drawing_set.labels)),
+                                 cfg.seed + DRAWING_SEED + 1, cfg.drawings, cfg.batch_size, device))
+        n_added["drawings"] = extras[-1].n
+        (run_dir / "drawings.json").write_text(
+            json.dumps(drawing_set.record(classes, n_added["drawings"]), indent=1) + "\n")
     bar = step_bar(cfg.progress, cfg.steps, cfg.model)
     state = {"acc": float("nan"), "train_seconds": 0.0}
 
@@ -203,10 +241,9 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         images, labels = train.batch(sampler.next_indices())
-        if icon_pool is not None:  # n_icons icons join the batch (the dataset's rows all stay)
-            pick = torch.multinomial(icon_weights, n_icons, replacement=True, generator=icon_gen)
-            icon_images, icon_labels = icon_pool.batch(pick.to(device))
-            images, labels = torch.cat([images, icon_images]), torch.cat([labels, icon_labels])
+        for extra in extras:  # they join the batch (the dataset's rows all stay)
+            extra_images, extra_labels = extra.draw(device)
+            images, labels = torch.cat([images, extra_images]), torch.cat([labels, extra_labels])
         if cfg.augment > 0:
             images = augment_batch(images, aug_gen, **aug_kw)
         outs = None
@@ -269,10 +306,14 @@ def run(cfg: ClassifierConfig, preset: str | None = None) -> Path:
         + (f"- outlier exposure: weight {cfg.outlier_exposure}, a batch of {cfg.batch_size} outliers a step "
            f"from {json.dumps(oe_counts)} (synthetic seed {cfg.seed + OUTLIER_SEED}; training/outliers.py)\n"
            if oe_pool is not None else "")
-        + (f"- real icons: {n_icons} added to each batch of {cfg.batch_size} from {len(icon_set.labels):,} "
-           f"renders of third-party icons and emoji ({json.dumps(icon_set.counts(list(spec.classes)))}), each "
-           f"drawn with weight (renders of its class) ** -{cfg.icons_balance} (training/icons.py, draws seed "
-           f"{cfg.seed + ICON_SEED})\n" if icon_pool is not None else ""))
+        + (f"- real icons: {n_added['icons']} added to each batch of {cfg.batch_size} from "
+           f"{len(icon_set.labels):,} renders of third-party icons and emoji ({json.dumps(icon_set.counts(classes))}), "
+           f"each drawn with weight (renders of its class) ** -{cfg.icons_balance} (training/icons.py, draws "
+           f"seed {cfg.seed + ICON_SEED})\n" if cfg.icons > 0 else "")
+        + (f"- procedural drawings: {n_added['drawings']} added to each batch from "
+           f"{len(drawing_set.labels):,} ({json.dumps(drawing_set.counts(classes))}; training/drawings.py, "
+           f"made from seed {cfg.seed + DRAWING_SEED}, drawn with seed {cfg.seed + DRAWING_SEED + 1})\n"
+           if cfg.drawings > 0 else ""))
     finish_run(run_dir)
     return run_dir
 
