@@ -121,6 +121,23 @@ a source of the real-image evaluation below. Per class: {per_class}.
 """
 
 
+def drawings_section(run: Path) -> str:
+    """The procedural drawings the run trained on (training/drawings.py; the run's drawings.json)."""
+    path = run / "drawings.json"
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    per_class = ", ".join(f"{c} {n}" for c, n in r["per_class"].items() if n)
+    made = r["sources"]["drawings"]["version"]
+    return f"""
+## Procedural drawings trained on (`drawings.json`; training/drawings.py)
+{r['added_per_batch']} drawings added to every batch, drawn from {r['images']:,} made once ({made}) from the
+features that make each upper-body class (body length, a front opening, collar and placket, ribbed
+bands, hood, lapels) in outline, cut-out and emoji styles, converted as the service converts an
+upload; labelled by construction. Per class: {per_class}.
+"""
+
+
 def real_images_section(run: Path) -> str:
     """The real-image evaluation (scripts/real_images.py eval --json) saved beside the run."""
     out = []
@@ -200,7 +217,7 @@ from the run's files and the ONNX file's metadata.
   ONNX accuracy {parity.get('onnx_accuracy')}, PyTorch accuracy {parity.get('torch_accuracy')};
   ONNX Runtime {parity['ort_graph_optimization']} on {parity.get('ort_provider')}, batch sizes {parity['batch_sizes']}
 
-{calibration_section(meta)}{icons_section(run)}{real_images_section(run)}
+{calibration_section(meta)}{icons_section(run)}{drawings_section(run)}{real_images_section(run)}
 ## Intended use and limits
 {intended_use(meta)}
 """

@@ -40,9 +40,10 @@ def test_body_length_over_shoulder_width_is_the_class_range(cls):
         assert lo <= ratio <= hi
 
 
-def test_coats_are_drawn_longer_than_pullovers_and_shirts():
-    assert drawings.FEATURES["Coat"]["length"][0] > drawings.FEATURES["Pullover"]["length"][0]
-    assert drawings.FEATURES["Coat"]["length"][1] > drawings.FEATURES["Shirt"]["length"][1]
+def test_coats_reach_longer_than_any_top_yet_length_alone_never_tells_a_jacket_from_a_shirt():
+    coat, shirt = drawings.FEATURES["Coat"]["length"], drawings.FEATURES["Shirt"]["length"]
+    assert coat[1] > max(drawings.FEATURES[c]["length"][1] for c in ("Shirt", "Pullover", "T-shirt/top"))
+    assert coat[0] < shirt[1]  # the ranges overlap
 
 
 @pytest.mark.parametrize("cls", drawings.CLASSES)
@@ -126,3 +127,15 @@ def test_classifier_trains_on_the_drawings_it_is_given(tmp_path, fixture_data_di
     assert record["added_per_batch"] == 2 and record["per_class"]["Coat"] == 1
     assert not (tmp_path / "run" / "icons.json").exists()
 
+
+
+def test_model_card_says_how_many_drawings_of_which_class(tmp_path):
+    from scripts.model_card import drawings_section
+
+    assert drawings_section(tmp_path) == ""  # a run without drawings
+    s = IconSet(np.zeros((3, 1, 28, 28), np.uint8), np.array([4, 4, 6]), ["x"] * 3,
+                {"drawings": {"version": "seed 7", "license": "", "author": "", "icons": 3, "images": 3}})
+    (tmp_path / "drawings.json").write_text(json.dumps(s.record(CLASSES, 6)))
+    text = drawings_section(tmp_path)
+    assert "6 drawings added to every batch, drawn from 3 made once (seed 7)" in text
+    assert "Per class: Coat 2, Shirt 1." in text

@@ -27,7 +27,8 @@ from serving.conversions import convert_image
 from .icons import BACKGROUNDS, IconSet, on_background, render_svg
 
 # What each class's drawings may show; every feature is drawn with its own probability in
-# garment_svg. Lengths are the body's height over its shoulder width.
+# garment_svg. Lengths are the body's height over its shoulder width: a jacket is as long as a
+# shirt, so length alone never tells a coat (lapels, an opening, pockets, wide sleeves) from one.
 FEATURES: dict[str, dict] = {
     "T-shirt/top": {"sleeves": "short or none", "length": (1.0, 1.35), "neck": "crew, V or scoop",
                     "front": "closed"},
@@ -35,7 +36,7 @@ FEATURES: dict[str, dict] = {
               "neck": "pointed collar", "front": "button placket, cuffs, chest pocket"},
     "Pullover": {"sleeves": "long", "length": (0.95, 1.3), "neck": "crew, V, turtleneck or hood",
                  "front": "closed; ribbed hem and cuffs, kangaroo pocket with a hood"},
-    "Coat": {"sleeves": "long", "length": (1.35, 2.2), "neck": "lapels, stand collar or hood",
+    "Coat": {"sleeves": "long, wide", "length": (1.05, 2.2), "neck": "lapels, stand collar or hood",
              "front": "open down its length: buttons (one or two rows) or zip, flap pockets, belt"},
     "Dress": {"sleeves": "none, short or long", "length": (1.8, 2.6), "neck": "crew, V or scoop",
               "front": "fitted top, flared skirt"},
@@ -119,7 +120,7 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         if long_sleeves:
             length = (b.hem[1] - b.shoulder[1]) * rng.uniform(0.75, 1.05)
             angle = rng.uniform(8, 48)
-            width = rng.uniform(7, 11)
+            width = rng.uniform(8.5, 13) if cls == "Coat" else rng.uniform(6.5, 10)
         else:
             length = rng.uniform(9, 16)
             angle = rng.uniform(45, 75)
