@@ -119,13 +119,14 @@ serve: $(VENV)/.serving-installed
 # the classes each step, pulled towards the uniform answer), with 3,000 training images held out
 # to fit the temperature and the out-of-distribution score and threshold (models/*/MODEL_CARD.md
 # has the numbers); the default model also sees real third-party icons and emoji in every batch
-# (training/icons.py: Iconify sets fetched with npm, rendered with cairosvg). Then export with
+# (training/icons.py: Iconify sets fetched with npm, rendered with cairosvg) and procedural
+# drawings of tops, shirts, pullovers, coats and dresses (training/drawings.py). Then export with
 # BN folded and parity-checked, and the model card. Needs the dev environment (torch), npm and
 # requirements/real-images.txt (installed here).
 DEFAULT_BASE_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --steps 2000 --seed 0
 DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --init runs/default-base/checkpoint.pt \
 	--steps 8000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --aug-photo 0.2 --holdout 3000 \
-	--outlier-exposure 0.5 --icons 0.25 --seed 0
+	--outlier-exposure 0.5 --icons 0.25 --drawings 0.2 --seed 0
 MNIST_BASE_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --steps 1500 --seed 0
 MNIST_MODEL_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --init runs/mnist-base/checkpoint.pt \
 	--steps 5000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 \

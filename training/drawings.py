@@ -27,8 +27,7 @@ from serving.conversions import convert_image
 from .icons import BACKGROUNDS, IconSet, on_background, render_svg
 
 # What each class's drawings may show; every feature is drawn with its own probability in
-# garment_svg. Lengths are the body's height over its shoulder width: a jacket is as long as a
-# shirt, so length alone never tells a coat (lapels, an opening, pockets, wide sleeves) from one.
+# garment_svg. Lengths are the body's height over its shoulder width.
 FEATURES: dict[str, dict] = {
     "T-shirt/top": {"sleeves": "short or none", "length": (1.0, 1.35), "neck": "crew, V or scoop",
                     "front": "closed"},
@@ -36,7 +35,7 @@ FEATURES: dict[str, dict] = {
               "neck": "pointed collar", "front": "button placket, cuffs, chest pocket"},
     "Pullover": {"sleeves": "long", "length": (0.95, 1.3), "neck": "crew, V, turtleneck or hood",
                  "front": "closed; ribbed hem and cuffs, kangaroo pocket with a hood"},
-    "Coat": {"sleeves": "long, wide", "length": (1.05, 2.2), "neck": "lapels, stand collar or hood",
+    "Coat": {"sleeves": "long", "length": (1.35, 2.2), "neck": "lapels, stand collar or hood",
              "front": "open down its length: buttons (one or two rows) or zip, flap pockets, belt"},
     "Dress": {"sleeves": "none, short or long", "length": (1.8, 2.6), "neck": "crew, V or scoop",
               "front": "fitted top, flared skirt"},
@@ -110,11 +109,6 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         raise ValueError(f"no drawings of {cls!r}; classes drawn: {', '.join(CLASSES)}")
     style = style or STYLES[int(rng.integers(len(STYLES)))]
     b = _body(cls, rng)
-    wobble = rng.uniform(0, 1.2)  # a hand's unsteadiness: every vertex moved by N(0, wobble)
-
-    def path(points, close=True):
-        return _path([(x + rng.normal(0, wobble), y + rng.normal(0, wobble)) for x, y in points], close)
-
     height = b.hem[1] - b.top
     long_sleeves = cls in ("Pullover", "Coat") or (cls == "Shirt" and rng.random() < 0.8) or (
         cls == "Dress" and rng.random() < 0.15)
@@ -125,7 +119,7 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         if long_sleeves:
             length = (b.hem[1] - b.shoulder[1]) * rng.uniform(0.75, 1.05)
             angle = rng.uniform(8, 48)
-            width = rng.uniform(8.5, 13) if cls == "Coat" else rng.uniform(6.5, 10)
+            width = rng.uniform(7, 11)
         else:
             length = rng.uniform(9, 16)
             angle = rng.uniform(45, 75)
@@ -145,7 +139,7 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
     half.append(b.hem)
     neck_depth = rng.uniform(3, 8)
     # the neckline: a curve down to the centre closes the body at the top
-    body_d = path(_mirror(half), close=False) + (
+    body_d = _path(_mirror(half), close=False) + (
         f" Q50,{b.top + 2 * neck_depth:.2f} {50 + b.neck:.2f},{b.top:.2f} Z")
 
     shapes: list[str] = []  # extra filled parts (hood, collar) drawn like the body
@@ -154,21 +148,21 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
     inner: str | None = None  # what shows inside an open front (emoji style: another colour)
 
     def both(points, close=False):
-        lines.append(path(points, close))
-        lines.append(path([(100 - x, y) for x, y in points], close))
+        lines.append(_path(points, close))
+        lines.append(_path([(100 - x, y) for x, y in points], close))
 
     if cls == "Shirt":
         cw = b.neck * rng.uniform(0.9, 1.3)
         tip = b.top + rng.uniform(7, 12)
         collar = [(50, b.top + neck_depth), (50 + b.neck + 1, b.top - 1.5), (50 + cw * 0.6, tip)]
-        shapes.append(path(collar))
-        shapes.append(path([(100 - x, y) for x, y in collar]))
-        lines.append(path([(50, b.top + neck_depth), (50, b.hem[1])], close=False))
+        shapes.append(_path(collar))
+        shapes.append(_path([(100 - x, y) for x, y in collar]))
+        lines.append(_path([(50, b.top + neck_depth), (50, b.hem[1])], close=False))
         n = int(rng.integers(3, 7))
         dots += [(50 + 2.2, b.top + neck_depth + (i + 0.5) * (height - neck_depth) / n) for i in range(n)]
         if rng.random() < 0.5:
             px, py = 50 - b.neck - rng.uniform(3, 6), b.top + height * 0.25
-            lines.append(path([(px, py), (px - 8, py), (px - 8, py + 8), (px, py + 8)], close=True))
+            lines.append(_path([(px, py), (px - 8, py), (px - 8, py + 8), (px, py + 8)], close=True))
         if cuff is not None and long_sleeves:
             (ox, oy), (ix, iy) = cuff
             t = 0.18
@@ -178,9 +172,9 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
     elif cls == "Pullover":
         kind = rng.choice(["crew", "v", "turtleneck", "hood"])
         if kind == "v":
-            lines.append(path([(50 - b.neck, b.top), (50, b.top + rng.uniform(8, 14)), (50 + b.neck, b.top)], close=False))
+            lines.append(_path([(50 - b.neck, b.top), (50, b.top + rng.uniform(8, 14)), (50 + b.neck, b.top)], close=False))
         elif kind == "turtleneck":
-            shapes.append(path([(50 - b.neck, b.top + 2), (50 - b.neck * 0.9, b.top - 6),
+            shapes.append(_path([(50 - b.neck, b.top + 2), (50 - b.neck * 0.9, b.top - 6),
                                  (50 + b.neck * 0.9, b.top - 6), (50 + b.neck, b.top + 2)]))
         elif kind == "hood":
             hw = b.neck + rng.uniform(3, 6)
@@ -189,16 +183,16 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
                           f"Q50,{b.top + 10:.2f} {50 - hw:.2f},{b.top + 4:.2f} Z")
             py = b.top + height * rng.uniform(0.5, 0.6)
             pw = b.neck * rng.uniform(1.1, 1.6)
-            lines.append(path([(50 - pw, py + 12), (50 - pw * 0.8, py), (50 + pw * 0.8, py), (50 + pw, py + 12)], close=True))
+            lines.append(_path([(50 - pw, py + 12), (50 - pw * 0.8, py), (50 + pw * 0.8, py), (50 + pw, py + 12)], close=True))
             if rng.random() < 0.6:
-                lines.append(path([(50 - 2.5, b.top + neck_depth), (50 - 2.5, b.top + neck_depth + 9)], close=False))
-                lines.append(path([(50 + 2.5, b.top + neck_depth), (50 + 2.5, b.top + neck_depth + 9)], close=False))
+                lines.append(_path([(50 - 2.5, b.top + neck_depth), (50 - 2.5, b.top + neck_depth + 9)], close=False))
+                lines.append(_path([(50 + 2.5, b.top + neck_depth), (50 + 2.5, b.top + neck_depth + 9)], close=False))
         band = rng.uniform(4, 7)
         if rng.random() < 0.85:
-            lines.append(path([(100 - b.hem[0] + 0.5, b.hem[1] - band), (b.hem[0] - 0.5, b.hem[1] - band)], close=False))
+            lines.append(_path([(100 - b.hem[0] + 0.5, b.hem[1] - band), (b.hem[0] - 0.5, b.hem[1] - band)], close=False))
             if rng.random() < 0.4:  # ribs
                 for x in np.arange(100 - b.hem[0] + 3, b.hem[0] - 1, 3.5):
-                    lines.append(path([(x, b.hem[1] - band), (x, b.hem[1])], close=False))
+                    lines.append(_path([(x, b.hem[1] - band), (x, b.hem[1])], close=False))
         if cuff is not None and rng.random() < 0.85:
             (ox, oy), (ix, iy) = cuff
             sx, sy = b.shoulder
@@ -213,14 +207,11 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
             lap = [(50 + b.neck, b.top), (50 + b.neck + rng.uniform(3, 7), b.top + (v - b.top) * 0.45),
                    (50 + off, v)]
             both(lap)
-            inner = path([(50 - b.neck + 1, b.top + 1), (50, v - 1), (50 + b.neck - 1, b.top + 1),
+            inner = _path([(50 - b.neck + 1, b.top + 1), (50, v - 1), (50 + b.neck - 1, b.top + 1),
                            (50, b.top + neck_depth * 0.6)], close=True)
-            lines.append(path([(50 - b.neck, b.top), (50 + off, v)], close=False))
-            if rng.random() < 0.5:  # worn open over a shirt: its collar in the V
-                lines.append(path([(50 - b.neck + 2, b.top + 1), (50, b.top + neck_depth + 3),
-                                   (50 + b.neck - 2, b.top + 1)], close=False))
+            lines.append(_path([(50 - b.neck, b.top), (50 + off, v)], close=False))
         elif kind == "stand":
-            shapes.append(path([(50 - b.neck, b.top + 2), (50 - b.neck, b.top - 5),
+            shapes.append(_path([(50 - b.neck, b.top + 2), (50 - b.neck, b.top - 5),
                                  (50 + b.neck, b.top - 5), (50 + b.neck, b.top + 2)]))
             v = b.top + neck_depth
         else:
@@ -229,10 +220,10 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
                           f"{50 + hw:.2f},{b.top - 15:.2f} {50 + hw:.2f},{b.top + 4:.2f} "
                           f"Q50,{b.top + 10:.2f} {50 - hw:.2f},{b.top + 4:.2f} Z")
             v = b.top + neck_depth
-        lines.append(path([(50 + off, v), (50 + off, b.hem[1])], close=False))  # the front opening
+        lines.append(_path([(50 + off, v), (50 + off, b.hem[1])], close=False))  # the front opening
         if kind != "lapels" and rng.random() < 0.5:  # a zip
             for y in np.arange(v + 2, b.hem[1] - 1, 2.5):
-                lines.append(path([(50 + off - 1.2, y), (50 + off + 1.2, y)], close=False))
+                lines.append(_path([(50 + off - 1.2, y), (50 + off + 1.2, y)], close=False))
         else:
             n = int(rng.integers(2, 6))
             ys = [v + (i + 0.5) * (b.hem[1] - v) * rng.uniform(0.5, 0.8) / n for i in range(n)]
@@ -246,15 +237,15 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         if rng.random() < 0.3:  # belt
             by = b.top + height * rng.uniform(0.38, 0.5)
             bx = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (by - b.armpit[1]) / (b.hem[1] - b.armpit[1])
-            lines.append(path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
+            lines.append(_path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
     elif cls == "Dress":
         if b.waist is not None and rng.random() < 0.7:
             wx, wy = b.waist
-            lines.append(path([(100 - wx, wy), (wx, wy)], close=False))
+            lines.append(_path([(100 - wx, wy), (wx, wy)], close=False))
     elif cls == "T-shirt/top" and rng.random() < 0.4:
-        lines.append(path([(50 - b.neck, b.top), (50, b.top + rng.uniform(6, 11)), (50 + b.neck, b.top)], close=False))
+        lines.append(_path([(50 - b.neck, b.top), (50, b.top + rng.uniform(6, 11)), (50 + b.neck, b.top)], close=False))
 
-    sleeves_d = "".join(path(s) for s in ([sleeve, [(100 - x, y) for x, y in sleeve]] if sleeve else []))
+    sleeves_d = "".join(_path(s) for s in ([sleeve, [(100 - x, y) for x, y in sleeve]] if sleeve else []))
     # the drawing's extent (a hood or collar rises up to 16 above the neckline's sides)
     right = max([x for x, _ in half + sleeve])
     bottom = max([y for _, y in half + sleeve])
