@@ -149,6 +149,7 @@ class ExtraPool:
 
 def extra_pool(pictures: icons.IconSet, weights: np.ndarray, seed: int, share: float,
                batch_size: int, device) -> ExtraPool:
+    """``pictures`` on ``device``, ``share`` of ``batch_size`` of them (at least one) per step."""
     return ExtraPool(Split(torch.from_numpy(pictures.images), torch.from_numpy(pictures.labels)).to(device),
                      torch.from_numpy(weights), torch.Generator().manual_seed(seed),
                      max(1, round(share * batch_size)))

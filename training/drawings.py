@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -103,18 +103,151 @@ def _sleeve(b: _Body, length: float, angle: float, width: float) -> list[tuple[f
     return [b.shoulder, (ox, oy), (ix, iy), b.armpit]
 
 
+Cuff = tuple[tuple[float, float], tuple[float, float]]
+
+
+@dataclass
+class _Details:
+    """What a class draws over the body and sleeves."""
+    shapes: list[str] = field(default_factory=list)  # filled parts (hood, collar) drawn like the body
+    lines: list[str] = field(default_factory=list)  # strokes: openings, seams, bands, pockets
+    dots: list[tuple[float, float]] = field(default_factory=list)  # buttons
+    inner: str | None = None  # what shows inside an open front (emoji style: another colour)
+
+    def both(self, points, close=False) -> None:
+        """A stroke and its mirror image."""
+        self.lines.append(_path(points, close))
+        self.lines.append(_path([(100 - x, y) for x, y in points], close))
+
+
+def _hood(b: _Body, half_width: float, rise: float) -> str:
+    t = b.top
+    return (f"M{50 - half_width:.2f},{t + 4:.2f} C{50 - half_width:.2f},{t - rise:.2f} "
+            f"{50 + half_width:.2f},{t - rise:.2f} {50 + half_width:.2f},{t + 4:.2f} "
+            f"Q50,{t + 10:.2f} {50 - half_width:.2f},{t + 4:.2f} Z")
+
+
+def _cuff_seam(b: _Body, cuff: Cuff, t: float) -> list[tuple[float, float]]:
+    """A seam across the right sleeve, ``t`` of the way from its cuff back to the body."""
+    (ox, oy), (ix, iy) = cuff
+    (sx, sy), (ax, ay) = b.shoulder, b.armpit
+    return [(ox + (sx - ox) * t, oy + (sy - oy) * t), (ix + (ax - ix) * t, iy + (ay - iy) * t)]
+
+
+def _shirt(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
+    """A pointed collar, a button placket, maybe a chest pocket, cuffs on long sleeves."""
+    height = b.hem[1] - b.top
+    cw = b.neck * rng.uniform(0.9, 1.3)
+    tip = b.top + rng.uniform(7, 12)
+    collar = [(50, b.top + neck_depth), (50 + b.neck + 1, b.top - 1.5), (50 + cw * 0.6, tip)]
+    d.shapes.append(_path(collar))
+    d.shapes.append(_path([(100 - x, y) for x, y in collar]))
+    d.lines.append(_path([(50, b.top + neck_depth), (50, b.hem[1])], close=False))
+    n = int(rng.integers(3, 7))
+    d.dots += [(50 + 2.2, b.top + neck_depth + (i + 0.5) * (height - neck_depth) / n) for i in range(n)]
+    if rng.random() < 0.5:
+        px, py = 50 - b.neck - rng.uniform(3, 6), b.top + height * 0.25
+        d.lines.append(_path([(px, py), (px - 8, py), (px - 8, py + 8), (px, py + 8)], close=True))
+    if cuff is not None:
+        d.both(_cuff_seam(b, cuff, 0.18))
+
+
+def _pullover(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
+    """A crew, V, turtle neck or a hood (with a kangaroo pocket, maybe drawstrings); ribbed bands
+    at the hem and the cuffs; never an opening down the front."""
+    height = b.hem[1] - b.top
+    kind = rng.choice(["crew", "v", "turtleneck", "hood"])
+    if kind == "v":
+        d.lines.append(_path([(50 - b.neck, b.top), (50, b.top + rng.uniform(8, 14)), (50 + b.neck, b.top)], close=False))
+    elif kind == "turtleneck":
+        d.shapes.append(_path([(50 - b.neck, b.top + 2), (50 - b.neck * 0.9, b.top - 6),
+                               (50 + b.neck * 0.9, b.top - 6), (50 + b.neck, b.top + 2)]))
+    elif kind == "hood":
+        d.shapes.append(_hood(b, b.neck + rng.uniform(3, 6), 14))
+        py = b.top + height * rng.uniform(0.5, 0.6)
+        pw = b.neck * rng.uniform(1.1, 1.6)
+        d.lines.append(_path([(50 - pw, py + 12), (50 - pw * 0.8, py), (50 + pw * 0.8, py), (50 + pw, py + 12)], close=True))
+        if rng.random() < 0.6:
+            for x in (50 - 2.5, 50 + 2.5):
+                d.lines.append(_path([(x, b.top + neck_depth), (x, b.top + neck_depth + 9)], close=False))
+    band = rng.uniform(4, 7)
+    if rng.random() < 0.85:
+        d.lines.append(_path([(100 - b.hem[0] + 0.5, b.hem[1] - band), (b.hem[0] - 0.5, b.hem[1] - band)], close=False))
+        if rng.random() < 0.4:  # ribs
+            for x in np.arange(100 - b.hem[0] + 3, b.hem[0] - 1, 3.5):
+                d.lines.append(_path([(x, b.hem[1] - band), (x, b.hem[1])], close=False))
+    if cuff is not None and rng.random() < 0.85:
+        d.both(_cuff_seam(b, cuff, band / max(math.dist(cuff[0], b.shoulder), 1.0)))
+
+
+def _coat(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
+    """Lapels (the inside of the open front showing), a stand collar or a hood; an opening down the
+    whole length closed by buttons (one or two rows) or a zip; flap pockets; maybe a belt."""
+    height = b.hem[1] - b.top
+    kind = rng.choice(["lapels", "lapels", "stand", "hood"])
+    off = rng.uniform(0, 3) if rng.random() < 0.3 else 0.0  # double-breasted overlap
+    v = b.top + height * rng.uniform(0.2, 0.38)
+    if kind == "lapels":
+        d.both([(50 + b.neck, b.top), (50 + b.neck + rng.uniform(3, 7), b.top + (v - b.top) * 0.45), (50 + off, v)])
+        d.inner = _path([(50 - b.neck + 1, b.top + 1), (50, v - 1), (50 + b.neck - 1, b.top + 1),
+                         (50, b.top + neck_depth * 0.6)], close=True)
+        d.lines.append(_path([(50 - b.neck, b.top), (50 + off, v)], close=False))
+    elif kind == "stand":
+        d.shapes.append(_path([(50 - b.neck, b.top + 2), (50 - b.neck, b.top - 5),
+                               (50 + b.neck, b.top - 5), (50 + b.neck, b.top + 2)]))
+        v = b.top + neck_depth
+    else:
+        d.shapes.append(_hood(b, b.neck + rng.uniform(4, 7), 15))
+        v = b.top + neck_depth
+    d.lines.append(_path([(50 + off, v), (50 + off, b.hem[1])], close=False))  # the front opening
+    if kind != "lapels" and rng.random() < 0.5:  # a zip
+        for y in np.arange(v + 2, b.hem[1] - 1, 2.5):
+            d.lines.append(_path([(50 + off - 1.2, y), (50 + off + 1.2, y)], close=False))
+    else:
+        n = int(rng.integers(2, 6))
+        ys = [v + (i + 0.5) * (b.hem[1] - v) * rng.uniform(0.5, 0.8) / n for i in range(n)]
+        d.dots += [(50 + off + 3.5, y) for y in ys]
+        if off or rng.random() < 0.3:
+            d.dots += [(50 + off - 7, y) for y in ys]
+    if rng.random() < 0.7:
+        py = b.top + height * rng.uniform(0.55, 0.7)
+        px = 50 + (b.hem[0] - 50) * rng.uniform(0.35, 0.55)
+        d.both([(px - 5, py), (px + 5, py), (px + 5, py + 3), (px - 5, py + 3)], close=True)
+    if rng.random() < 0.3:  # belt
+        by = b.top + height * rng.uniform(0.38, 0.5)
+        bx = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (by - b.armpit[1]) / (b.hem[1] - b.armpit[1])
+        d.lines.append(_path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
+
+
+def _dress(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
+    """Maybe a seam at the waist."""
+    if b.waist is not None and rng.random() < 0.7:
+        wx, wy = b.waist
+        d.lines.append(_path([(100 - wx, wy), (wx, wy)], close=False))
+
+
+def _t_shirt(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
+    """Maybe a V neck."""
+    if rng.random() < 0.4:
+        d.lines.append(_path([(50 - b.neck, b.top), (50, b.top + rng.uniform(6, 11)), (50 + b.neck, b.top)], close=False))
+
+
+# what each class draws over its body and sleeves (``cuff``: a long sleeve's, else None)
+_FEATURE_DRAWERS = {"Shirt": _shirt, "Pullover": _pullover, "Coat": _coat, "Dress": _dress,
+                    "T-shirt/top": _t_shirt}
+
+
 def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) -> str:
     """One random drawing of class ``cls`` (a key of FEATURES) as standalone SVG text."""
     if cls not in FEATURES:
         raise ValueError(f"no drawings of {cls!r}; classes drawn: {', '.join(CLASSES)}")
     style = style or STYLES[int(rng.integers(len(STYLES)))]
     b = _body(cls, rng)
-    height = b.hem[1] - b.top
     long_sleeves = cls in ("Pullover", "Coat") or (cls == "Shirt" and rng.random() < 0.8) or (
         cls == "Dress" and rng.random() < 0.15)
     sleeveless = (cls == "T-shirt/top" and rng.random() < 0.25) or (cls == "Dress" and rng.random() < 0.45)
     sleeve: list[tuple[float, float]] = []
-    cuff: tuple[tuple[float, float], tuple[float, float]] | None = None
+    cuff: Cuff | None = None
     if not sleeveless:
         if long_sleeves:
             length = (b.hem[1] - b.shoulder[1]) * rng.uniform(0.75, 1.05)
@@ -142,115 +275,15 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
     body_d = _path(_mirror(half), close=False) + (
         f" Q50,{b.top + 2 * neck_depth:.2f} {50 + b.neck:.2f},{b.top:.2f} Z")
 
-    shapes: list[str] = []  # extra filled parts (hood, collar) drawn like the body
-    lines: list[str] = []  # detail strokes: openings, seams, bands, pockets
-    dots: list[tuple[float, float]] = []  # buttons
-    inner: str | None = None  # what shows inside an open front (emoji style: another colour)
-
-    def both(points, close=False):
-        lines.append(_path(points, close))
-        lines.append(_path([(100 - x, y) for x, y in points], close))
-
-    if cls == "Shirt":
-        cw = b.neck * rng.uniform(0.9, 1.3)
-        tip = b.top + rng.uniform(7, 12)
-        collar = [(50, b.top + neck_depth), (50 + b.neck + 1, b.top - 1.5), (50 + cw * 0.6, tip)]
-        shapes.append(_path(collar))
-        shapes.append(_path([(100 - x, y) for x, y in collar]))
-        lines.append(_path([(50, b.top + neck_depth), (50, b.hem[1])], close=False))
-        n = int(rng.integers(3, 7))
-        dots += [(50 + 2.2, b.top + neck_depth + (i + 0.5) * (height - neck_depth) / n) for i in range(n)]
-        if rng.random() < 0.5:
-            px, py = 50 - b.neck - rng.uniform(3, 6), b.top + height * 0.25
-            lines.append(_path([(px, py), (px - 8, py), (px - 8, py + 8), (px, py + 8)], close=True))
-        if cuff is not None and long_sleeves:
-            (ox, oy), (ix, iy) = cuff
-            t = 0.18
-            sx, sy = b.shoulder
-            ax, ay = b.armpit
-            both([(ox + (sx - ox) * t, oy + (sy - oy) * t), (ix + (ax - ix) * t, iy + (ay - iy) * t)])
-    elif cls == "Pullover":
-        kind = rng.choice(["crew", "v", "turtleneck", "hood"])
-        if kind == "v":
-            lines.append(_path([(50 - b.neck, b.top), (50, b.top + rng.uniform(8, 14)), (50 + b.neck, b.top)], close=False))
-        elif kind == "turtleneck":
-            shapes.append(_path([(50 - b.neck, b.top + 2), (50 - b.neck * 0.9, b.top - 6),
-                                 (50 + b.neck * 0.9, b.top - 6), (50 + b.neck, b.top + 2)]))
-        elif kind == "hood":
-            hw = b.neck + rng.uniform(3, 6)
-            shapes.append(f"M{50 - hw:.2f},{b.top + 4:.2f} C{50 - hw:.2f},{b.top - 14:.2f} "
-                          f"{50 + hw:.2f},{b.top - 14:.2f} {50 + hw:.2f},{b.top + 4:.2f} "
-                          f"Q50,{b.top + 10:.2f} {50 - hw:.2f},{b.top + 4:.2f} Z")
-            py = b.top + height * rng.uniform(0.5, 0.6)
-            pw = b.neck * rng.uniform(1.1, 1.6)
-            lines.append(_path([(50 - pw, py + 12), (50 - pw * 0.8, py), (50 + pw * 0.8, py), (50 + pw, py + 12)], close=True))
-            if rng.random() < 0.6:
-                lines.append(_path([(50 - 2.5, b.top + neck_depth), (50 - 2.5, b.top + neck_depth + 9)], close=False))
-                lines.append(_path([(50 + 2.5, b.top + neck_depth), (50 + 2.5, b.top + neck_depth + 9)], close=False))
-        band = rng.uniform(4, 7)
-        if rng.random() < 0.85:
-            lines.append(_path([(100 - b.hem[0] + 0.5, b.hem[1] - band), (b.hem[0] - 0.5, b.hem[1] - band)], close=False))
-            if rng.random() < 0.4:  # ribs
-                for x in np.arange(100 - b.hem[0] + 3, b.hem[0] - 1, 3.5):
-                    lines.append(_path([(x, b.hem[1] - band), (x, b.hem[1])], close=False))
-        if cuff is not None and rng.random() < 0.85:
-            (ox, oy), (ix, iy) = cuff
-            sx, sy = b.shoulder
-            ax, ay = b.armpit
-            t = band / max(math.dist(cuff[0], b.shoulder), 1.0)
-            both([(ox + (sx - ox) * t, oy + (sy - oy) * t), (ix + (ax - ix) * t, iy + (ay - iy) * t)])
-    elif cls == "Coat":
-        kind = rng.choice(["lapels", "lapels", "stand", "hood"])
-        off = rng.uniform(0, 3) if rng.random() < 0.3 else 0.0  # double-breasted overlap
-        v = b.top + height * rng.uniform(0.2, 0.38)
-        if kind == "lapels":
-            lap = [(50 + b.neck, b.top), (50 + b.neck + rng.uniform(3, 7), b.top + (v - b.top) * 0.45),
-                   (50 + off, v)]
-            both(lap)
-            inner = _path([(50 - b.neck + 1, b.top + 1), (50, v - 1), (50 + b.neck - 1, b.top + 1),
-                           (50, b.top + neck_depth * 0.6)], close=True)
-            lines.append(_path([(50 - b.neck, b.top), (50 + off, v)], close=False))
-        elif kind == "stand":
-            shapes.append(_path([(50 - b.neck, b.top + 2), (50 - b.neck, b.top - 5),
-                                 (50 + b.neck, b.top - 5), (50 + b.neck, b.top + 2)]))
-            v = b.top + neck_depth
-        else:
-            hw = b.neck + rng.uniform(4, 7)
-            shapes.append(f"M{50 - hw:.2f},{b.top + 4:.2f} C{50 - hw:.2f},{b.top - 15:.2f} "
-                          f"{50 + hw:.2f},{b.top - 15:.2f} {50 + hw:.2f},{b.top + 4:.2f} "
-                          f"Q50,{b.top + 10:.2f} {50 - hw:.2f},{b.top + 4:.2f} Z")
-            v = b.top + neck_depth
-        lines.append(_path([(50 + off, v), (50 + off, b.hem[1])], close=False))  # the front opening
-        if kind != "lapels" and rng.random() < 0.5:  # a zip
-            for y in np.arange(v + 2, b.hem[1] - 1, 2.5):
-                lines.append(_path([(50 + off - 1.2, y), (50 + off + 1.2, y)], close=False))
-        else:
-            n = int(rng.integers(2, 6))
-            ys = [v + (i + 0.5) * (b.hem[1] - v) * rng.uniform(0.5, 0.8) / n for i in range(n)]
-            dots += [(50 + off + 3.5, y) for y in ys]
-            if off or rng.random() < 0.3:
-                dots += [(50 + off - 7, y) for y in ys]
-        if rng.random() < 0.7:
-            py = b.top + height * rng.uniform(0.55, 0.7)
-            px = 50 + (b.hem[0] - 50) * rng.uniform(0.35, 0.55)
-            both([(px - 5, py), (px + 5, py), (px + 5, py + 3), (px - 5, py + 3)], close=True)
-        if rng.random() < 0.3:  # belt
-            by = b.top + height * rng.uniform(0.38, 0.5)
-            bx = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (by - b.armpit[1]) / (b.hem[1] - b.armpit[1])
-            lines.append(_path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
-    elif cls == "Dress":
-        if b.waist is not None and rng.random() < 0.7:
-            wx, wy = b.waist
-            lines.append(_path([(100 - wx, wy), (wx, wy)], close=False))
-    elif cls == "T-shirt/top" and rng.random() < 0.4:
-        lines.append(_path([(50 - b.neck, b.top), (50, b.top + rng.uniform(6, 11)), (50 + b.neck, b.top)], close=False))
-
+    d = _Details()
+    if cls in _FEATURE_DRAWERS:
+        _FEATURE_DRAWERS[cls](b, d, rng, neck_depth, cuff if long_sleeves else None)
     sleeves_d = "".join(_path(s) for s in ([sleeve, [(100 - x, y) for x, y in sleeve]] if sleeve else []))
     # the drawing's extent (a hood or collar rises up to 16 above the neckline's sides)
     right = max([x for x, _ in half + sleeve])
     bottom = max([y for _, y in half + sleeve])
     box = (100 - right - 5, b.top - 18, 2 * right - 100 + 10, bottom - b.top + 23)
-    return _svg(style, rng, [sleeves_d, body_d] + shapes, lines, dots, inner, box)
+    return _svg(style, rng, [sleeves_d, body_d] + d.shapes, d.lines, d.dots, d.inner, box)
 
 
 def _svg(style: str, rng: np.random.Generator, parts: list[str], lines: list[str],
