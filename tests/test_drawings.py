@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from training import drawings
 from training.classifier import DRAWING_SEED, ClassifierConfig
@@ -77,20 +78,46 @@ def test_shirts_have_buttons_and_coats_an_opening_pullovers_and_t_shirts_neither
     assert sum(buttons("Coat", s) > 0 for s in range(30)) >= 10  # buttons, or a zip
 
 
+def silhouette_render(svg: str) -> Image.Image:
+    """A stand-in for cairosvg (make default-model installs it, `make test` does not): a black
+    ellipse of the drawing's aspect on transparent."""
+    _, _, w, h = map(float, parse(svg).get("viewBox").split())
+    img = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
+    scale = 80 / max(w, h)
+    ImageDraw.Draw(img).ellipse((8, 8, 8 + w * scale, 8 + h * scale), fill=(0, 0, 0, 255))
+    return img
+
+
 def test_build_drawing_set_renders_and_converts_as_the_service_would():
-    s = drawings.build_drawing_set(CLASSES, "fashion-mnist", per_class=4, seed=11)
+    s = drawings.build_drawing_set(CLASSES, "fashion-mnist", per_class=4, seed=11, render=silhouette_render)
     assert s.counts(CLASSES) == {c: (4 if c in drawings.CLASSES else 0) for c in CLASSES}
     assert s.images.dtype == np.uint8 and s.images.shape == (20, 1, 28, 28)
-    # dataset form: a light garment on black, as every Fashion-MNIST image
-    assert all(img[0, 0, 0] == 0 and img.max() > 128 for img in s.images)
-    again = drawings.build_drawing_set(CLASSES, "fashion-mnist", per_class=4, seed=11)
+    # each render on its background through the service's own conversion (dataset form)
+    assert s.names[0].startswith("drawing:T-shirt/top:0|")
+    for img, name in zip(s.images, s.names, strict=True):
+        background = name.split("|")[1]
+        assert background in ("white", "transparent") and img[0, 0, 0] == 0 and img.max() > 128
+    again = drawings.build_drawing_set(CLASSES, "fashion-mnist", per_class=4, seed=11, render=silhouette_render)
     assert np.array_equal(s.images, again.images) and s.names == again.names
-    other = drawings.build_drawing_set(CLASSES, "fashion-mnist", per_class=4, seed=12)
-    assert not np.array_equal(s.images, other.images)
+    other = drawings.build_drawing_set(CLASSES, "fashion-mnist", per_class=4, seed=12, render=silhouette_render)
+    assert s.names != other.names or not np.array_equal(s.images, other.images)
     assert s.sources["drawings"]["images"] == 20
     # labels index the classes given, whatever their order
-    backwards = drawings.build_drawing_set(CLASSES[::-1], "fashion-mnist", per_class=1, seed=11)
+    backwards = drawings.build_drawing_set(CLASSES[::-1], "fashion-mnist", per_class=1, seed=11,
+                                           render=silhouette_render)
     assert sorted(CLASSES[::-1][i] for i in backwards.labels) == sorted(drawings.CLASSES)
+
+
+def test_a_coat_converts_longer_than_a_pullover():
+    """The length a drawing is given survives the service's conversion (the box fitted to 28 x 28)."""
+    coat = drawings.build_drawing_set(["Coat"], "fashion-mnist", 30, 5, render=silhouette_render)
+    pullover = drawings.build_drawing_set(["Pullover"], "fashion-mnist", 30, 5, render=silhouette_render)
+
+    def aspect(img):
+        rows, cols = np.nonzero(img[0] > 64)
+        return (rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1)
+
+    assert np.median([aspect(i) for i in coat.images]) > np.median([aspect(i) for i in pullover.images])
 
 
 def test_classifier_refuses_drawings_outside_fashion_mnist_or_a_whole_batch():
