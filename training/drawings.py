@@ -286,42 +286,39 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
     return _svg(style, rng, [sleeves_d, body_d] + d.shapes, d.lines, d.dots, d.inner, box)
 
 
+def _elements(parts: list[str], fill: str, stroke: str, width: float, lines: list[str],
+              line_colour: str, line_width: float, dots: list[tuple[float, float]], r: float,
+              between: list[str] | None = None) -> list[str]:
+    """SVG elements: the filled parts, then ``between`` (an open front's inside), the detail
+    strokes and the buttons."""
+    return ([f'<path d="{d}" fill="{fill}" stroke="{stroke}" stroke-width="{width:.2f}" '
+             f'stroke-linejoin="round"/>' for d in parts if d] + (between or [])
+            + [f'<path d="{d}" fill="none" stroke="{line_colour}" stroke-width="{line_width:.2f}" '
+               f'stroke-linecap="round"/>' for d in lines]
+            + [f'<circle cx="{x:.2f}" cy="{y:.2f}" r="{r:.2f}" fill="{line_colour}"/>' for x, y in dots])
+
+
 def _svg(style: str, rng: np.random.Generator, parts: list[str], lines: list[str],
          dots: list[tuple[float, float]], inner: str | None,
          box: tuple[float, float, float, float]) -> str:
     sw = rng.uniform(2.0, 6.0)
     dw = sw * rng.uniform(0.5, 1.0)
     r = rng.uniform(1.0, 1.8)
-    els: list[str] = []
     if style == "outline":
         ink = "#000000" if rng.random() < 0.6 else _colour(rng, dark=True)
         # each part filled white under its stroke, so overlapping parts hide what is behind them
         fill = "#ffffff" if rng.random() < 0.7 else "none"
-        els += [f'<path d="{d}" fill="{fill}" stroke="{ink}" stroke-width="{sw:.2f}" '
-                f'stroke-linejoin="round"/>' for d in parts if d]
-        els += [f'<path d="{d}" fill="none" stroke="{ink}" stroke-width="{dw:.2f}" '
-                f'stroke-linecap="round"/>' for d in lines]
-        els += [f'<circle cx="{x:.2f}" cy="{y:.2f}" r="{r:.2f}" fill="{ink}"/>' for x, y in dots]
-    elif style == "cutout":
+        els = _elements(parts, fill, ink, sw, lines, ink, dw, dots, r)
+    elif style == "cutout":  # the details cut out of the filled shape in the background's white
         ink = "#000000" if rng.random() < 0.6 else _colour(rng, dark=True)
-        gap = "#ffffff"
-        els += [f'<path d="{d}" fill="{ink}" stroke="{gap}" stroke-width="{dw:.2f}" '
-                f'stroke-linejoin="round"/>' for d in parts if d]
-        els += [f'<path d="{d}" fill="none" stroke="{gap}" stroke-width="{dw:.2f}" '
-                f'stroke-linecap="round"/>' for d in lines]
-        els += [f'<circle cx="{x:.2f}" cy="{y:.2f}" r="{r:.2f}" fill="{gap}"/>' for x, y in dots]
+        els = _elements(parts, ink, "#ffffff", dw, lines, "#ffffff", dw, dots, r)
     else:  # emoji: a colour fill, a darker outline and details, the inside of an open front
         fill = _colour(rng)
         edge = _colour(rng, dark=True) if rng.random() < 0.7 else "none"
         ew = rng.uniform(1.0, 3.0)
-        els += [f'<path d="{d}" fill="{fill}" stroke="{edge}" stroke-width="{ew:.2f}" '
-                f'stroke-linejoin="round"/>' for d in parts if d]
-        if inner is not None:
-            els.append(f'<path d="{inner}" fill="{_colour(rng)}"/>')
+        inside = [] if inner is None else [f'<path d="{inner}" fill="{_colour(rng)}"/>']
         detail = edge if edge != "none" else _colour(rng, dark=True)
-        els += [f'<path d="{d}" fill="none" stroke="{detail}" stroke-width="{ew:.2f}" '
-                f'stroke-linecap="round"/>' for d in lines]
-        els += [f'<circle cx="{x:.2f}" cy="{y:.2f}" r="{r:.2f}" fill="{detail}"/>' for x, y in dots]
+        els = _elements(parts, fill, edge, ew, lines, detail, ew, dots, r, inside)
     x, y, w, h = box
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="{x:.2f} {y:.2f} {w:.2f} {h:.2f}" '
             f'width="{w:.2f}" height="{h:.2f}">{"".join(els)}</svg>')
