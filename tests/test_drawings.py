@@ -78,6 +78,47 @@ def test_shirts_have_buttons_and_coats_an_opening_pullovers_and_t_shirts_neither
     assert sum(buttons("Coat", s) > 0 for s in range(30)) >= 10  # buttons, or a zip
 
 
+def points(path: str) -> list[tuple[float, float]]:
+    """The vertices of a path of M/L segments (a neckline's curve or a hood's ends it)."""
+    out = []
+    for token in path.replace("M", " ").replace("L", " ").split("Q")[0].split("C")[0].split():
+        if "," in token:
+            x, y = token.split(",")
+            out.append((float(x), float(y)))
+    return out
+
+
+def test_some_shirts_are_folded_as_in_a_shop_about_as_high_as_wide_without_sleeves():
+    rng = np.random.default_rng(4)
+    folded = 0
+    for _ in range(100):
+        first = next(parse(drawings.garment_svg("Shirt", rng)).iter(f"{SVG}path")).get("d")
+        if first.count("M") == 1:  # no sleeves: the body comes first
+            folded += 1
+            xs, ys = zip(*points(first), strict=True)
+            assert 0.85 <= (max(ys) - min(ys)) / (max(xs) - min(xs)) <= 1.15
+    assert 10 <= folded <= 45
+    assert all(next(parse(drawings.garment_svg(c, rng)).iter(f"{SVG}path")).get("d").count("M") == 2
+               for c in ("Coat", "Pullover") for _ in range(30))  # their sleeves come first
+
+
+def test_neckties_only_on_shirts_quilting_only_on_coats():
+    def features(cls, seed):
+        root = parse(drawings.garment_svg(cls, np.random.default_rng(seed), "outline"))
+        paths = list(root.iter(f"{SVG}path"))
+        tie = any(p.get("stroke-linejoin") and len(q := points(p.get("d"))) == 5 and (50.0, max(y for _, y in q)) in
+                  [(round(x, 2), y) for x, y in q] for p in paths)
+        bands = sum(1 for p in paths if p.get("stroke-linecap") and len(q := points(p.get("d"))) == 2
+                    and q[0][1] == q[1][1] and abs(q[0][0] + q[1][0] - 100) < 0.02 and abs(q[1][0] - q[0][0]) > 20)
+        return tie, bands >= 4
+
+    found = {c: [features(c, s) for s in range(60)] for c in drawings.CLASSES}
+    assert 5 <= sum(t for t, _ in found["Shirt"]) <= 35
+    assert 5 <= sum(q for _, q in found["Coat"]) <= 30
+    assert not any(t or q for c in drawings.CLASSES if c not in ("Shirt", "Coat") for t, q in found[c])
+    assert not any(t for t, _ in found["Coat"]) and not any(q for _, q in found["Shirt"])
+
+
 def silhouette_render(svg: str) -> Image.Image:
     """A stand-in for cairosvg (make default-model installs it, `make test` does not): a black
     ellipse of the drawing's aspect on transparent."""

@@ -31,12 +31,13 @@ from .icons import BACKGROUNDS, IconSet, on_background, render_svg
 FEATURES: dict[str, dict] = {
     "T-shirt/top": {"sleeves": "short or none", "length": (1.0, 1.35), "neck": "crew, V or scoop",
                     "front": "closed"},
-    "Shirt": {"sleeves": "long (4 in 5) or short", "length": (1.1, 1.45),
-              "neck": "pointed collar", "front": "button placket, cuffs, chest pocket"},
+    "Shirt": {"sleeves": "long (4 in 5) or short; or folded as in a shop", "length": (1.1, 1.45),
+              "neck": "pointed collar", "front": "button placket, cuffs, chest pocket, necktie"},
     "Pullover": {"sleeves": "long", "length": (0.95, 1.3), "neck": "crew, V, turtleneck or hood",
                  "front": "closed; ribbed hem and cuffs, kangaroo pocket with a hood"},
     "Coat": {"sleeves": "long", "length": (1.35, 2.2), "neck": "lapels, stand collar or hood",
-             "front": "open down its length: buttons (one or two rows) or zip, flap pockets, belt"},
+             "front": "open down its length: buttons (one or two rows) or zip, flap pockets, belt; "
+                      "quilted (a puffer)"},
     "Dress": {"sleeves": "none, short or long", "length": (1.8, 2.6), "neck": "crew, V or scoop",
               "front": "fitted top, flared skirt"},
 }
@@ -145,6 +146,12 @@ def _shirt(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, c
     d.lines.append(_path([(50, b.top + neck_depth), (50, b.hem[1])], close=False))
     n = int(rng.integers(3, 7))
     d.dots += [(50 + 2.2, b.top + neck_depth + (i + 0.5) * (height - neck_depth) / n) for i in range(n)]
+    if rng.random() < 0.3:  # a necktie: a knot under the collar, the blade down the placket
+        k, w, y0 = rng.uniform(2.5, 4), rng.uniform(4, 6.5), b.top + neck_depth
+        end = b.top + height * rng.uniform(0.45, 0.7)
+        d.shapes.append(_path([(50 - k, y0 - 2), (50 + k, y0 - 2), (50 + k * 0.7, y0 + 3), (50 - k * 0.7, y0 + 3)]))
+        d.shapes.append(_path([(50 - k * 0.7, y0 + 3), (50 + k * 0.7, y0 + 3), (50 + w, end - 5), (50, end),
+                               (50 - w, end - 5)]))
     if rng.random() < 0.5:
         px, py = 50 - b.neck - rng.uniform(3, 6), b.top + height * 0.25
         d.lines.append(_path([(px, py), (px - 8, py), (px - 8, py + 8), (px, py + 8)], close=True))
@@ -213,7 +220,15 @@ def _coat(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cu
         py = b.top + height * rng.uniform(0.55, 0.7)
         px = 50 + (b.hem[0] - 50) * rng.uniform(0.35, 0.55)
         d.both([(px - 5, py), (px + 5, py), (px + 5, py + 3), (px - 5, py + 3)], close=True)
-    if rng.random() < 0.3:  # belt
+    if rng.random() < 0.25:  # quilted: a puffer's bands across the body and the sleeves
+        step = rng.uniform(5, 8)
+        for y in np.arange(b.armpit[1], b.hem[1] - 2, step):
+            x = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (y - b.armpit[1]) / (b.hem[1] - b.armpit[1])
+            d.lines.append(_path([(100 - x, y), (x, y)], close=False))
+        if cuff is not None:
+            for t in np.arange(0.15, 0.9, step / max(math.dist(cuff[0], b.shoulder), 1.0)):
+                d.both(_cuff_seam(b, cuff, t))
+    elif rng.random() < 0.3:  # belt
         by = b.top + height * rng.uniform(0.38, 0.5)
         bx = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (by - b.armpit[1]) / (b.hem[1] - b.armpit[1])
         d.lines.append(_path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
@@ -243,9 +258,15 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         raise ValueError(f"no drawings of {cls!r}; classes drawn: {', '.join(CLASSES)}")
     style = style or STYLES[int(rng.integers(len(STYLES)))]
     b = _body(cls, rng)
+    folded = cls == "Shirt" and rng.random() < 0.25  # as in a shop: a rectangle, the sleeves behind it
+    if folded:
+        x = b.shoulder[0]  # folded about as high as wide
+        hem_y = b.top + 2 * (x - 50) * rng.uniform(0.85, 1.15)
+        b = _Body(b.neck, b.top, (x, b.top + 1), (x, b.top + 3), (x, hem_y), None)
     long_sleeves = cls in ("Pullover", "Coat") or (cls == "Shirt" and rng.random() < 0.8) or (
         cls == "Dress" and rng.random() < 0.15)
-    sleeveless = (cls == "T-shirt/top" and rng.random() < 0.25) or (cls == "Dress" and rng.random() < 0.45)
+    sleeveless = folded or (cls == "T-shirt/top" and rng.random() < 0.25) or (
+        cls == "Dress" and rng.random() < 0.45)
     sleeve: list[tuple[float, float]] = []
     cuff: Cuff | None = None
     if not sleeveless:
@@ -261,11 +282,11 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         cuff = (sleeve[1], sleeve[2])
 
     # the body's right half, neck to hem
-    half = [(50 + b.neck, b.top), b.shoulder]
-    if sleeveless:
+    half = [(50 + b.neck, b.top), b.shoulder]  # folded: from the shoulder straight to the hem
+    if sleeveless and not folded:
         half = [(50 + b.neck, b.top), (50 + b.neck + rng.uniform(2, 5), b.top),
                 (b.armpit[0] + rng.uniform(-1, 1), b.armpit[1])]
-    else:
+    elif not folded:
         half.append(b.armpit)
     if b.waist:
         half.append(b.waist)
@@ -276,6 +297,13 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         f" Q50,{b.top + 2 * neck_depth:.2f} {50 + b.neck:.2f},{b.top:.2f} Z")
 
     d = _Details()
+    if folded:
+        sw, height = b.hem[0] - 50, b.hem[1] - b.top
+        if rng.random() < 0.5:  # the folded sleeves' edges down the sides
+            d.both([(50 + sw * 0.55, b.top + height * 0.2), (50 + sw * 0.55, b.hem[1])])
+        else:  # the sleeves folded across
+            d.both([(b.hem[0], b.top + height * 0.25), (50 + sw * 0.4, b.top + height * 0.6),
+                    (50 + sw * 0.4, b.hem[1])])
     if cls in _FEATURE_DRAWERS:
         _FEATURE_DRAWERS[cls](b, d, rng, neck_depth, cuff if long_sleeves else None)
     sleeves_d = "".join(_path(s) for s in ([sleeve, [(100 - x, y) for x, y in sleeve]] if sleeve else []))
