@@ -126,7 +126,7 @@ serve: $(VENV)/.serving-installed
 DEFAULT_BASE_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --steps 2000 --seed 0
 DEFAULT_MODEL_ARGS := --model vgg11 --bn --width 0.25 --dataset fashion-mnist --init runs/default-base/checkpoint.pt \
 	--steps 8000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --aug-photo 0.2 --holdout 3000 \
-	--outlier-exposure 0.5 --icons 0.25 --drawings 0.2 --seed 0
+	--outlier-exposure 0.5 --icons 0.25 --drawings 0.3 --seed 1
 MNIST_BASE_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --steps 1500 --seed 0
 MNIST_MODEL_ARGS := --model vgg11 --bn --width 0.125 --dataset mnist --init runs/mnist-base/checkpoint.pt \
 	--steps 5000 --batch-size 64 --lr 0.02 --eval-every 1000 --augment 0.5 --no-aug-mirror --aug-lowres 0.3 \
