@@ -234,6 +234,16 @@ def _coat(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cu
         d.lines.append(_path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
 
 
+def _folded_sleeves(b: _Body, d: _Details, rng: np.random.Generator) -> None:
+    """A folded shirt's sleeves: their edges down the sides, or folded across the front."""
+    sw, height = b.hem[0] - 50, b.hem[1] - b.top
+    if rng.random() < 0.5:
+        d.both([(50 + sw * 0.55, b.top + height * 0.2), (50 + sw * 0.55, b.hem[1])])
+    else:
+        d.both([(b.hem[0], b.top + height * 0.25), (50 + sw * 0.4, b.top + height * 0.6),
+                (50 + sw * 0.4, b.hem[1])])
+
+
 def _dress(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
     """Maybe a seam at the waist."""
     if b.waist is not None and rng.random() < 0.7:
@@ -282,12 +292,13 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
         cuff = (sleeve[1], sleeve[2])
 
     # the body's right half, neck to hem
-    half = [(50 + b.neck, b.top), b.shoulder]  # folded: from the shoulder straight to the hem
-    if sleeveless and not folded:
+    if folded:  # from the shoulder straight down to the hem
+        half = [(50 + b.neck, b.top), b.shoulder]
+    elif sleeveless:
         half = [(50 + b.neck, b.top), (50 + b.neck + rng.uniform(2, 5), b.top),
                 (b.armpit[0] + rng.uniform(-1, 1), b.armpit[1])]
-    elif not folded:
-        half.append(b.armpit)
+    else:
+        half = [(50 + b.neck, b.top), b.shoulder, b.armpit]
     if b.waist:
         half.append(b.waist)
     half.append(b.hem)
@@ -298,12 +309,7 @@ def garment_svg(cls: str, rng: np.random.Generator, style: str | None = None) ->
 
     d = _Details()
     if folded:
-        sw, height = b.hem[0] - 50, b.hem[1] - b.top
-        if rng.random() < 0.5:  # the folded sleeves' edges down the sides
-            d.both([(50 + sw * 0.55, b.top + height * 0.2), (50 + sw * 0.55, b.hem[1])])
-        else:  # the sleeves folded across
-            d.both([(b.hem[0], b.top + height * 0.25), (50 + sw * 0.4, b.top + height * 0.6),
-                    (50 + sw * 0.4, b.hem[1])])
+        _folded_sleeves(b, d, rng)
     if cls in _FEATURE_DRAWERS:
         _FEATURE_DRAWERS[cls](b, d, rng, neck_depth, cuff if long_sleeves else None)
     sleeves_d = "".join(_path(s) for s in ([sleeve, [(100 - x, y) for x, y in sleeve]] if sleeve else []))
