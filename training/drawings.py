@@ -128,6 +128,16 @@ def _hood(b: _Body, half_width: float, rise: float) -> str:
             f"Q50,{t + 10:.2f} {50 - half_width:.2f},{t + 4:.2f} Z")
 
 
+def _side_x(b: _Body, y: float) -> float:
+    """The body's right edge at height ``y`` (between the armpit and the hem)."""
+    return b.armpit[0] + (b.hem[0] - b.armpit[0]) * (y - b.armpit[1]) / (b.hem[1] - b.armpit[1])
+
+
+def _sleeve_length(b: _Body, cuff: Cuff) -> float:
+    """From the cuff to the shoulder (at least 1), to turn lengths along the sleeve into fractions."""
+    return max(math.dist(cuff[0], b.shoulder), 1.0)
+
+
 def _cuff_seam(b: _Body, cuff: Cuff, t: float) -> list[tuple[float, float]]:
     """A seam across the right sleeve, ``t`` of the way from its cuff back to the body."""
     (ox, oy), (ix, iy) = cuff
@@ -184,12 +194,12 @@ def _pullover(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float
             for x in np.arange(100 - b.hem[0] + 3, b.hem[0] - 1, 3.5):
                 d.lines.append(_path([(x, b.hem[1] - band), (x, b.hem[1])], close=False))
     if cuff is not None and rng.random() < 0.85:
-        d.both(_cuff_seam(b, cuff, band / max(math.dist(cuff[0], b.shoulder), 1.0)))
+        d.both(_cuff_seam(b, cuff, band / _sleeve_length(b, cuff)))
 
 
 def _coat(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cuff: Cuff | None) -> None:
     """Lapels (the inside of the open front showing), a stand collar or a hood; an opening down the
-    whole length closed by buttons (one or two rows) or a zip; flap pockets; maybe a belt."""
+    whole length closed by buttons (one or two rows) or a zip; flap pockets; quilting or a belt."""
     height = b.hem[1] - b.top
     kind = rng.choice(["lapels", "lapels", "stand", "hood"])
     off = rng.uniform(0, 3) if rng.random() < 0.3 else 0.0  # double-breasted overlap
@@ -223,14 +233,14 @@ def _coat(b: _Body, d: _Details, rng: np.random.Generator, neck_depth: float, cu
     if rng.random() < 0.25:  # quilted: a puffer's bands across the body and the sleeves
         step = rng.uniform(5, 8)
         for y in np.arange(b.armpit[1], b.hem[1] - 2, step):
-            x = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (y - b.armpit[1]) / (b.hem[1] - b.armpit[1])
+            x = _side_x(b, y)
             d.lines.append(_path([(100 - x, y), (x, y)], close=False))
         if cuff is not None:
-            for t in np.arange(0.15, 0.9, step / max(math.dist(cuff[0], b.shoulder), 1.0)):
+            for t in np.arange(0.15, 0.9, step / _sleeve_length(b, cuff)):
                 d.both(_cuff_seam(b, cuff, t))
     elif rng.random() < 0.3:  # belt
         by = b.top + height * rng.uniform(0.38, 0.5)
-        bx = b.armpit[0] + (b.hem[0] - b.armpit[0]) * (by - b.armpit[1]) / (b.hem[1] - b.armpit[1])
+        bx = _side_x(b, by)
         d.lines.append(_path([(100 - bx, by), (bx, by), (bx, by + 3.5), (100 - bx, by + 3.5)], close=True))
 
 
